@@ -1,0 +1,127 @@
+//! The local admin socket: a Unix socket in the data dir (mode 0600) through which the
+//! command line reaches a running server. sled lets one process open the database, so
+//! `portcullis api-key create` asks the server over this socket when one is running and opens
+//! the store itself when none is.
+//!
+//! Protocol: one JSON request line, one JSON answer line.
+
+use crate::state::Shared;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// A request to the running server.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminRequest {
+    CreateApiKey { description: String },
+}
+
+/// The server's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    ApiKey { id: String, token: String },
+    Error { message: String },
+}
+
+/// Where the admin socket of a data dir lives.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Binds the admin socket, replacing a stale one left by a crash.
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    // The database lock is already ours, so a socket file here is stale.
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves admin requests until the listener is dropped.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &shared).await {
+                tracing::warn!("admin socket: {e}");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).take(64 * 1024).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(AdminRequest::CreateApiKey { description }) => match create_api_key(shared, description).await {
+            Ok((id, token)) => {
+                tracing::info!(api_key = %id, "API key created through the admin socket");
+                AdminResponse::ApiKey { id, token }
+            }
+            Err(message) => AdminResponse::Error { message },
+        },
+        Err(e) => AdminResponse::Error {
+            message: format!("bad admin request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// Creates an API key in the store and returns its id and token.
+pub async fn create_api_key(shared: &Shared, description: String) -> Result<(String, String), String> {
+    create_api_key_in(&shared.store, description).await
+}
+
+/// Creates an API key in `store` and returns its id and token.
+pub async fn create_api_key_in(store: &crate::store::Store, description: String) -> Result<(String, String), String> {
+    crate::model::validate_labels(&description, "")?;
+    let (key, token) = crate::api::new_api_key(description, String::new());
+    store.create_api_key(&key).await.map_err(|e| e.to_string())?;
+    Ok((key.id, token))
+}
+
+/// Sends `request` to the server running on `data_dir`; `Ok(None)` when none is listening.
+pub async fn call(data_dir: &Path, request: &AdminRequest) -> Result<Option<AdminResponse>, String> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("cannot connect to {}: {e}", path.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    write
+        .write_all(&line)
+        .await
+        .map_err(|e| format!("admin socket write failed: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(|e| format!("admin socket read failed: {e}"))?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|e| format!("unreadable answer from the server: {e}"))
+}

@@ -1,0 +1,222 @@
+//! The management API in the shape of ngrok's API v2, served under `/api` on the console
+//! listener, so ngrok's own client libraries work with only their base URL changed.
+//!
+//! Every request passes the same gate, in this order: `Ngrok-Version: 2`, a valid
+//! `Authorization: Bearer <api key>`, a body within `api.max_body_bytes`. Handlers then work
+//! on typed records through the store, which flushes before any 2xx is sent.
+
+mod error;
+mod resources;
+
+pub use error::{ApiError, CODES};
+pub use resources::new_api_key;
+
+use crate::pages::{full, Body};
+use crate::state::Shared;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The path prefix the API is served under on the console listener.
+pub const PREFIX: &str = "/api";
+
+/// What a handler needs about the request it serves.
+pub(crate) struct Ctx<'a> {
+    pub shared: &'a Shared,
+    /// Absolute URL of the API root, for `uri` and `next_page_uri` fields.
+    pub base_url: String,
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Ctx<'_> {
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Decodes the JSON body into `T`; an empty body reads as `{}`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &self.body
+        };
+        serde_json::from_slice(bytes).map_err(ApiError::bad_body)
+    }
+
+    /// `limit` (1 to 100, default 100) and `before_id` from the query.
+    pub fn paging(&self) -> Result<(usize, Option<&str>), ApiError> {
+        let limit = match self.query("limit") {
+            None | Some("") => 100,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::paging(format!(
+                        "limit `{raw}` must be a whole number from 1 to 100"
+                    )))
+                }
+            },
+        };
+        Ok((limit, self.query("before_id").filter(|s| !s.is_empty())))
+    }
+}
+
+/// Serves one request whose path starts with [`PREFIX`].
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let operation_id = crate::ids::new_id(crate::ids::OPERATION);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match serve(&shared, req).await {
+        Ok(response) => response,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::error!(operation_id, %method, path, "API error: {}", e.msg);
+            }
+            e.into_response(&operation_id)
+        }
+    };
+    shared.metrics.observe_api(response.status().as_u16());
+    tracing::info!(target: "portcullis::access", request_id = %operation_id, %method, path, status = response.status().as_u16(), "api request");
+    response
+}
+
+async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let is_v2 = req
+        .headers()
+        .get("ngrok-version")
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"2");
+    if !is_v2 {
+        return Err(ApiError::version_header());
+    }
+    authenticate(shared, req.headers())?;
+    let base_url = base_url(shared, &req);
+    let query = req.uri().query().map(form_urlencoded).unwrap_or_default();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix(PREFIX)
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
+    let limit = shared.config.load().api.max_body_bytes;
+    let declared_too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > limit);
+    if declared_too_large {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(ApiError::too_large(limit))
+        }
+        Err(e) => return Err(ApiError::bad_body(format!("could not read the body: {e}"))),
+    };
+    let ctx = Ctx {
+        shared,
+        base_url,
+        query,
+        body,
+    };
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (status, value) = resources::dispatch(&ctx, &method, &segments, &path).await?;
+    Ok(json_response(status, value))
+}
+
+fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::missing_auth)?;
+    let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    match shared.store.find_api_key_by_token_hash(&hash)? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad_key()),
+    }
+}
+
+/// The API root URL: the console's configured `public_url`, else the request's own host.
+fn base_url<B>(shared: &Shared, req: &Request<B>) -> String {
+    let config = shared.config.load();
+    let console = &config.listeners.console;
+    if console.public_url.is_some() {
+        return format!("{}{PREFIX}", console.public_url());
+    }
+    let scheme = if console.tls.is_some() { "https" } else { "http" };
+    match req.headers().get(header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => format!("{scheme}://{host}{PREFIX}"),
+        None => format!("{}{PREFIX}", console.public_url()),
+    }
+}
+
+fn json_response(status: StatusCode, value: Option<serde_json::Value>) -> Response<Body> {
+    let mut response = match value {
+        Some(value) => {
+            let mut r = Response::new(full(value.to_string()));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        None => Response::new(full(Bytes::new())),
+    };
+    *response.status_mut() = status;
+    response
+}
+
+/// Splits `a=1&b=x%20y` into decoded pairs.
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 3 <= bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_strings_decode() {
+        assert_eq!(
+            super::form_urlencoded("before_id=ak_1&limit=5&x=a%20b+c%2"),
+            [
+                ("before_id".into(), "ak_1".into()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "a b c%2".into())
+            ]
+        );
+    }
+}

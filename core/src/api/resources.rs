@@ -1,0 +1,654 @@
+//! The API's resources: `/api_keys`, `/backends/static`, `/edges/https` and
+//! `/edges/https/{edge_id}/routes`, with ngrok's field names and JSON shapes.
+
+use super::{ApiError, Ctx};
+use crate::ids;
+use crate::model::{self, ApiKey, Edge, MatchType, Route, RouteBackend, Source, StaticBackend};
+use crate::store::Page;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+type Answer = Result<(StatusCode, Option<Value>), ApiError>;
+
+fn ok(value: Value) -> Answer {
+    Ok((StatusCode::OK, Some(value)))
+}
+fn created(value: Value) -> Answer {
+    Ok((StatusCode::CREATED, Some(value)))
+}
+fn no_content() -> Answer {
+    Ok((StatusCode::NO_CONTENT, None))
+}
+
+/// Routes a request to its handler by method and path segments.
+pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], path: &str) -> Answer {
+    let not_allowed = || Err(ApiError::method_not_allowed(method, path));
+    match segments {
+        ["api_keys"] => match *method {
+            Method::GET => list_api_keys(ctx),
+            Method::POST => create_api_key(ctx).await,
+            _ => not_allowed(),
+        },
+        ["api_keys", id] => match *method {
+            Method::GET => ok(api_key_json(ctx, &find_api_key(ctx, id)?, None)),
+            Method::PATCH => update_api_key(ctx, id).await,
+            Method::DELETE => delete_api_key(ctx, id).await,
+            _ => not_allowed(),
+        },
+        ["backends", "static"] => match *method {
+            Method::GET => list_backends(ctx),
+            Method::POST => create_backend(ctx).await,
+            _ => not_allowed(),
+        },
+        ["backends", "static", id] => match *method {
+            Method::GET => ok(backend_json(ctx, &find_backend(ctx, id)?)),
+            Method::PATCH => update_backend(ctx, id).await,
+            Method::DELETE => delete_backend(ctx, id).await,
+            _ => not_allowed(),
+        },
+        ["edges", "https"] => match *method {
+            Method::GET => list_edges(ctx),
+            Method::POST => create_edge(ctx).await,
+            _ => not_allowed(),
+        },
+        ["edges", "https", id] => match *method {
+            Method::GET => ok(edge_json(ctx, &find_edge(ctx, id)?)),
+            Method::PATCH => update_edge(ctx, id).await,
+            Method::DELETE => delete_edge(ctx, id).await,
+            _ => not_allowed(),
+        },
+        ["edges", "https", edge_id, "routes"] => match *method {
+            Method::GET => list_routes(ctx, edge_id),
+            Method::POST => create_route(ctx, edge_id).await,
+            _ => not_allowed(),
+        },
+        ["edges", "https", edge_id, "routes", id] => match *method {
+            Method::GET => {
+                let edge = find_edge(ctx, edge_id)?;
+                let route = edge
+                    .routes
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .ok_or_else(|| ApiError::not_found("route", id))?;
+                ok(route_json(ctx, &edge.id, route))
+            }
+            Method::PATCH => update_route(ctx, edge_id, id).await,
+            Method::DELETE => delete_route(ctx, edge_id, id).await,
+            _ => not_allowed(),
+        },
+        _ => Err(ApiError::no_such_path(path)),
+    }
+}
+
+fn timestamp(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A list response: `{"<property>": [...], "uri": ..., "next_page_uri": ...}`.
+fn list_json<T>(
+    ctx: &Ctx<'_>,
+    collection: &str,
+    property: &str,
+    page: Page<T>,
+    limit: usize,
+    view: impl Fn(&T) -> Value,
+    id: impl Fn(&T) -> &str,
+) -> Value {
+    let next = match (page.has_more, page.items.last()) {
+        (true, Some(last)) => Value::String(format!(
+            "{}{collection}?before_id={}&limit={limit}",
+            ctx.base_url,
+            id(last)
+        )),
+        _ => Value::Null,
+    };
+    json!({
+        property: page.items.iter().map(view).collect::<Vec<_>>(),
+        "uri": format!("{}{collection}", ctx.base_url),
+        "next_page_uri": next,
+    })
+}
+
+fn refuse_config_managed(kind: &str, id: &str, source: &Source) -> Result<(), ApiError> {
+    match source.config_file() {
+        Some(file) => Err(ApiError::config_managed(kind, id, file)),
+        None => Ok(()),
+    }
+}
+
+fn labels(description: &str, metadata: &str) -> Result<(), ApiError> {
+    model::validate_labels(description, metadata).map_err(|m| {
+        let field = if m.starts_with("description") {
+            "description"
+        } else {
+            "metadata"
+        };
+        ApiError::invalid(field, m)
+    })
+}
+
+// ----- API keys -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyCreate {
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    metadata: String,
+    #[serde(default)]
+    owner_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeyUpdate {
+    description: Option<String>,
+    metadata: Option<String>,
+}
+
+fn api_key_json(ctx: &Ctx<'_>, key: &ApiKey, token: Option<&str>) -> Value {
+    json!({
+        "id": key.id,
+        "uri": format!("{}/api_keys/{}", ctx.base_url, key.id),
+        "description": key.description,
+        "metadata": key.metadata,
+        "created_at": timestamp(key.created_at),
+        "token": token,
+        "owner_id": Value::Null,
+    })
+}
+
+fn find_api_key(ctx: &Ctx<'_>, id: &str) -> Result<ApiKey, ApiError> {
+    ctx.shared
+        .store
+        .find_api_key(id)?
+        .ok_or_else(|| ApiError::not_found("API key", id))
+}
+
+/// Makes a new API key record and its token (shown once, stored only as a hash).
+pub fn new_api_key(description: String, metadata: String) -> (ApiKey, String) {
+    let token = format!("pcl_{}", ids::new_secret());
+    let key = ApiKey {
+        id: ids::new_id(ids::API_KEY),
+        description,
+        metadata,
+        created_at: model::now_unix(),
+        token_hash: Sha256::digest(token.as_bytes()).into(),
+    };
+    (key, token)
+}
+
+async fn create_api_key(ctx: &Ctx<'_>) -> Answer {
+    let body: ApiKeyCreate = ctx.json()?;
+    labels(&body.description, &body.metadata)?;
+    if body.owner_id.is_some() {
+        return Err(ApiError::invalid(
+            "owner_id",
+            "Portcullis API keys have no owners; leave it out",
+        ));
+    }
+    let (key, token) = new_api_key(body.description, body.metadata);
+    ctx.shared.store.create_api_key(&key).await?;
+    created(api_key_json(ctx, &key, Some(&token)))
+}
+
+fn list_api_keys(ctx: &Ctx<'_>) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let page = ctx.shared.store.list_api_keys(before, limit)?;
+    ok(list_json(
+        ctx,
+        "/api_keys",
+        "keys",
+        page,
+        limit,
+        |k| api_key_json(ctx, k, None),
+        |k| &k.id,
+    ))
+}
+
+async fn update_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
+    let body: ApiKeyUpdate = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut key = find_api_key(ctx, id)?;
+    if let Some(d) = body.description {
+        key.description = d;
+    }
+    if let Some(m) = body.metadata {
+        key.metadata = m;
+    }
+    labels(&key.description, &key.metadata)?;
+    ctx.shared.store.update_api_key(&key).await?;
+    ok(api_key_json(ctx, &key, None))
+}
+
+async fn delete_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
+    if !ctx.shared.store.delete_api_key(id).await? {
+        return Err(ApiError::not_found("API key", id));
+    }
+    no_content()
+}
+
+// ----- static backends -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTls {
+    #[serde(default)]
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendWrite {
+    description: Option<String>,
+    metadata: Option<String>,
+    address: Option<String>,
+    tls: Option<BackendTls>,
+}
+
+fn backend_json(ctx: &Ctx<'_>, b: &StaticBackend) -> Value {
+    json!({
+        "id": b.id,
+        "uri": format!("{}/backends/static/{}", ctx.base_url, b.id),
+        "created_at": timestamp(b.created_at),
+        "description": b.description,
+        "metadata": b.metadata,
+        "address": b.address,
+        "tls": { "enabled": b.tls },
+    })
+}
+
+fn find_backend(ctx: &Ctx<'_>, id: &str) -> Result<StaticBackend, ApiError> {
+    ctx.shared
+        .store
+        .find_backend(id)?
+        .ok_or_else(|| ApiError::not_found("static backend", id))
+}
+
+fn check_backend(b: &StaticBackend) -> Result<(), ApiError> {
+    labels(&b.description, &b.metadata)?;
+    crate::config::validate_address(&b.address).map_err(|m| ApiError::invalid("address", m))
+}
+
+async fn create_backend(ctx: &Ctx<'_>) -> Answer {
+    let body: BackendWrite = ctx.json()?;
+    let backend = StaticBackend {
+        id: ids::new_id(ids::STATIC_BACKEND),
+        description: body.description.unwrap_or_default(),
+        metadata: body.metadata.unwrap_or_default(),
+        created_at: model::now_unix(),
+        address: body.address.unwrap_or_default(),
+        tls: body.tls.is_some_and(|t| t.enabled),
+        source: Source::Api,
+    };
+    check_backend(&backend)?;
+    ctx.shared.store.put_backend(&backend).await?;
+    created(backend_json(ctx, &backend))
+}
+
+fn list_backends(ctx: &Ctx<'_>) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let page = ctx.shared.store.list_backends(before, limit)?;
+    ok(list_json(
+        ctx,
+        "/backends/static",
+        "backends",
+        page,
+        limit,
+        |b| backend_json(ctx, b),
+        |b| &b.id,
+    ))
+}
+
+async fn update_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
+    let body: BackendWrite = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut backend = find_backend(ctx, id)?;
+    refuse_config_managed("static backend", id, &backend.source)?;
+    if let Some(d) = body.description {
+        backend.description = d;
+    }
+    if let Some(m) = body.metadata {
+        backend.metadata = m;
+    }
+    // ngrok's clients send `address: ""` when the caller leaves it unchanged.
+    if let Some(a) = body.address.filter(|a| !a.is_empty()) {
+        backend.address = a;
+    }
+    if let Some(t) = body.tls {
+        backend.tls = t.enabled;
+    }
+    check_backend(&backend)?;
+    ctx.shared.store.put_backend(&backend).await?;
+    ctx.shared.rebuild_routes()?;
+    ok(backend_json(ctx, &backend))
+}
+
+async fn delete_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
+    let _guard = ctx.shared.store.lock_writes().await;
+    let backend = find_backend(ctx, id)?;
+    refuse_config_managed("static backend", id, &backend.source)?;
+    let users: Vec<String> = ctx
+        .shared
+        .store
+        .all_edges()?
+        .iter()
+        .flat_map(|e| e.routes.iter())
+        .filter(|r| r.backend.as_ref().is_some_and(|b| b.backend_id == id))
+        .map(|r| r.id.clone())
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "static backend `{id}` is used by route(s) {}; change or delete them first",
+            users.join(", ")
+        )));
+    }
+    ctx.shared.store.delete_backend(id).await?;
+    no_content()
+}
+
+// ----- HTTPS edges -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgeWrite {
+    description: Option<String>,
+    metadata: Option<String>,
+    hostports: Option<Vec<String>>,
+}
+
+fn edge_json(ctx: &Ctx<'_>, e: &Edge) -> Value {
+    json!({
+        "id": e.id,
+        "uri": format!("{}/edges/https/{}", ctx.base_url, e.id),
+        "created_at": timestamp(e.created_at),
+        "description": e.description,
+        "metadata": e.metadata,
+        "hostports": e.hostports,
+        "mutual_tls": Value::Null,
+        "tls_termination": Value::Null,
+        "routes": e.routes.iter().map(|r| route_json(ctx, &e.id, r)).collect::<Vec<_>>(),
+    })
+}
+
+fn find_edge(ctx: &Ctx<'_>, id: &str) -> Result<Edge, ApiError> {
+    ctx.shared
+        .store
+        .find_edge(id)?
+        .ok_or_else(|| ApiError::not_found("HTTPS edge", id))
+}
+
+/// Normalises `hostports` and checks that no other edge serves one of them.
+fn check_hostports(ctx: &Ctx<'_>, edge_id: &str, hostports: &[String]) -> Result<Vec<String>, ApiError> {
+    let others = ctx.shared.store.all_edges()?;
+    let mut out: Vec<String> = Vec::with_capacity(hostports.len());
+    for (i, hostport) in hostports.iter().enumerate() {
+        let normal =
+            model::normalize_hostport(hostport).map_err(|m| ApiError::invalid(&format!("hostports[{i}]"), m))?;
+        if out.contains(&normal) {
+            return Err(ApiError::invalid(
+                &format!("hostports[{i}]"),
+                format!("`{hostport}` is listed twice"),
+            ));
+        }
+        if let Some(other) = others.iter().find(|e| e.id != edge_id && e.hostports.contains(&normal)) {
+            return Err(ApiError::conflict(format!(
+                "hostport `{hostport}` is already served by edge `{}`",
+                other.id
+            )));
+        }
+        out.push(normal);
+    }
+    Ok(out)
+}
+
+async fn create_edge(ctx: &Ctx<'_>) -> Answer {
+    let body: EdgeWrite = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let id = ids::new_id(ids::HTTPS_EDGE);
+    let edge = Edge {
+        hostports: check_hostports(ctx, &id, &body.hostports.unwrap_or_default())?,
+        id,
+        description: body.description.unwrap_or_default(),
+        metadata: body.metadata.unwrap_or_default(),
+        created_at: model::now_unix(),
+        routes: Vec::new(),
+        source: Source::Api,
+    };
+    labels(&edge.description, &edge.metadata)?;
+    ctx.shared.store.put_edge(&edge).await?;
+    ctx.shared.rebuild_routes()?;
+    created(edge_json(ctx, &edge))
+}
+
+fn list_edges(ctx: &Ctx<'_>) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let page = ctx.shared.store.list_edges(before, limit)?;
+    ok(list_json(
+        ctx,
+        "/edges/https",
+        "https_edges",
+        page,
+        limit,
+        |e| edge_json(ctx, e),
+        |e| &e.id,
+    ))
+}
+
+async fn update_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
+    let body: EdgeWrite = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut edge = find_edge(ctx, id)?;
+    refuse_config_managed("HTTPS edge", id, &edge.source)?;
+    if let Some(d) = body.description {
+        edge.description = d;
+    }
+    if let Some(m) = body.metadata {
+        edge.metadata = m;
+    }
+    if let Some(h) = body.hostports {
+        edge.hostports = check_hostports(ctx, id, &h)?;
+    }
+    labels(&edge.description, &edge.metadata)?;
+    ctx.shared.store.put_edge(&edge).await?;
+    ctx.shared.rebuild_routes()?;
+    ok(edge_json(ctx, &edge))
+}
+
+async fn delete_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
+    let _guard = ctx.shared.store.lock_writes().await;
+    let edge = find_edge(ctx, id)?;
+    refuse_config_managed("HTTPS edge", id, &edge.source)?;
+    ctx.shared.store.delete_edge(id).await?;
+    ctx.shared.rebuild_routes()?;
+    no_content()
+}
+
+// ----- HTTPS edge routes -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendModule {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    backend_id: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteWrite {
+    match_type: Option<String>,
+    #[serde(rename = "match")]
+    path: Option<String>,
+    description: Option<String>,
+    metadata: Option<String>,
+    backend: Option<BackendModule>,
+}
+
+fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route) -> Value {
+    json!({
+        "edge_id": edge_id,
+        "id": r.id,
+        "uri": format!("{}/edges/https/{edge_id}/routes/{}", ctx.base_url, r.id),
+        "created_at": timestamp(r.created_at),
+        "match_type": r.match_type.as_str(),
+        "match": r.path,
+        "description": r.description,
+        "metadata": r.metadata,
+        "backend": r.backend.as_ref().map(|b| json!({
+            "enabled": b.enabled,
+            "backend": { "id": b.backend_id, "uri": format!("{}/backends/static/{}", ctx.base_url, b.backend_id) },
+        })),
+    })
+}
+
+/// Applies the fields of `body` that are set to `route`, checking each.
+fn apply_route_write(ctx: &Ctx<'_>, route: &mut Route, body: RouteWrite) -> Result<(), ApiError> {
+    // ngrok's clients send `""` for match_type and match when the caller leaves them unchanged.
+    if let Some(mt) = body.match_type.filter(|s| !s.is_empty()) {
+        route.match_type = MatchType::parse(&mt)
+            .ok_or_else(|| ApiError::invalid("match_type", format!("`{mt}` is not one of exact_path, path_prefix")))?;
+    }
+    if let Some(path) = body.path.filter(|s| !s.is_empty()) {
+        route.path = path;
+    }
+    if let Some(d) = body.description {
+        route.description = d;
+    }
+    if let Some(m) = body.metadata {
+        route.metadata = m;
+    }
+    if let Some(b) = body.backend {
+        if ctx.shared.store.find_backend(&b.backend_id)?.is_none() {
+            return Err(ApiError::invalid(
+                "backend.backend_id",
+                format!("no static backend `{}`", b.backend_id),
+            ));
+        }
+        route.backend = Some(RouteBackend {
+            enabled: b.enabled,
+            backend_id: b.backend_id,
+        });
+    }
+    model::validate_route_match(route.match_type, &route.path).map_err(|m| ApiError::invalid("match", m))?;
+    labels(&route.description, &route.metadata)
+}
+
+fn check_unique_match(edge: &Edge, route: &Route) -> Result<(), ApiError> {
+    match edge
+        .routes
+        .iter()
+        .find(|r| r.id != route.id && r.match_type == route.match_type && r.path == route.path)
+    {
+        Some(other) => Err(ApiError::conflict(format!(
+            "route `{}` of this edge already matches {} `{}`",
+            other.id,
+            route.match_type.as_str(),
+            route.path
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let edge = find_edge(ctx, edge_id)?;
+    let mut routes: Vec<&Route> = edge
+        .routes
+        .iter()
+        .filter(|r| before.is_none_or(|b| r.id.as_str() < b))
+        .collect();
+    routes.sort_by(|a, b| b.id.cmp(&a.id));
+    let has_more = routes.len() > limit;
+    routes.truncate(limit);
+    let page = Page {
+        items: routes,
+        has_more,
+    };
+    let collection = format!("/edges/https/{edge_id}/routes");
+    ok(list_json(
+        ctx,
+        &collection,
+        "routes",
+        page,
+        limit,
+        |r| route_json(ctx, edge_id, r),
+        |r| &r.id,
+    ))
+}
+
+async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
+    let body: RouteWrite = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut edge = find_edge(ctx, edge_id)?;
+    refuse_config_managed("HTTPS edge", edge_id, &edge.source)?;
+    let match_type = body.match_type.clone().unwrap_or_default();
+    if match_type.is_empty() {
+        return Err(ApiError::invalid(
+            "match_type",
+            "is required (exact_path or path_prefix)",
+        ));
+    }
+    if body.path.as_deref().unwrap_or_default().is_empty() {
+        return Err(ApiError::invalid("match", "is required"));
+    }
+    let mut route = Route {
+        id: ids::new_id(ids::HTTPS_ROUTE),
+        created_at: model::now_unix(),
+        match_type: MatchType::PathPrefix,
+        path: String::new(),
+        description: String::new(),
+        metadata: String::new(),
+        backend: None,
+    };
+    apply_route_write(ctx, &mut route, body)?;
+    check_unique_match(&edge, &route)?;
+    edge.routes.push(route.clone());
+    ctx.shared.store.put_edge(&edge).await?;
+    ctx.shared.rebuild_routes()?;
+    created(route_json(ctx, edge_id, &route))
+}
+
+async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
+    let body: RouteWrite = ctx.json()?;
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut edge = find_edge(ctx, edge_id)?;
+    let index = edge
+        .routes
+        .iter()
+        .position(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found("route", id))?;
+    refuse_config_managed("route", id, &edge.source)?;
+    let mut route = edge.routes[index].clone();
+    apply_route_write(ctx, &mut route, body)?;
+    check_unique_match(&edge, &route)?;
+    edge.routes[index] = route.clone();
+    ctx.shared.store.put_edge(&edge).await?;
+    ctx.shared.rebuild_routes()?;
+    ok(route_json(ctx, edge_id, &route))
+}
+
+async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
+    let _guard = ctx.shared.store.lock_writes().await;
+    let mut edge = find_edge(ctx, edge_id)?;
+    let index = edge
+        .routes
+        .iter()
+        .position(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found("route", id))?;
+    refuse_config_managed("route", id, &edge.source)?;
+    edge.routes.remove(index);
+    ctx.shared.store.put_edge(&edge).await?;
+    ctx.shared.rebuild_routes()?;
+    no_content()
+}

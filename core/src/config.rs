@@ -1,0 +1,554 @@
+//! The declarative configuration: `config.toml` plus `PORTCULLIS_` environment overrides
+//! (nested keys joined with `__`, e.g. `PORTCULLIS_LISTENERS__EDGE__ADDRESS`).
+//!
+//! Loading is all-or-nothing: a file that does not parse, has an unknown key, a wrong type or
+//! a value that fails validation yields one [`ConfigError`] naming the file, the key path and,
+//! for TOML syntax, the line. Nothing here opens sockets or the database.
+
+use crate::model::{self, MatchType};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// A config that failed to load, with where it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file (or the environment variable) the bad value came from.
+    pub source: String,
+    /// Dotted key path of the bad value, when the error concerns one key.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{}: key `{}`: {}", self.source, key, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// Where the database lives; relative paths are relative to the config file's folder.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// A built-in upstream that echoes back what it receives, for trying the gateway out.
+    #[serde(default)]
+    pub echo: Option<EchoConfig>,
+    /// Static backends by name.
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendConfig>,
+    /// HTTPS edges by name.
+    #[serde(default)]
+    pub edges: BTreeMap<String, EdgeConfig>,
+    /// Set by the loader: the file this config was read from.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    pub edge: ListenerConfig,
+    pub console: ListenerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// The URL users reach this listener at; defaults to the scheme and address.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+impl ListenerConfig {
+    /// The URL users reach this listener at.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "{}://{}",
+                if self.tls.is_some() { "https" } else { "http" },
+                self.address
+            ),
+        }
+    }
+}
+
+/// TLS for a listener: a certificate and key in PEM files, or a self-signed certificate made
+/// on first start and kept in the data dir.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Names the self-signed certificate is made for (default `localhost` and `127.0.0.1`).
+    #[serde(default)]
+    pub self_signed_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `portcullis=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Timeouts of the edge proxy, in seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// How long a client may take to send a request's headers.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// How long connecting to an upstream may take before a 502.
+    #[serde(default = "default_connect_timeout")]
+    pub upstream_connect_timeout_secs: u64,
+    /// How long an upstream may take to answer with headers before a 504.
+    #[serde(default = "default_response_timeout")]
+    pub upstream_response_timeout_secs: u64,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub upstream_idle_timeout_secs: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            header_read_timeout_secs: default_header_read_timeout(),
+            upstream_connect_timeout_secs: default_connect_timeout(),
+            upstream_response_timeout_secs: default_response_timeout(),
+            upstream_idle_timeout_secs: default_idle_timeout(),
+            shutdown_grace_secs: default_shutdown_grace(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_connect_timeout_secs)
+    }
+    pub fn upstream_response_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_response_timeout_secs)
+    }
+    pub fn upstream_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_idle_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest request body the management API reads.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `host:port` of the upstream.
+    pub address: String,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub metadata: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    pub hostports: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub metadata: String,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub match_type: MatchType,
+    #[serde(rename = "match")]
+    pub path: String,
+    /// Name of a backend under `[backends]`.
+    pub backend: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub metadata: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_header_read_timeout() -> u64 {
+    30
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+fn default_response_timeout() -> u64 {
+    60
+}
+fn default_idle_timeout() -> u64 {
+    90
+}
+fn default_shutdown_grace() -> u64 {
+    30
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads `path`, applies `PORTCULLIS_` environment overrides, and validates the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: shown.clone(),
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        // Parse once with `toml` directly: its errors carry the line and column.
+        if let Err(e) = text.parse::<toml_syntax::Table>() {
+            return Err(ConfigError {
+                source: shown,
+                key: None,
+                message: toml_syntax::describe(&e, &text),
+            });
+        }
+        let figment = Figment::from(Toml::string(&text)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut config: Config = figment.extract().map_err(|e| from_figment(e, &shown))?;
+        config.file = path.to_path_buf();
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        for listener in [&mut config.listeners.edge, &mut config.listeners.console] {
+            if let Some(tls) = &mut listener.tls {
+                tls.cert = tls.cert.as_ref().map(|p| base.join(p));
+                tls.key = tls.key.as_ref().map(|p| base.join(p));
+            }
+        }
+        config.validate().map_err(|(key, message)| ConfigError {
+            source: shown,
+            key: Some(key),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: versions, references, addresses and uniqueness.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.version != CONFIG_VERSION {
+            return Err((
+                "version".into(),
+                format!(
+                    "unsupported config version {}; this build reads version {CONFIG_VERSION}",
+                    self.version
+                ),
+            ));
+        }
+        for (name, listener) in [("edge", &self.listeners.edge), ("console", &self.listeners.console)] {
+            if let Some(tls) = &listener.tls {
+                let key = format!("listeners.{name}.tls");
+                match (&tls.cert, &tls.key, tls.self_signed) {
+                    (Some(cert), Some(pem_key), false) => {
+                        for (field, file) in [("cert", cert), ("key", pem_key)] {
+                            if !file.is_file() {
+                                return Err((
+                                    format!("{key}.{field}"),
+                                    format!("file {} does not exist", file.display()),
+                                ));
+                            }
+                        }
+                    }
+                    (None, None, true) => {}
+                    _ => {
+                        return Err((
+                            key,
+                            "set either `cert` and `key` (PEM files) or `self_signed = true`".into(),
+                        ))
+                    }
+                }
+            }
+            if let Some(url) = &listener.public_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err((
+                        format!("listeners.{name}.public_url"),
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+        }
+        if self.listeners.edge.address == self.listeners.console.address && self.listeners.edge.address.port() != 0 {
+            return Err((
+                "listeners.console.address".into(),
+                "the console and edge listeners must use different addresses".into(),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            (
+                "log.level".to_string(),
+                format!("`{}` is not a valid log filter: {e}", self.log.level),
+            )
+        })?;
+        for (name, backend) in &self.backends {
+            let key = format!("backends.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            validate_address(&backend.address).map_err(|m| (format!("{key}.address"), m))?;
+            model::validate_labels(&backend.description, &backend.metadata).map_err(|m| (key.clone(), m))?;
+        }
+        let mut hostport_owner: HashMap<String, &str> = HashMap::new();
+        for (name, edge) in &self.edges {
+            let key = format!("edges.{name}");
+            check_name(name).map_err(|m| (key.clone(), m))?;
+            model::validate_labels(&edge.description, &edge.metadata).map_err(|m| (key.clone(), m))?;
+            if edge.hostports.is_empty() {
+                return Err((
+                    format!("{key}.hostports"),
+                    "an edge needs at least one host:port".into(),
+                ));
+            }
+            for (i, hostport) in edge.hostports.iter().enumerate() {
+                let normal = model::normalize_hostport(hostport).map_err(|m| (format!("{key}.hostports[{i}]"), m))?;
+                if let Some(other) = hostport_owner.insert(normal, name) {
+                    return Err((
+                        format!("{key}.hostports[{i}]"),
+                        format!("`{hostport}` is already served by edge `{other}`"),
+                    ));
+                }
+            }
+            let mut seen = HashMap::new();
+            for (i, route) in edge.routes.iter().enumerate() {
+                let rkey = format!("{key}.routes[{i}]");
+                model::validate_route_match(route.match_type, &route.path).map_err(|m| (format!("{rkey}.match"), m))?;
+                model::validate_labels(&route.description, &route.metadata).map_err(|m| (rkey.clone(), m))?;
+                if !self.backends.contains_key(&route.backend) {
+                    return Err((
+                        format!("{rkey}.backend"),
+                        format!("no backend named `{}` under [backends]", route.backend),
+                    ));
+                }
+                if let Some(first) = seen.insert((route.match_type, route.path.clone()), i) {
+                    return Err((
+                        format!("{rkey}.match"),
+                        format!(
+                            "routes[{first}] already matches {} `{}`",
+                            route.match_type.as_str(),
+                            route.path
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an upstream address: `host:port`.
+pub fn validate_address(address: &str) -> Result<(), String> {
+    model::normalize_hostport(address)
+        .map(|_| ())
+        .map_err(|m| format!("address {m}"))
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name: use 1 to 64 letters, digits, `-` or `_`"
+        ))
+    }
+}
+
+fn from_figment(error: figment::Error, file: &str) -> ConfigError {
+    let source = match error.metadata.as_ref() {
+        Some(meta) if meta.name.contains("environment") => {
+            let var = format!("{ENV_PREFIX}{}", error.path.join("__").to_ascii_uppercase());
+            format!("environment variable {var} (overriding {file})")
+        }
+        _ => file.to_string(),
+    };
+    let key = if error.path.is_empty() {
+        None
+    } else {
+        Some(error.path.join("."))
+    };
+    let message = match &error.kind {
+        figment::error::Kind::MissingField(field) => {
+            return ConfigError {
+                source,
+                key: Some(match key {
+                    Some(parent) => format!("{parent}.{field}"),
+                    None => field.to_string(),
+                }),
+                message: "is required but missing".into(),
+            };
+        }
+        kind => kind.to_string(),
+    };
+    ConfigError { source, key, message }
+}
+
+/// `["edges", "a", "routes", "0", "match"]` -> `edges.a.routes[0].match`.
+fn key_path(segments: &[String]) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        if segment.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+/// TOML syntax checking with line numbers, via the same `toml` crate figment uses.
+mod toml_syntax {
+    pub type Table = toml::Table;
+
+    /// "line L, column C: what is wrong".
+    pub fn describe(error: &toml::de::Error, text: &str) -> String {
+        let message = error.message().trim().replace('\n', "; ");
+        match error.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("TOML syntax error at line {line}, column {column}: {message}")
+            }
+            None => format!("TOML syntax error: {message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("cfgtest"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = Config::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    const MINIMAL: &str = "version = 1\n[listeners.edge]\naddress = \"127.0.0.1:8080\"\n[listeners.console]\naddress = \"127.0.0.1:4040\"\n";
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.proxy, ProxyConfig::default());
+        assert!(config.data_dir.ends_with("data"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load(&format!("{MINIMAL}[backends.a]\naddress = \"nope\"\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("backends.a.address"));
+        let err = load(&MINIMAL.replace("version = 1", "version = 2")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("version"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Resource identifiers in ngrok's shape: a type prefix, `_`, and 27 base62 characters.
+//!
+//! Random ids put the creation second first (as a KSUID does), so that sorting ids sorts
+//! by creation time and `before_id` paging walks from newest to oldest. Ids for objects
+//! declared in `config.toml` are derived from their names, so they stay the same across
+//! restarts and reloads.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// Prefix of API key ids.
+pub const API_KEY: &str = "ak";
+/// Prefix of static backend ids.
+pub const STATIC_BACKEND: &str = "bkdst";
+/// Prefix of HTTPS edge ids.
+pub const HTTPS_EDGE: &str = "edghts";
+/// Prefix of HTTPS edge route ids.
+pub const HTTPS_ROUTE: &str = "edghtsrt";
+/// Prefix of operation (request) ids in API error details.
+pub const OPERATION: &str = "op";
+
+/// Seconds between the Unix epoch and the KSUID epoch (2014-05-13T16:53:20Z).
+const KSUID_EPOCH: u64 = 1_400_000_000;
+const ENCODED_LEN: usize = 27;
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A new random id: 4 bytes of creation time, 16 random bytes.
+pub fn new_id(prefix: &str) -> String {
+    let secs = crate::model::now_unix().saturating_sub(KSUID_EPOCH as i64);
+    let mut raw = [0u8; 20];
+    raw[..4].copy_from_slice(&(secs.clamp(0, u32::MAX as i64) as u32).to_be_bytes());
+    rand::rng().fill_bytes(&mut raw[4..]);
+    format!("{prefix}_{}", base62(&raw))
+}
+
+/// The id of an object declared in the config file, derived from its kind and name.
+pub fn config_id(prefix: &str, name: &str) -> String {
+    let digest = Sha256::digest(format!("portcullis-config:{prefix}:{name}").as_bytes());
+    let mut raw = [0u8; 20];
+    raw.copy_from_slice(&digest[..20]);
+    format!("{prefix}_{}", base62(&raw))
+}
+
+/// 256 random bits as 44 base62 characters, for secrets such as API key tokens.
+pub fn new_secret() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let mut out = String::with_capacity(44);
+    for half in raw.chunks(16) {
+        out.push_str(&base62_fixed(half, 22));
+    }
+    out
+}
+
+/// Whether `id` has the shape of an id with this prefix.
+pub fn has_shape(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|tail| tail.len() == ENCODED_LEN && tail.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn base62(raw: &[u8; 20]) -> String {
+    base62_fixed(raw, ENCODED_LEN)
+}
+
+/// Big-endian base62 of `raw`, left-padded with `0` to `width` characters.
+fn base62_fixed(raw: &[u8], width: usize) -> String {
+    let mut digits = raw.to_vec();
+    let mut out = Vec::with_capacity(width);
+    while digits.iter().any(|&d| d != 0) {
+        let mut remainder = 0u32;
+        for d in digits.iter_mut() {
+            let acc = (remainder << 8) | u32::from(*d);
+            *d = (acc / 62) as u8;
+            remainder = acc % 62;
+        }
+        out.push(ALPHABET[remainder as usize]);
+    }
+    while out.len() < width {
+        out.push(b'0');
+    }
+    out.reverse();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_fixed_shape_and_sort_by_time() {
+        let a = new_id(HTTPS_EDGE);
+        assert!(has_shape(&a, HTTPS_EDGE), "{a}");
+        assert!(!has_shape(&a, HTTPS_ROUTE));
+        assert_eq!(config_id(API_KEY, "x"), config_id(API_KEY, "x"));
+        assert_ne!(config_id(API_KEY, "x"), config_id(API_KEY, "y"));
+        assert_eq!(base62_fixed(&[0, 0, 1], 3), "001");
+        assert_eq!(base62_fixed(&[0, 62], 2), "10");
+        assert_eq!(new_secret().len(), 44);
+    }
+}

@@ -1,0 +1,157 @@
+//! The `portcullis` command: serve, check a config, create API keys.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use portcullis::admin::{AdminRequest, AdminResponse};
+use portcullis::Config;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "On-premises identity gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Overrides `data_dir` from the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file and print what it would run.
+    Check {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Manage API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create an API key and print its token (shown only this once).
+    Create {
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, data_dir } => serve(&config, data_dir),
+        Command::Check { config } => check(&config),
+        Command::ApiKey {
+            command:
+                ApiKeyCommand::Create {
+                    description,
+                    config,
+                    data_dir,
+                },
+        } => create_api_key(&config, data_dir, description),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    Ok(config)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(path, data_dir.clone())?;
+    let _log_guard = portcullis::logging::init(&config.log);
+    runtime()?.block_on(portcullis::server::run(config, path.to_path_buf(), data_dir))?;
+    Ok(())
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{}: OK (config version {})", path.display(), config.version);
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
+    let edge = &config.listeners.edge;
+    let console = &config.listeners.console;
+    println!("edge listener:    {}://{}", scheme(edge.tls.is_some()), edge.address);
+    println!(
+        "console listener: {}://{} (API under /api)",
+        scheme(console.tls.is_some()),
+        console.address
+    );
+    if let Some(echo) = &config.echo {
+        println!("echo upstream:    http://{}", echo.address);
+    }
+    println!("data dir:         {}", config.data_dir.display());
+    println!("backends:         {}", config.backends.len());
+    for (name, b) in &config.backends {
+        println!("  {name}: {}://{}", scheme(b.tls), b.address);
+    }
+    println!("edges:            {}", config.edges.len());
+    for (name, e) in &config.edges {
+        println!("  {name}: {}", e.hostports.join(", "));
+        for r in &e.routes {
+            println!(
+                "    {} {} -> {}{}",
+                r.match_type.as_str(),
+                r.path,
+                r.backend,
+                if r.enabled { "" } else { " (disabled)" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn create_api_key(path: &Path, data_dir: Option<PathBuf>, description: String) -> anyhow::Result<()> {
+    let config = load(path, data_dir)?;
+    let rt = runtime()?;
+    let request = AdminRequest::CreateApiKey {
+        description: description.clone(),
+    };
+    let (id, token) = rt.block_on(async {
+        match portcullis::admin::call(&config.data_dir, &request)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            Some(AdminResponse::ApiKey { id, token }) => Ok((id, token)),
+            Some(AdminResponse::Error { message }) => Err(anyhow::anyhow!("the running server refused: {message}")),
+            None => {
+                let store = portcullis::store::Store::open(&config.data_dir)?;
+                portcullis::admin::create_api_key_in(&store, description)
+                    .await
+                    .map_err(anyhow::Error::msg)
+            }
+        }
+    })?;
+    eprintln!("created API key {id}; its token is shown only now:");
+    println!("{token}");
+    Ok(())
+}

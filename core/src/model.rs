@@ -1,0 +1,204 @@
+//! The records Portcullis keeps, and the rules every writer (config loader or API) applies to
+//! them before they are stored. Nothing here knows about HTTP or sled.
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a record came from. Records declared in the config file are read-only to the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    /// Created through the management API or the command line.
+    Api,
+    /// Declared in this config file under this name.
+    Config { file: String, name: String },
+}
+
+impl Source {
+    /// The config file that owns the record, when one does.
+    pub fn config_file(&self) -> Option<&str> {
+        match self {
+            Source::Api => None,
+            Source::Config { file, .. } => Some(file),
+        }
+    }
+}
+
+/// An API key; only the SHA-256 of its token is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub description: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub token_hash: [u8; 32],
+}
+
+/// A backend that forwards to one TCP address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticBackend {
+    pub id: String,
+    pub description: String,
+    pub metadata: String,
+    pub created_at: i64,
+    /// `host:port` of the upstream.
+    pub address: String,
+    /// Whether the upstream is spoken to over TLS.
+    pub tls: bool,
+    pub source: Source,
+}
+
+/// An HTTPS edge: the host:ports it answers and its routes, in creation order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edge {
+    pub id: String,
+    pub description: String,
+    pub metadata: String,
+    pub created_at: i64,
+    pub hostports: Vec<String>,
+    pub routes: Vec<Route>,
+    pub source: Source,
+}
+
+/// How a route's `match` is compared with a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchType {
+    ExactPath,
+    PathPrefix,
+}
+
+impl MatchType {
+    /// The name used in the API and the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchType::ExactPath => "exact_path",
+            MatchType::PathPrefix => "path_prefix",
+        }
+    }
+
+    /// Parses the name used in the API and the config file.
+    pub fn parse(s: &str) -> Option<MatchType> {
+        match s {
+            "exact_path" => Some(MatchType::ExactPath),
+            "path_prefix" => Some(MatchType::PathPrefix),
+            _ => None,
+        }
+    }
+}
+
+/// A route of an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub id: String,
+    pub created_at: i64,
+    pub match_type: MatchType,
+    pub path: String,
+    pub description: String,
+    pub metadata: String,
+    pub backend: Option<RouteBackend>,
+}
+
+/// The backend module of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteBackend {
+    pub enabled: bool,
+    pub backend_id: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Longest description accepted (ngrok's limit).
+pub const MAX_DESCRIPTION: usize = 255;
+/// Longest metadata accepted (ngrok's limit).
+pub const MAX_METADATA: usize = 4096;
+
+/// Checks a description and metadata pair against ngrok's limits.
+pub fn validate_labels(description: &str, metadata: &str) -> Result<(), String> {
+    if description.len() > MAX_DESCRIPTION {
+        return Err(format!("description is longer than {MAX_DESCRIPTION} bytes"));
+    }
+    if metadata.len() > MAX_METADATA {
+        return Err(format!("metadata is longer than {MAX_METADATA} bytes"));
+    }
+    Ok(())
+}
+
+/// Checks `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
+/// from 1 to 65535) and returns it lower-cased, the form requests are matched in.
+pub fn normalize_hostport(value: &str) -> Result<String, String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{value}` is not host:port (the port is required)"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(format!("`{value}` has an invalid port `{port}`")),
+    }
+    let is_ipv6 =
+        host.starts_with('[') && host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+    let is_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !is_ipv6 && !is_name {
+        return Err(format!("`{value}` has an invalid host `{host}`"));
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+/// Checks a route's `match` value.
+pub fn validate_route_match(match_type: MatchType, path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("match `{path}` must start with `/`"));
+    }
+    if path.len() > 2048 {
+        return Err("match is longer than 2048 bytes".into());
+    }
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
+        return Err(format!(
+            "match `{}` for {} may not contain spaces, control characters, `?` or `#`",
+            path.escape_debug(),
+            match_type.as_str()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostports_are_checked_and_lowercased() {
+        assert_eq!(
+            normalize_hostport("App.Example.com:443").as_deref(),
+            Ok("app.example.com:443")
+        );
+        assert!(normalize_hostport("[::1]:8080").is_ok());
+        assert!(normalize_hostport("example.com").is_err());
+        assert!(normalize_hostport("example.com:0").is_err());
+        assert!(normalize_hostport("exa mple.com:80").is_err());
+        assert!(normalize_hostport(":80").is_err());
+        assert!(normalize_hostport("-bad.com:80").is_err());
+    }
+
+    #[test]
+    fn route_matches_are_checked() {
+        assert!(validate_route_match(MatchType::PathPrefix, "/").is_ok());
+        assert!(validate_route_match(MatchType::ExactPath, "no-slash").is_err());
+        assert!(validate_route_match(MatchType::ExactPath, "/a?b").is_err());
+    }
+}

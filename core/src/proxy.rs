@@ -1,0 +1,299 @@
+//! The edge reverse proxy: match a request to a route, forward it to the route's upstream
+//! with streaming bodies both ways, relay WebSocket upgrades, and answer with a readable page
+//! when there is no route or the upstream fails.
+
+use crate::metrics::UpstreamError;
+use crate::pages::{error_page, Body};
+use crate::routing::{RouteTarget, Upstream};
+use crate::state::Shared;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The pooled upstream client (plain HTTP and TLS).
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+
+/// Builds the upstream client with the configured timeouts.
+pub fn upstream_client(config: &crate::config::ProxyConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.upstream_connect_timeout()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
+        Ok(builder) => builder,
+        Err(e) => {
+            tracing::warn!("no system CA certificates found ({e}); TLS upstreams will fail verification");
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+            match tls {
+                Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls),
+                Err(e) => {
+                    tracing::error!("cannot build a TLS client config: {e}");
+                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                        rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth(),
+                    )
+                }
+            }
+        }
+    };
+    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.upstream_idle_timeout())
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Serves one edge request.
+pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr, is_tls: bool) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = crate::state::new_request_id();
+    let host = request_host(&req, is_tls);
+    let table = shared.routes.load();
+    let target = host.as_deref().and_then(|h| table.find(h, req.uri().path())).cloned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = match &target {
+        None => {
+            shared
+                .metrics
+                .unmatched
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            error_page(
+                StatusCode::NOT_FOUND,
+                "No route",
+                "No route on this gateway serves this address.",
+                &request_id,
+            )
+        }
+        Some(target) => match &target.upstream {
+            None => error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Route has no backend",
+                "The route for this address has no enabled backend.",
+                &request_id,
+            ),
+            Some(upstream) => {
+                let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                forward(&shared, target, upstream, req, peer, is_tls, &request_id, upgrade).await
+            }
+        },
+    };
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    if let Some(target) = &target {
+        target.metrics.observe(status, elapsed);
+    }
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = %request_id,
+        %method,
+        host = host.as_deref().unwrap_or("-"),
+        path = %path,
+        status,
+        route = target.as_ref().map_or("-", |t| t.route_id.as_str()),
+        duration_us = elapsed.as_micros() as u64,
+        "edge request"
+    );
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    target: &RouteTarget,
+    upstream: &Upstream,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    is_tls: bool,
+    request_id: &str,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let upgrade_protocol = client_upgrade
+        .as_ref()
+        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::UPGRADE);
+    if let Some(protocol) = upgrade_protocol {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build();
+    let Ok(uri) = uri else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request target is not a valid path.",
+            request_id,
+        );
+    };
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    if let Some(host) = &original_host {
+        parts.headers.insert(header::HOST, host.clone());
+        parts.headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    append_forwarded_for(&mut parts.headers, peer);
+    parts.headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
+    );
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        parts.headers.insert(X_REQUEST_ID, id);
+    }
+    let request = Request::from_parts(parts, body);
+    let timeout = shared.proxy_config.upstream_response_timeout();
+    let result = tokio::time::timeout(timeout, shared.client.request(request)).await;
+    let mut response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() {
+                UpstreamError::Connect
+            } else {
+                UpstreamError::Other
+            };
+            target.metrics.upstream_error(kind);
+            tracing::warn!(request_id, route = %target.route_id, upstream = %upstream.authority, error = %error_chain(&e), "upstream request failed");
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                "Upstream unavailable",
+                "The gateway could not get a response from the application behind this route.",
+                request_id,
+            );
+        }
+        Err(_) => {
+            target.metrics.upstream_error(UpstreamError::Timeout);
+            tracing::warn!(request_id, route = %target.route_id, upstream = %upstream.authority, "upstream timed out after {timeout:?}");
+            return error_page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Upstream timed out",
+                "The application behind this route did not answer in time.",
+                request_id,
+            );
+        }
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let request_id = request_id.to_string();
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                            tracing::debug!(request_id, "upgraded connection ended: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(request_id, "protocol upgrade failed: {e}"),
+                }
+            });
+            return response.map(|body| body.boxed());
+        }
+    }
+    strip_hop_by_hop(response.headers_mut());
+    response.headers_mut().remove(header::UPGRADE);
+    response.map(|body| body.boxed())
+}
+
+/// The request's `host:port`, lower-cased, with the listener's default port added when absent.
+fn request_host<B>(req: &Request<B>, is_tls: bool) -> Option<String> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(value) => value.to_str().ok()?,
+        None => req.uri().authority()?.as_str(),
+    };
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    let host = authority.host().to_ascii_lowercase();
+    let port = authority.port_u16().unwrap_or(if is_tls { 443 } else { 80 });
+    Some(format!("{host}:{port}"))
+}
+
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

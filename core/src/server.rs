@@ -1,0 +1,388 @@
+//! Listeners and the process lifecycle: bind the edge, console, echo and admin listeners,
+//! serve HTTP/1.1 and HTTP/2 (with TLS when configured), reload on SIGHUP and drain
+//! in-flight requests on SIGTERM.
+
+use crate::config::{Config, ListenerConfig};
+use crate::pages::{error_page, full, Body};
+use crate::state::{ApplyError, Shared};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Apply(#[from] ApplyError),
+    #[error("cannot listen on {address} for the {listener} listener: {reason}")]
+    Bind {
+        listener: &'static str,
+        address: SocketAddr,
+        reason: String,
+    },
+    #[error("TLS for the {listener} listener: {reason}")]
+    Tls { listener: &'static str, reason: String },
+}
+
+/// A running gateway: its listeners, addresses and shared state.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    /// Where the edge listener is bound.
+    pub edge_addr: SocketAddr,
+    /// Where the console listener (API, health, metrics) is bound.
+    pub console_addr: SocketAddr,
+    /// Where the demo echo upstream is bound, when configured.
+    pub echo_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Opens the store, applies the config's objects and starts every listener.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let data_dir = config.data_dir.clone();
+        let header_timeout = config.proxy.header_read_timeout();
+        let grace = config.proxy.shutdown_grace();
+        let listeners = config.listeners.clone();
+        let echo = config.echo.clone();
+        let shared = Shared::open(config).await?;
+        let (shutdown, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let (edge, edge_tls) = bind("edge", &listeners.edge, &data_dir).await?;
+        let (console, console_tls) = bind("console", &listeners.console, &data_dir).await?;
+        let edge_addr = local_addr("edge", &edge)?;
+        let console_addr = local_addr("console", &console)?;
+
+        let opts = ServeOptions { header_timeout, grace };
+        let s = shared.clone();
+        tasks.spawn(serve(
+            edge,
+            edge_tls,
+            shutdown.subscribe(),
+            opts,
+            move |req, peer, is_tls| crate::proxy::handle(s.clone(), req, peer, is_tls),
+        ));
+        let s = shared.clone();
+        tasks.spawn(serve(
+            console,
+            console_tls,
+            shutdown.subscribe(),
+            opts,
+            move |req, _, _| console_handle(s.clone(), req),
+        ));
+
+        let echo_addr = match echo {
+            Some(echo) => {
+                let listener = TcpListener::bind(echo.address).await.map_err(|e| StartError::Bind {
+                    listener: "echo",
+                    address: echo.address,
+                    reason: e.to_string(),
+                })?;
+                let addr = local_addr("echo", &listener)?;
+                tasks.spawn(serve(
+                    listener,
+                    None,
+                    shutdown.subscribe(),
+                    opts,
+                    |req, _, _| async move { crate::echo::handle(req).await },
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        let admin = crate::admin::bind(&data_dir).map_err(|e| StartError::Bind {
+            listener: "admin socket",
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: format!("{}: {e}", crate::admin::socket_path(&data_dir).display()),
+        })?;
+        let s = shared.clone();
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = crate::admin::serve(admin, s) => {}
+                _ = stop.changed() => {}
+            }
+        });
+
+        shared.ready.store(true, Ordering::SeqCst);
+        Ok(Gateway {
+            shared,
+            edge_addr,
+            console_addr,
+            echo_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The state shared by the listeners.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Loads `path` and applies it; on error the running config stays.
+    pub async fn reload(&self, path: &Path, data_dir_override: Option<&Path>) -> Result<(), ApplyError> {
+        let mut config = Config::load(path)?;
+        if let Some(dir) = data_dir_override {
+            config.data_dir = dir.to_path_buf();
+        }
+        let old = self.shared.config.load_full();
+        let mut needs_restart = Vec::new();
+        if old.listeners != config.listeners {
+            needs_restart.push("listeners");
+        }
+        if old.proxy != config.proxy {
+            needs_restart.push("proxy");
+        }
+        if old.log != config.log {
+            needs_restart.push("log");
+        }
+        if old.echo != config.echo {
+            needs_restart.push("echo");
+        }
+        if old.data_dir != config.data_dir {
+            needs_restart.push("data_dir");
+        }
+        self.shared.apply_config(config).await?;
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                "config reloaded, but changes to [{}] take effect only after a restart",
+                needs_restart.join("], [")
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), and returns.
+    pub async fn shutdown(mut self) {
+        self.shared.ready.store(false, Ordering::SeqCst);
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_file(crate::admin::socket_path(&self.shared.config.load().data_dir));
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
+pub async fn run(config: Config, config_path: PathBuf, data_dir_override: Option<PathBuf>) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signal_error = |e: std::io::Error| StartError::Bind {
+        listener: "signal handler",
+        address: SocketAddr::from(([0, 0, 0, 0], 0)),
+        reason: e.to_string(),
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let gateway = Gateway::start(config).await?;
+    let config = gateway.shared().config.load_full();
+    tracing::info!(
+        edge = %public(&config.listeners.edge, gateway.edge_addr),
+        console = %public(&config.listeners.console, gateway.console_addr),
+        api = %format!("{}{}", public(&config.listeners.console, gateway.console_addr), crate::api::PREFIX),
+        data_dir = %config.data_dir.display(),
+        "portcullis is serving"
+    );
+    for (name, edge) in &config.edges {
+        for hostport in &edge.hostports {
+            let scheme = if config.listeners.edge.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!("edge `{name}`: {scheme}://{hostport}/");
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                match gateway.reload(&config_path, data_dir_override.as_deref()).await {
+                    Ok(()) => tracing::info!(config = %config_path.display(), "config reloaded"),
+                    Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    gateway.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn public(listener: &ListenerConfig, bound: SocketAddr) -> String {
+    match &listener.public_url {
+        Some(_) => listener.public_url(),
+        None => format!("{}://{bound}", if listener.tls.is_some() { "https" } else { "http" }),
+    }
+}
+
+async fn bind(
+    name: &'static str,
+    listener: &ListenerConfig,
+    data_dir: &Path,
+) -> Result<(TcpListener, Option<TlsAcceptor>), StartError> {
+    let tls = match &listener.tls {
+        Some(tls) => Some(TlsAcceptor::from(
+            crate::tls::server_config(tls, data_dir, name)
+                .map_err(|reason| StartError::Tls { listener: name, reason })?,
+        )),
+        None => None,
+    };
+    let socket = TcpListener::bind(listener.address)
+        .await
+        .map_err(|e| StartError::Bind {
+            listener: name,
+            address: listener.address,
+            reason: e.to_string(),
+        })?;
+    Ok((socket, tls))
+}
+
+fn local_addr(name: &'static str, listener: &TcpListener) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|e| StartError::Bind {
+        listener: name,
+        address: SocketAddr::from(([0, 0, 0, 0], 0)),
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct ServeOptions {
+    header_timeout: Duration,
+    grace: Duration,
+}
+
+/// Accepts connections until shutdown, then waits for open connections to finish.
+async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    opts: ServeOptions,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr, bool) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let is_tls = tls.is_some();
+        let service = service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req, peer, is_tls).await) }
+        });
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                let timeout = opts.header_timeout;
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(opts.grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period of {:?} ended with connections still open", opts.grace);
+    }
+}
+
+/// The console listener: health, readiness, metrics and the management API.
+async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if path == crate::api::PREFIX || path.starts_with("/api/") {
+        return crate::api::handle(shared, req).await;
+    }
+    let response = match path {
+        "/healthz" => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),
+        "/readyz" if shared.ready.load(Ordering::SeqCst) => {
+            text(StatusCode::OK, "ready\n", "text/plain; charset=utf-8")
+        }
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n",
+            "text/plain; charset=utf-8",
+        ),
+        "/metrics" => text(
+            StatusCode::OK,
+            &shared.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        _ => error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "Nothing is served at this path of the console.",
+            &crate::state::new_request_id(),
+        ),
+    };
+    tracing::debug!(target: "portcullis::access", method = %req.method(), path, status = response.status().as_u16(), "console request");
+    response
+}
+
+fn text(status: StatusCode, body: &str, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,202 @@
+//! What every listener shares: the current config, the store, the routing table, metrics and
+//! the upstream client; and the two operations that change what the edge serves: applying a
+//! config file's declared objects, and rebuilding the routing table from the store.
+
+use crate::config::{Config, ConfigError};
+use crate::ids;
+use crate::metrics::Metrics;
+use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
+use crate::proxy::UpstreamClient;
+use crate::routing::RouteTable;
+use crate::store::{Store, StoreError};
+use arc_swap::ArcSwap;
+use rand::RngCore;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// State shared by the edge, the console and the admin socket.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub store: Store,
+    pub routes: ArcSwap<RouteTable>,
+    pub metrics: Metrics,
+    pub client: UpstreamClient,
+    /// Proxy settings in force; they change only with a restart.
+    pub proxy_config: crate::config::ProxyConfig,
+    /// Set once every listener accepts traffic; cleared at shutdown.
+    pub ready: AtomicBool,
+}
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl Shared {
+    /// Opens the store for `config` and applies its declared objects.
+    pub async fn open(config: Config) -> Result<Arc<Shared>, ApplyError> {
+        let store = Store::open(&config.data_dir)?;
+        let shared = Arc::new(Shared {
+            client: crate::proxy::upstream_client(&config.proxy),
+            proxy_config: config.proxy.clone(),
+            config: ArcSwap::from_pointee(config.clone()),
+            store,
+            routes: ArcSwap::from_pointee(RouteTable::default()),
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(false),
+        });
+        shared.apply_config(config).await?;
+        Ok(shared)
+    }
+
+    /// Makes the store's config-declared backends and edges match `config`, swaps `config` in,
+    /// and rebuilds the routing table. On error nothing changes.
+    pub async fn apply_config(&self, config: Config) -> Result<(), ApplyError> {
+        let _guard = self.store.lock_writes().await;
+        let file = config.file.display().to_string();
+        let now = crate::model::now_unix();
+        let stored_backends = self.store.all_backends()?;
+        let stored_edges = self.store.all_edges()?;
+        let created: HashMap<&str, i64> = stored_backends
+            .iter()
+            .map(|b| (b.id.as_str(), b.created_at))
+            .chain(stored_edges.iter().map(|e| (e.id.as_str(), e.created_at)))
+            .chain(
+                stored_edges
+                    .iter()
+                    .flat_map(|e| e.routes.iter().map(|r| (r.id.as_str(), r.created_at))),
+            )
+            .collect();
+        let created_at = |id: &str| created.get(id).copied().unwrap_or(now);
+
+        let backends: Vec<StaticBackend> = config
+            .backends
+            .iter()
+            .map(|(name, b)| {
+                let id = ids::config_id(ids::STATIC_BACKEND, name);
+                StaticBackend {
+                    created_at: created_at(&id),
+                    id,
+                    description: b.description.clone(),
+                    metadata: b.metadata.clone(),
+                    address: b.address.clone(),
+                    tls: b.tls,
+                    source: Source::Config {
+                        file: file.clone(),
+                        name: name.clone(),
+                    },
+                }
+            })
+            .collect();
+        let api_hostports: HashMap<String, &str> = stored_edges
+            .iter()
+            .filter(|e| e.source == Source::Api)
+            .flat_map(|e| e.hostports.iter().map(move |h| (h.clone(), e.id.as_str())))
+            .collect();
+        let mut edges = Vec::new();
+        for (name, e) in &config.edges {
+            let mut hostports = Vec::new();
+            for (i, hostport) in e.hostports.iter().enumerate() {
+                let normal = crate::model::normalize_hostport(hostport)
+                    .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m))?;
+                if let Some(api_edge) = api_hostports.get(&normal) {
+                    return Err(config_error(
+                        &file,
+                        &format!("edges.{name}.hostports[{i}]"),
+                        format!("`{hostport}` is already served by edge {api_edge}, created through the API; delete that edge or pick another host:port"),
+                    )
+                    .into());
+                }
+                hostports.push(normal);
+            }
+            let edge_id = ids::config_id(ids::HTTPS_EDGE, name);
+            let routes = e
+                .routes
+                .iter()
+                .map(|r| {
+                    let id = ids::config_id(
+                        ids::HTTPS_ROUTE,
+                        &format!("{name}/{}/{}", r.match_type.as_str(), r.path),
+                    );
+                    Route {
+                        created_at: created_at(&id),
+                        id,
+                        match_type: r.match_type,
+                        path: r.path.clone(),
+                        description: r.description.clone(),
+                        metadata: r.metadata.clone(),
+                        backend: Some(RouteBackend {
+                            enabled: r.enabled,
+                            backend_id: ids::config_id(ids::STATIC_BACKEND, &r.backend),
+                        }),
+                    }
+                })
+                .collect();
+            edges.push(Edge {
+                created_at: created_at(&edge_id),
+                id: edge_id,
+                description: e.description.clone(),
+                metadata: e.metadata.clone(),
+                hostports,
+                routes,
+                source: Source::Config {
+                    file: file.clone(),
+                    name: name.clone(),
+                },
+            });
+        }
+        let keep: HashSet<&str> = backends
+            .iter()
+            .map(|b| b.id.as_str())
+            .chain(edges.iter().map(|e| e.id.as_str()))
+            .collect();
+        let stale_backends: Vec<String> = stored_backends
+            .iter()
+            .filter(|b| b.source != Source::Api && !keep.contains(b.id.as_str()))
+            .map(|b| b.id.clone())
+            .collect();
+        let stale_edges: Vec<String> = stored_edges
+            .iter()
+            .filter(|e| e.source != Source::Api && !keep.contains(e.id.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        self.store
+            .replace_config_objects(&backends, &edges, &stale_backends, &stale_edges)
+            .await?;
+        self.config.store(Arc::new(config));
+        self.rebuild_routes()?;
+        Ok(())
+    }
+
+    /// Rebuilds the routing table from the store and swaps it in.
+    pub fn rebuild_routes(&self) -> Result<(), StoreError> {
+        let table = RouteTable::build(&self.store.all_edges()?, &self.store.all_backends()?, &self.metrics);
+        self.routes.store(Arc::new(table));
+        Ok(())
+    }
+}
+
+fn config_error(file: &str, key: &str, message: String) -> ConfigError {
+    ConfigError {
+        source: file.to_string(),
+        key: Some(key.to_string()),
+        message,
+    }
+}
+
+/// A new request id: 16 random bytes in hex.
+pub fn new_request_id() -> String {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let mut out = String::with_capacity(32);
+    for b in raw {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out
+}

@@ -1,0 +1,371 @@
+//! Durable state in an embedded sled database: typed collections behind a narrow interface.
+//!
+//! The store knows nothing about HTTP or the config file. Every `create_`/`update_`/`delete_`
+//! method flushes to disk before it returns, so a caller that acknowledges a write after it
+//! has returned never loses it in a crash. A schema-version key guards the format: a data dir
+//! written by a newer schema is refused rather than misread.
+
+mod codec;
+
+pub use codec::CodecError;
+
+use crate::model::{ApiKey, Edge, StaticBackend};
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database in {dir}: {reason}")]
+    Open { dir: PathBuf, reason: String },
+    #[error("the data dir {dir} was written by schema version {found}; this build of Portcullis reads up to version {SCHEMA_VERSION}: upgrade Portcullis or restore a backup")]
+    NewerSchema { dir: PathBuf, found: u32 },
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("stored record is unreadable: {0}")]
+    Codec(#[from] CodecError),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A collection of records of one type, keyed by their id.
+struct Collection<T> {
+    tree: sled::Tree,
+    _record: PhantomData<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Collection<T> {
+    fn open(db: &sled::Db, name: &str) -> Result<Self, StoreError> {
+        Ok(Collection {
+            tree: db.open_tree(name)?,
+            _record: PhantomData,
+        })
+    }
+
+    fn find(&self, id: &str) -> Result<Option<T>, StoreError> {
+        match self.tree.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, id: &str, record: &T) -> Result<(), StoreError> {
+        self.tree.insert(id.as_bytes(), codec::encode(record)?)?;
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.remove(id.as_bytes())?.is_some())
+    }
+
+    /// Up to `limit` records with ids below `before_id`, highest id first, and whether more remain.
+    fn page(&self, before_id: Option<&str>, limit: usize) -> Result<(Vec<T>, bool), StoreError> {
+        let iter = match before_id {
+            Some(before) => self.tree.range(..before.as_bytes()),
+            None => self.tree.iter(),
+        };
+        let mut out = Vec::with_capacity(limit.min(100));
+        for item in iter.rev() {
+            let (_, bytes) = item?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(codec::decode(&bytes)?);
+        }
+        Ok((out, false))
+    }
+
+    fn all(&self) -> Result<Vec<T>, StoreError> {
+        self.tree.iter().map(|item| Ok(codec::decode(&item?.1)?)).collect()
+    }
+}
+
+/// The gateway's database.
+pub struct Store {
+    db: sled::Db,
+    api_keys: Collection<ApiKey>,
+    /// token hash -> api key id
+    api_key_hashes: sled::Tree,
+    backends: Collection<StaticBackend>,
+    edges: Collection<Edge>,
+    /// Serialises read-modify-write sequences (edge routes, config apply).
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// A page of records, newest first.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| StoreError::Open {
+            dir: dir.to_path_buf(),
+            reason: match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
+                    "another process holds the database lock (is `portcullis serve` already running on this data dir?)".into()
+                }
+                other => other.to_string(),
+            },
+        })?;
+        match db.get(SCHEMA_KEY)? {
+            None => {
+                db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(raw) => {
+                let found = <[u8; 4]>::try_from(raw.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(u32::MAX);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        dir: dir.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(Store {
+            api_keys: Collection::open(&db, "api_keys")?,
+            api_key_hashes: db.open_tree("api_key_hashes")?,
+            backends: Collection::open(&db, "static_backends")?,
+            edges: Collection::open(&db, "https_edges")?,
+            write_lock: tokio::sync::Mutex::new(()),
+            db,
+        })
+    }
+
+    /// Holds off other read-modify-write sequences while the guard lives.
+    pub async fn lock_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ----- API keys -----
+
+    pub async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        let encoded = codec::encode(key)?;
+        (&self.api_keys.tree, &self.api_key_hashes)
+            .transaction(|(keys, hashes)| {
+                if hashes.get(key.token_hash)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort("token hash collision".to_string()));
+                }
+                keys.insert(key.id.as_bytes(), encoded.as_slice())?;
+                hashes.insert(&key.token_hash, key.id.as_bytes())?;
+                Ok(())
+            })
+            .map_err(transaction_error)?;
+        self.flush().await
+    }
+
+    pub fn find_api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.api_keys.find(id)
+    }
+
+    pub fn find_api_key_by_token_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
+        match self.api_key_hashes.get(hash)? {
+            Some(id) => self.api_keys.find(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_api_keys(&self, before_id: Option<&str>, limit: usize) -> Result<Page<ApiKey>, StoreError> {
+        page(self.api_keys.page(before_id, limit)?)
+    }
+
+    pub async fn update_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.api_keys.put(&key.id, key)?;
+        self.flush().await
+    }
+
+    pub async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(key) = self.api_keys.find(id)? else {
+            return Ok(false);
+        };
+        (&self.api_keys.tree, &self.api_key_hashes)
+            .transaction(|(keys, hashes)| {
+                keys.remove(id.as_bytes())?;
+                hashes.remove(&key.token_hash)?;
+                Ok::<_, ConflictableTransactionError<String>>(())
+            })
+            .map_err(transaction_error)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    // ----- static backends -----
+
+    pub fn find_backend(&self, id: &str) -> Result<Option<StaticBackend>, StoreError> {
+        self.backends.find(id)
+    }
+
+    pub fn list_backends(&self, before_id: Option<&str>, limit: usize) -> Result<Page<StaticBackend>, StoreError> {
+        page(self.backends.page(before_id, limit)?)
+    }
+
+    pub fn all_backends(&self) -> Result<Vec<StaticBackend>, StoreError> {
+        self.backends.all()
+    }
+
+    /// Creates or replaces a backend.
+    pub async fn put_backend(&self, backend: &StaticBackend) -> Result<(), StoreError> {
+        self.backends.put(&backend.id, backend)?;
+        self.flush().await
+    }
+
+    pub async fn delete_backend(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self.backends.remove(id)?;
+        self.flush().await?;
+        Ok(removed)
+    }
+
+    // ----- HTTPS edges (with their routes) -----
+
+    pub fn find_edge(&self, id: &str) -> Result<Option<Edge>, StoreError> {
+        self.edges.find(id)
+    }
+
+    pub fn list_edges(&self, before_id: Option<&str>, limit: usize) -> Result<Page<Edge>, StoreError> {
+        page(self.edges.page(before_id, limit)?)
+    }
+
+    pub fn all_edges(&self) -> Result<Vec<Edge>, StoreError> {
+        self.edges.all()
+    }
+
+    /// Creates or replaces an edge and its routes.
+    pub async fn put_edge(&self, edge: &Edge) -> Result<(), StoreError> {
+        self.edges.put(&edge.id, edge)?;
+        self.flush().await
+    }
+
+    pub async fn delete_edge(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self.edges.remove(id)?;
+        self.flush().await?;
+        Ok(removed)
+    }
+
+    /// Replaces the config-declared backends and edges in one atomic batch: `backends` and
+    /// `edges` are written, and the ids in `stale_*` are removed.
+    pub async fn replace_config_objects(
+        &self,
+        backends: &[StaticBackend],
+        edges: &[Edge],
+        stale_backends: &[String],
+        stale_edges: &[String],
+    ) -> Result<(), StoreError> {
+        let encoded_backends = backends
+            .iter()
+            .map(|b| Ok((b.id.clone(), codec::encode(b)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let encoded_edges = edges
+            .iter()
+            .map(|e| Ok((e.id.clone(), codec::encode(e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        (&self.backends.tree, &self.edges.tree)
+            .transaction(|(btree, etree)| {
+                for id in stale_backends {
+                    btree.remove(id.as_bytes())?;
+                }
+                for id in stale_edges {
+                    etree.remove(id.as_bytes())?;
+                }
+                for (id, bytes) in &encoded_backends {
+                    btree.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                for (id, bytes) in &encoded_edges {
+                    etree.insert(id.as_bytes(), bytes.as_slice())?;
+                }
+                Ok::<_, ConflictableTransactionError<String>>(())
+            })
+            .map_err(transaction_error)?;
+        self.flush().await
+    }
+}
+
+fn page<T>((items, has_more): (Vec<T>, bool)) -> Result<Page<T>, StoreError> {
+    Ok(Page { items, has_more })
+}
+
+fn transaction_error(e: TransactionError<String>) -> StoreError {
+    match e {
+        TransactionError::Abort(reason) => StoreError::Conflict(reason),
+        TransactionError::Storage(e) => StoreError::Db(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Source;
+
+    fn backend(id: &str) -> StaticBackend {
+        StaticBackend {
+            id: id.into(),
+            description: String::new(),
+            metadata: String::new(),
+            created_at: 0,
+            address: "127.0.0.1:1".into(),
+            tls: false,
+            source: Source::Api,
+        }
+    }
+
+    #[tokio::test]
+    async fn pages_walk_newest_first_and_survive_reopen() {
+        let dir = tempdir();
+        {
+            let store = Store::open(&dir).unwrap();
+            for id in ["a", "b", "c"] {
+                store.put_backend(&backend(id)).await.unwrap();
+            }
+            let first = store.list_backends(None, 2).unwrap();
+            assert_eq!(
+                first.items.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(),
+                ["c", "b"]
+            );
+            assert!(first.has_more);
+            let second = store.list_backends(Some("b"), 2).unwrap();
+            assert_eq!(second.items.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["a"]);
+            assert!(!second.has_more);
+        }
+        let store = Store::open(&dir).unwrap();
+        assert!(store.find_backend("c").unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempdir();
+        {
+            let db = sled::open(dir.join("db")).unwrap();
+            db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("schema version 2"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("storetest"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

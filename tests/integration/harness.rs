@@ -1,0 +1,257 @@
+//! Starting the gateway and a real upstream for a test, and a small HTTP client.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::{Config, Gateway};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The listeners part of every test config: free ports on loopback.
+pub const LISTENERS: &str = r#"version = 1
+[listeners.edge]
+address = "127.0.0.1:0"
+[listeners.console]
+address = "127.0.0.1:0"
+"#;
+
+/// A gateway running in this process with its own data dir and an API key.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub dir: tempfile::TempDir,
+    pub token: String,
+}
+
+impl TestGateway {
+    /// Starts a gateway whose config is [`LISTENERS`] followed by `extra`.
+    pub async fn start(extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), format!("{LISTENERS}{extra}")).unwrap();
+        Self::start_in(dir).await
+    }
+
+    /// Starts a gateway on the `config.toml` already written in `dir`.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
+        let config = Config::load(&dir.path().join("config.toml")).unwrap();
+        let gateway = Gateway::start(config).await.unwrap();
+        let (_, token) = portcullis::admin::create_api_key(gateway.shared(), "test".into()).await.unwrap();
+        TestGateway { gateway, dir, token }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}/api{path}", self.gateway.console_addr)
+    }
+
+    /// An authenticated API request with `Ngrok-Version: 2`.
+    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        let headers = [("ngrok-version", "2"), ("authorization", auth.as_str()), ("content-type", "application/json")];
+        send(method, &self.api_url(path), &headers, body.map(|b| b.to_string().into_bytes())).await
+    }
+
+    /// A GET to the edge listener with the given Host header.
+    pub async fn edge_get(&self, host: &str, path: &str) -> Reply {
+        let url = format!("http://{}{path}", self.gateway.edge_addr);
+        send(Method::GET, &url, &[("host", host)], None).await
+    }
+
+    /// Creates a static backend, an edge on `hostport` and a `path_prefix /` route through the API.
+    pub async fn create_route_to(&self, upstream: SocketAddr, hostport: &str) -> (String, String) {
+        let backend = self.api(Method::POST, "/backends/static", Some(serde_json::json!({"address": upstream.to_string()}))).await;
+        assert_eq!(backend.status, 201, "{}", backend.body);
+        let edge = self.api(Method::POST, "/edges/https", Some(serde_json::json!({"hostports": [hostport]}))).await;
+        assert_eq!(edge.status, 201, "{}", edge.body);
+        let edge_id = edge.json()["id"].as_str().unwrap().to_string();
+        let route = self
+            .api(
+                Method::POST,
+                &format!("/edges/https/{edge_id}/routes"),
+                Some(serde_json::json!({"match_type": "path_prefix", "match": "/", "backend": {"backend_id": backend.json()["id"]}})),
+            )
+            .await;
+        assert_eq!(route.status, 201, "{}", route.body);
+        (edge_id, route.json()["id"].as_str().unwrap().to_string())
+    }
+
+    pub async fn stop(self) {
+        self.gateway.shutdown().await;
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts an API error in ngrok's shape and returns its message.
+    pub fn assert_api_error(&self, status: u16, code: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v = self.json();
+        assert_eq!(v["error_code"], format!("ERR_PORTCULLIS_{code}"), "{}", self.body);
+        assert_eq!(v["status_code"], status);
+        assert!(v["details"]["operation_id"].as_str().unwrap().starts_with("op_"), "{}", self.body);
+        v["msg"].as_str().unwrap().to_string()
+    }
+}
+
+/// Sends one HTTP/1.1 request and reads the whole response.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+type UpstreamBody = BoxBody<Bytes, std::io::Error>;
+
+/// A real HTTP upstream on a free port, independent of the gateway's code.
+///
+/// - any path: JSON `{"method","path","headers","body"}` of what it received;
+/// - `/stream`: sends `first`, waits for [`Upstream::go`], then sends `second`;
+/// - `/upload`: reads one body frame, signals [`Upstream::got_first`], reads the rest, answers the total length;
+/// - `/slow`: answers only after [`Upstream::go`];
+/// - `/ws`: a WebSocket that echoes text messages in upper case.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub go: Arc<Notify>,
+    pub got_first: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let go = Arc::new(Notify::new());
+        let got_first = Arc::new(Notify::new());
+        let (g, f) = (go.clone(), got_first.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (g, f) = (g.clone(), f.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| upstream_handle(req, g.clone(), f.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, go, got_first, task }
+    }
+}
+
+fn boxed(text: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first: Arc<Notify>) -> Result<hyper::Response<UpstreamBody>, std::io::Error> {
+    match req.uri().path() {
+        "/stream" => {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+            tokio::spawn(async move {
+                let _ = tx.send_data(Bytes::from_static(b"first;")).await;
+                go.notified().await;
+                let _ = tx.send_data(Bytes::from_static(b"second")).await;
+            });
+            Ok(hyper::Response::new(body.boxed()))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut total = 0;
+            let mut signalled = false;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() {
+                    total += data.len();
+                    if !signalled {
+                        got_first.notify_one();
+                        signalled = true;
+                    }
+                }
+            }
+            Ok(hyper::Response::new(boxed(format!("received {total} bytes"))))
+        }
+        "/slow" => {
+            go.notified().await;
+            Ok(hyper::Response::new(boxed("done")))
+        }
+        "/ws" => {
+            let key = req.headers().get("sec-websocket-key").cloned().unwrap_or(http::HeaderValue::from_static(""));
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
+                let Ok(upgraded) = on_upgrade.await else { return };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
+                        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(text.to_uppercase())).await;
+                    }
+                }
+            });
+            let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            Ok(hyper::Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(boxed(""))
+                .unwrap())
+        }
+        _ => {
+            let method = req.method().to_string();
+            let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let headers: serde_json::Map<String, Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .collect();
+            let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+            let reply = serde_json::json!({"method": method, "path": path, "headers": headers, "body": String::from_utf8_lossy(&body)});
+            Ok(hyper::Response::new(boxed(reply.to_string())))
+        }
+    }
+}
+
+/// A loopback address where nothing listens.
+pub async fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}

@@ -1,0 +1,11 @@
+//! The one integration-test binary: the real gateway in-process on free ports, in front of a
+//! real upstream, driven by real clients (hyper, tungstenite, ngrok's Python API client, the
+//! `portcullis` binary itself). One module per area.
+
+mod harness;
+
+mod api;
+mod cli;
+mod config;
+mod ngrok_client;
+mod proxy;
