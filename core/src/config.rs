@@ -468,7 +468,7 @@ fn from_figment(error: figment::Error, file: &str) -> ConfigError {
     let key = if error.path.is_empty() {
         None
     } else {
-        Some(error.path.join("."))
+        Some(key_path(&error.path))
     };
     let message = match &error.kind {
         figment::error::Kind::MissingField(field) => {

@@ -74,7 +74,9 @@ impl RouteTable {
                     MatchType::PathPrefix => routes.prefixes.push((route.path.clone(), target)),
                 }
             }
-            routes.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            routes
+                .prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
             let routes = Arc::new(routes);
             for hostport in &edge.hostports {
                 by_hostport.insert(hostport.to_ascii_lowercase(), routes.clone());

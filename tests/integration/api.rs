@@ -12,7 +12,13 @@ async fn missing_version_header_is_400_in_ngroks_shape() {
     let reply = send(Method::GET, &gw.api_url("/api_keys"), &[("authorization", &auth)], None).await;
     let msg = reply.assert_api_error(400, 100);
     assert_eq!(msg, "the Ngrok-Version header must be set to 2");
-    let reply = send(Method::GET, &gw.api_url("/api_keys"), &[("authorization", &auth), ("ngrok-version", "1")], None).await;
+    let reply = send(
+        Method::GET,
+        &gw.api_url("/api_keys"),
+        &[("authorization", &auth), ("ngrok-version", "1")],
+        None,
+    )
+    .await;
     reply.assert_api_error(400, 100);
     gw.stop().await;
 }
@@ -21,25 +27,75 @@ async fn missing_version_header_is_400_in_ngroks_shape() {
 async fn missing_malformed_or_unknown_token_is_401() {
     let gw = TestGateway::start("").await;
     let url = gw.api_url("/edges/https");
-    send(Method::GET, &url, &[("ngrok-version", "2")], None).await.assert_api_error(401, 101);
-    send(Method::GET, &url, &[("ngrok-version", "2"), ("authorization", "Basic abc")], None).await.assert_api_error(401, 101);
-    send(Method::GET, &url, &[("ngrok-version", "2"), ("authorization", "Bearer pcl_not_a_key")], None).await.assert_api_error(401, 102);
+    send(Method::GET, &url, &[("ngrok-version", "2")], None)
+        .await
+        .assert_api_error(401, 101);
+    send(
+        Method::GET,
+        &url,
+        &[("ngrok-version", "2"), ("authorization", "Basic abc")],
+        None,
+    )
+    .await
+    .assert_api_error(401, 101);
+    send(
+        Method::GET,
+        &url,
+        &[("ngrok-version", "2"), ("authorization", "Bearer pcl_not_a_key")],
+        None,
+    )
+    .await
+    .assert_api_error(401, 102);
     // A key stops working as soon as it is deleted.
-    let created = gw.api(Method::POST, "/api_keys", Some(json!({"description": "short-lived"}))).await;
+    let created = gw
+        .api(Method::POST, "/api_keys", Some(json!({"description": "short-lived"})))
+        .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let key = created.json();
     let token = key["token"].as_str().unwrap().to_string();
     let auth = format!("Bearer {token}");
-    assert_eq!(send(Method::GET, &url, &[("ngrok-version", "2"), ("authorization", &auth)], None).await.status, 200);
-    assert_eq!(gw.api(Method::DELETE, &format!("/api_keys/{}", key["id"].as_str().unwrap()), None).await.status, 204);
-    send(Method::GET, &url, &[("ngrok-version", "2"), ("authorization", &auth)], None).await.assert_api_error(401, 102);
+    assert_eq!(
+        send(
+            Method::GET,
+            &url,
+            &[("ngrok-version", "2"), ("authorization", &auth)],
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        gw.api(
+            Method::DELETE,
+            &format!("/api_keys/{}", key["id"].as_str().unwrap()),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    send(
+        Method::GET,
+        &url,
+        &[("ngrok-version", "2"), ("authorization", &auth)],
+        None,
+    )
+    .await
+    .assert_api_error(401, 102);
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn api_key_token_is_shown_once_and_never_stored() {
     let gw = TestGateway::start("").await;
-    let created = gw.api(Method::POST, "/api_keys", Some(json!({"description": "ci", "metadata": "{\"team\":\"x\"}"}))).await;
+    let created = gw
+        .api(
+            Method::POST,
+            "/api_keys",
+            Some(json!({"description": "ci", "metadata": "{\"team\":\"x\"}"})),
+        )
+        .await;
     assert_eq!(created.status, 201);
     let key = created.json();
     let token = key["token"].as_str().unwrap().to_string();
@@ -56,7 +112,11 @@ async fn api_key_token_is_shown_once_and_never_stored() {
     // The token's bytes appear nowhere in the database files.
     for entry in walk(&data_dir) {
         let Ok(bytes) = std::fs::read(&entry) else { continue };
-        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "token found in {}", entry.display());
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "token found in {}",
+            entry.display()
+        );
     }
 }
 
@@ -76,28 +136,76 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn bad_bodies_and_unknown_ids_get_exact_errors() {
     let gw = TestGateway::start("[api]\nmax_body_bytes = 256\n").await;
-    let msg = gw.api(Method::GET, "/backends/static/bkdst_nope", None).await.assert_api_error(404, 106);
+    let msg = gw
+        .api(Method::GET, "/backends/static/bkdst_nope", None)
+        .await
+        .assert_api_error(404, 106);
     assert_eq!(msg, "static backend `bkdst_nope` was not found");
-    gw.api(Method::GET, "/edges/https/edghts_nope/routes/edghtsrt_x", None).await.assert_api_error(404, 106);
-    let msg = gw.api(Method::POST, "/backends/static", Some(json!({"address": "x".repeat(300)}))).await.assert_api_error(413, 103);
+    gw.api(Method::GET, "/edges/https/edghts_nope/routes/edghtsrt_x", None)
+        .await
+        .assert_api_error(404, 106);
+    let msg = gw
+        .api(
+            Method::POST,
+            "/backends/static",
+            Some(json!({"address": "x".repeat(300)})),
+        )
+        .await
+        .assert_api_error(413, 103);
     assert_eq!(msg, "the request body is larger than the limit of 256 bytes");
     let auth = format!("Bearer {}", gw.token);
     let headers = [("ngrok-version", "2"), ("authorization", auth.as_str())];
-    let reply = send(Method::POST, &gw.api_url("/backends/static"), &headers, Some(b"{not json".to_vec())).await;
+    let reply = send(
+        Method::POST,
+        &gw.api_url("/backends/static"),
+        &headers,
+        Some(b"{not json".to_vec()),
+    )
+    .await;
     let msg = reply.assert_api_error(400, 104);
-    assert!(msg.starts_with("the request body is invalid: key must be a string"), "{msg}");
-    let msg = gw.api(Method::POST, "/backends/static", Some(json!({"address": "127.0.0.1:1", "adress": 1}))).await.assert_api_error(400, 104);
+    assert!(
+        msg.starts_with("the request body is invalid: key must be a string"),
+        "{msg}"
+    );
+    let msg = gw
+        .api(
+            Method::POST,
+            "/backends/static",
+            Some(json!({"address": "127.0.0.1:1", "adress": 1})),
+        )
+        .await
+        .assert_api_error(400, 104);
     assert!(msg.contains("unknown field `adress`"), "{msg}");
-    let msg = gw.api(Method::POST, "/backends/static", Some(json!({"address": 12}))).await.assert_api_error(400, 104);
+    let msg = gw
+        .api(Method::POST, "/backends/static", Some(json!({"address": 12})))
+        .await
+        .assert_api_error(400, 104);
     assert!(msg.contains("invalid type: integer `12`, expected a string"), "{msg}");
-    let msg = gw.api(Method::POST, "/backends/static", Some(json!({"address": "no-port"}))).await.assert_api_error(400, 105);
-    assert_eq!(msg, "invalid `address`: address `no-port` is not host:port (the port is required)");
-    let msg = gw.api(Method::POST, "/edges/https", Some(json!({"hostports": ["bad host:80"]}))).await.assert_api_error(400, 105);
+    let msg = gw
+        .api(Method::POST, "/backends/static", Some(json!({"address": "no-port"})))
+        .await
+        .assert_api_error(400, 105);
+    assert_eq!(
+        msg,
+        "invalid `address`: address `no-port` is not host:port (the port is required)"
+    );
+    let msg = gw
+        .api(
+            Method::POST,
+            "/edges/https",
+            Some(json!({"hostports": ["bad host:80"]})),
+        )
+        .await
+        .assert_api_error(400, 105);
     assert!(msg.starts_with("invalid `hostports[0]`"), "{msg}");
     gw.api(Method::GET, "/tunnels", None).await.assert_api_error(404, 107);
     gw.api(Method::PUT, "/api_keys", None).await.assert_api_error(405, 108);
-    gw.api(Method::GET, "/api_keys?limit=0", None).await.assert_api_error(400, 111);
-    gw.api(Method::GET, "/api_keys?limit=101", None).await.assert_api_error(400, 111);
+    gw.api(Method::GET, "/api_keys?limit=0", None)
+        .await
+        .assert_api_error(400, 111);
+    gw.api(Method::GET, "/api_keys?limit=101", None)
+        .await
+        .assert_api_error(400, 111);
     gw.stop().await;
 }
 
@@ -107,23 +215,60 @@ async fn routes_validate_and_conflicts_are_409() {
     let upstream = Upstream::start().await;
     let (edge_id, _) = gw.create_route_to(upstream.addr, "one.test:80").await;
     let routes = format!("/edges/https/{edge_id}/routes");
-    let msg = gw.api(Method::POST, &routes, Some(json!({"match_type": "regex", "match": "/"}))).await.assert_api_error(400, 105);
-    assert_eq!(msg, "invalid `match_type`: `regex` is not one of exact_path, path_prefix");
-    let msg = gw.api(Method::POST, &routes, Some(json!({"match_type": "path_prefix"}))).await.assert_api_error(400, 105);
+    let msg = gw
+        .api(
+            Method::POST,
+            &routes,
+            Some(json!({"match_type": "regex", "match": "/"})),
+        )
+        .await
+        .assert_api_error(400, 105);
+    assert_eq!(
+        msg,
+        "invalid `match_type`: `regex` is not one of exact_path, path_prefix"
+    );
+    let msg = gw
+        .api(Method::POST, &routes, Some(json!({"match_type": "path_prefix"})))
+        .await
+        .assert_api_error(400, 105);
     assert_eq!(msg, "invalid `match`: is required");
     let msg = gw
-        .api(Method::POST, &routes, Some(json!({"match_type": "exact_path", "match": "/x", "backend": {"backend_id": "bkdst_missing"}})))
+        .api(
+            Method::POST,
+            &routes,
+            Some(json!({"match_type": "exact_path", "match": "/x", "backend": {"backend_id": "bkdst_missing"}})),
+        )
         .await
         .assert_api_error(400, 105);
     assert_eq!(msg, "invalid `backend.backend_id`: no static backend `bkdst_missing`");
-    let msg = gw.api(Method::POST, &routes, Some(json!({"match_type": "path_prefix", "match": "/"}))).await.assert_api_error(409, 110);
+    let msg = gw
+        .api(
+            Method::POST,
+            &routes,
+            Some(json!({"match_type": "path_prefix", "match": "/"})),
+        )
+        .await
+        .assert_api_error(409, 110);
     assert!(msg.contains("already matches path_prefix `/`"), "{msg}");
-    let msg = gw.api(Method::POST, "/edges/https", Some(json!({"hostports": ["ONE.test:80"]}))).await.assert_api_error(409, 110);
-    assert_eq!(msg, format!("hostport `ONE.test:80` is already served by edge `{edge_id}`"));
+    let msg = gw
+        .api(
+            Method::POST,
+            "/edges/https",
+            Some(json!({"hostports": ["ONE.test:80"]})),
+        )
+        .await
+        .assert_api_error(409, 110);
+    assert_eq!(
+        msg,
+        format!("hostport `ONE.test:80` is already served by edge `{edge_id}`")
+    );
     // A backend in use cannot be deleted.
     let backends = gw.api(Method::GET, "/backends/static", None).await.json();
     let backend_id = backends["backends"][0]["id"].as_str().unwrap().to_string();
-    let msg = gw.api(Method::DELETE, &format!("/backends/static/{backend_id}"), None).await.assert_api_error(409, 110);
+    let msg = gw
+        .api(Method::DELETE, &format!("/backends/static/{backend_id}"), None)
+        .await
+        .assert_api_error(409, 110);
     assert!(msg.contains("is used by route(s)"), "{msg}");
     gw.stop().await;
 }
@@ -133,7 +278,13 @@ async fn lists_page_newest_first_with_next_page_uri() {
     let gw = TestGateway::start("").await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        let reply = gw.api(Method::POST, "/backends/static", Some(json!({"address": format!("127.0.0.1:{}", 1000 + i)}))).await;
+        let reply = gw
+            .api(
+                Method::POST,
+                "/backends/static",
+                Some(json!({"address": format!("127.0.0.1:{}", 1000 + i)})),
+            )
+            .await;
         ids.push(reply.json()["id"].as_str().unwrap().to_string());
     }
     ids.sort();
@@ -143,9 +294,22 @@ async fn lists_page_newest_first_with_next_page_uri() {
     let auth = format!("Bearer {}", gw.token);
     let mut pages = 0;
     loop {
-        let page = send(Method::GET, &url, &[("ngrok-version", "2"), ("authorization", &auth)], None).await.json();
+        let page = send(
+            Method::GET,
+            &url,
+            &[("ngrok-version", "2"), ("authorization", &auth)],
+            None,
+        )
+        .await
+        .json();
         pages += 1;
-        seen.extend(page["backends"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string()),
+        );
         match page["next_page_uri"].as_str() {
             Some(next) => url = next.to_string(),
             None => break,
@@ -174,16 +338,42 @@ async fn config_objects_are_listed_and_read_only() {
     let route_id = edge["routes"][0]["id"].as_str().unwrap();
     let backend_id = edge["routes"][0]["backend"]["backend"]["id"].as_str().unwrap();
     for (method, path, body) in [
-        (Method::PATCH, format!("/edges/https/{edge_id}"), json!({"description": "x"})),
+        (
+            Method::PATCH,
+            format!("/edges/https/{edge_id}"),
+            json!({"description": "x"}),
+        ),
         (Method::DELETE, format!("/edges/https/{edge_id}"), json!({})),
-        (Method::POST, format!("/edges/https/{edge_id}/routes"), json!({"match_type": "exact_path", "match": "/x"})),
-        (Method::PATCH, format!("/edges/https/{edge_id}/routes/{route_id}"), json!({"description": "x"})),
-        (Method::DELETE, format!("/edges/https/{edge_id}/routes/{route_id}"), json!({})),
-        (Method::PATCH, format!("/backends/static/{backend_id}"), json!({"address": "127.0.0.1:10"})),
+        (
+            Method::POST,
+            format!("/edges/https/{edge_id}/routes"),
+            json!({"match_type": "exact_path", "match": "/x"}),
+        ),
+        (
+            Method::PATCH,
+            format!("/edges/https/{edge_id}/routes/{route_id}"),
+            json!({"description": "x"}),
+        ),
+        (
+            Method::DELETE,
+            format!("/edges/https/{edge_id}/routes/{route_id}"),
+            json!({}),
+        ),
+        (
+            Method::PATCH,
+            format!("/backends/static/{backend_id}"),
+            json!({"address": "127.0.0.1:10"}),
+        ),
         (Method::DELETE, format!("/backends/static/{backend_id}"), json!({})),
     ] {
-        let msg = gw.api(method.clone(), &path, Some(body)).await.assert_api_error(409, 109);
-        assert!(msg.contains(&format!("is declared in the config file {file}")), "{method} {path}: {msg}");
+        let msg = gw
+            .api(method.clone(), &path, Some(body))
+            .await
+            .assert_api_error(409, 109);
+        assert!(
+            msg.contains(&format!("is declared in the config file {file}")),
+            "{method} {path}: {msg}"
+        );
     }
     // Ids of config objects are stable across restarts.
     let TestGateway { gateway, dir, .. } = gw;
@@ -200,7 +390,13 @@ async fn acknowledged_writes_survive_a_restart() {
     let gw = TestGateway::start("").await;
     let upstream = Upstream::start().await;
     let (edge_id, route_id) = gw.create_route_to(upstream.addr, "durable.test:80").await;
-    let patched = gw.api(Method::PATCH, &format!("/edges/https/{edge_id}"), Some(json!({"description": "kept"}))).await;
+    let patched = gw
+        .api(
+            Method::PATCH,
+            &format!("/edges/https/{edge_id}"),
+            Some(json!({"description": "kept"})),
+        )
+        .await;
     assert_eq!(patched.status, 200, "{}", patched.body);
     let TestGateway { gateway, dir, token } = gw;
     gateway.shutdown().await;
@@ -211,6 +407,19 @@ async fn acknowledged_writes_survive_a_restart() {
     assert_eq!(edge.status, 200, "the API key survived too: {}", edge.body);
     assert_eq!(edge.json()["description"], "kept");
     assert_eq!(edge.json()["routes"][0]["id"], route_id);
-    assert_eq!(gw.edge_get("durable.test", "/after-restart").await.json()["path"], "/after-restart");
+    assert_eq!(
+        gw.edge_get("durable.test", "/after-restart").await.json()["path"],
+        "/after-restart"
+    );
     gw.stop().await;
+}
+
+#[test]
+fn readme_documents_every_error_code() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    for (code, status, _) in portcullis::api::CODES {
+        let row = format!("| `ERR_PORTCULLIS_{code}` | {status} |");
+        assert!(readme.contains(&row), "README.md lacks the row {row}");
+    }
 }

@@ -1,1 +1,221 @@
-//! wip
+//! The `portcullis` binary itself: check, api-key create (with and without a running server),
+//! SIGHUP reload and SIGTERM shutdown of a real process.
+
+use crate::harness::{send, Upstream};
+use http::Method;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, edge: u16, console: u16, upstream: &str, host: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "version = 1\n[listeners.edge]\naddress = \"127.0.0.1:{edge}\"\n[listeners.console]\naddress = \"127.0.0.1:{console}\"\n\
+             [backends.up]\naddress = \"{upstream}\"\n[edges.site]\nhostports = [\"{host}:80\"]\n\
+             [[edges.site.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn version_is_printed() {
+    let output = run(&["--version"], &[]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_summarises_a_good_file_and_exits_1_on_a_bad_one() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+    let output = run(&["check", "--config", shipped.to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("edge listener:    http://127.0.0.1:8080"), "{summary}");
+    assert!(summary.contains("path_prefix / -> echo"), "{summary}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[listeners.edge]\naddress = \"127.0.0.1:1\"\nport = 3\n",
+    )
+    .unwrap();
+    let output = run(&["check", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.starts_with(&format!(
+            "error: {}: key `listeners.edge.port`: unknown field",
+            bad.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn environment_overrides_apply_and_bad_ones_name_the_variable() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config.toml");
+    let config = shipped.to_str().unwrap();
+    let output = run(
+        &["check", "--config", config],
+        &[("PORTCULLIS_LISTENERS__EDGE__ADDRESS", "127.0.0.1:9443")],
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("edge listener:    http://127.0.0.1:9443"));
+    let output = run(
+        &["check", "--config", config],
+        &[("PORTCULLIS_LISTENERS__EDGE__ADDRESS", "nowhere")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.contains("environment variable PORTCULLIS_LISTENERS__EDGE__ADDRESS (overriding")
+            && text.contains("key `listeners.edge.address`: invalid socket address syntax"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn api_key_create_works_with_and_without_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let (edge, console) = (free_port(), free_port());
+    let config = write_config(dir.path(), edge, console, &upstream.addr.to_string(), "before.test");
+
+    // No server: the command opens the store itself.
+    let offline = run(
+        &["api-key", "create", "--description", "offline", "--config", &config],
+        &[],
+    );
+    assert!(offline.status.success(), "{}", stderr(&offline));
+    let offline_token = String::from_utf8_lossy(&offline.stdout).trim().to_string();
+    assert!(offline_token.starts_with("pcl_") && !offline_token.contains(char::is_whitespace));
+
+    let mut server = Command::new(BIN)
+        .args(["serve", "--config", &config])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let console_url = format!("http://127.0.0.1:{console}");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", console)).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "server did not start");
+    assert_eq!(
+        send(Method::GET, &format!("{console_url}/readyz"), &[], None)
+            .await
+            .status,
+        200
+    );
+
+    // Server running: the command goes through the admin socket (sled allows one process).
+    let online = run(
+        &["api-key", "create", "--description", "online", "--config", &config],
+        &[],
+    );
+    assert!(online.status.success(), "{}", stderr(&online));
+    let online_token = String::from_utf8_lossy(&online.stdout).trim().to_string();
+    for token in [&offline_token, &online_token] {
+        let auth = format!("Bearer {token}");
+        let reply = send(
+            Method::GET,
+            &format!("{console_url}/api/api_keys"),
+            &[("ngrok-version", "2"), ("authorization", &auth)],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["keys"].as_array().unwrap().len(), 2);
+    }
+
+    // SIGHUP reloads the file.
+    let edge_url = format!("http://127.0.0.1:{edge}/");
+    assert_eq!(
+        send(Method::GET, &edge_url, &[("host", "before.test")], None)
+            .await
+            .status,
+        200
+    );
+    write_config(dir.path(), edge, console, &upstream.addr.to_string(), "after.test");
+    assert!(Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if send(Method::GET, &edge_url, &[("host", "after.test")], None)
+            .await
+            .status
+            == 200
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reloaded, "SIGHUP did not apply the new config");
+
+    // SIGTERM stops it cleanly.
+    assert!(Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    for _ in 0..400 {
+        if let Some(s) = server.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let Some(status) = status else {
+        server.kill().unwrap();
+        panic!("server did not stop on SIGTERM");
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("config reloaded") && log.contains("stopped"), "{log}");
+    assert!(
+        !dir.path().join("data/admin.sock").exists(),
+        "the admin socket is removed at exit"
+    );
+}

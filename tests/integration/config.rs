@@ -21,8 +21,17 @@ fn bad_toml_names_the_file_and_line() {
     let (e, path) = error_of("version = 1\n\n[listeners.edge\naddress = \"127.0.0.1:0\"\n");
     assert_eq!(e.source, path);
     assert_eq!(e.key, None);
-    assert!(e.message.starts_with("TOML syntax error at line 3, column 16: invalid table header; expected"), "{}", e.message);
-    assert!(e.to_string().starts_with(&format!("{path}: TOML syntax error at line 3")), "{e}");
+    assert!(
+        e.message
+            .starts_with("TOML syntax error at line 3, column 16: invalid table header; expected"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{path}: TOML syntax error at line 3")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -31,14 +40,22 @@ fn unknown_key_is_refused_with_its_path() {
     assert_eq!(e.source, path);
     assert_eq!(e.key.as_deref(), Some("proxy.header_read_timeout"));
     assert!(e.message.contains("unknown field"), "{}", e.message);
-    assert!(e.message.contains("header_read_timeout_secs"), "the message lists the known keys: {}", e.message);
+    assert!(
+        e.message.contains("header_read_timeout_secs"),
+        "the message lists the known keys: {}",
+        e.message
+    );
 }
 
 #[test]
 fn wrong_type_names_the_key() {
     let (e, _) = error_of(&LISTENERS.replace("version = 1", "version = \"1\""));
     assert_eq!(e.key.as_deref(), Some("version"));
-    assert!(e.message.contains("invalid type: found string \"1\", expected u32"), "{}", e.message);
+    assert!(
+        e.message.contains("invalid type: found string \"1\", expected u32"),
+        "{}",
+        e.message
+    );
     let (e, _) = error_of(&format!("{LISTENERS}[proxy]\nupstream_connect_timeout_secs = -1\n"));
     assert_eq!(e.key.as_deref(), Some("proxy.upstream_connect_timeout_secs"));
 }
@@ -77,7 +94,10 @@ fn semantic_errors_point_at_the_value() {
     for (extra, key, message) in cases {
         if key.is_empty() {
             // A TLS table inside [listeners.edge] after [listeners.console]: still checked.
-            let text = LISTENERS.replace("[listeners.console]", "[listeners.edge.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n[listeners.console]");
+            let text = LISTENERS.replace(
+                "[listeners.console]",
+                "[listeners.edge.tls]\ncert = \"missing.pem\"\nkey = \"missing.key\"\n[listeners.console]",
+            );
             let (e, _) = error_of(&text);
             assert_eq!(e.key.as_deref(), Some("listeners.edge.tls.cert"));
             assert!(e.message.contains("missing.pem does not exist"), "{}", e.message);
@@ -92,7 +112,10 @@ fn semantic_errors_point_at_the_value() {
 #[test]
 fn missing_file_is_a_clear_error() {
     let e = Config::load(std::path::Path::new("/nonexistent/portcullis.toml")).unwrap_err();
-    assert_eq!(e.to_string(), "/nonexistent/portcullis.toml: cannot read the config file: No such file or directory (os error 2)");
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/portcullis.toml: cannot read the config file: No such file or directory (os error 2)"
+    );
 }
 
 #[test]

@@ -41,7 +41,9 @@ impl TestGateway {
     pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
         let gateway = Gateway::start(config).await.unwrap();
-        let (_, token) = portcullis::admin::create_api_key(gateway.shared(), "test".into()).await.unwrap();
+        let (_, token) = portcullis::admin::create_api_key(gateway.shared(), "test".into())
+            .await
+            .unwrap();
         TestGateway { gateway, dir, token }
     }
 
@@ -56,8 +58,18 @@ impl TestGateway {
     /// An authenticated API request with `Ngrok-Version: 2`.
     pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let auth = format!("Bearer {}", self.token);
-        let headers = [("ngrok-version", "2"), ("authorization", auth.as_str()), ("content-type", "application/json")];
-        send(method, &self.api_url(path), &headers, body.map(|b| b.to_string().into_bytes())).await
+        let headers = [
+            ("ngrok-version", "2"),
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        send(
+            method,
+            &self.api_url(path),
+            &headers,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
     }
 
     /// A GET to the edge listener with the given Host header.
@@ -68,9 +80,21 @@ impl TestGateway {
 
     /// Creates a static backend, an edge on `hostport` and a `path_prefix /` route through the API.
     pub async fn create_route_to(&self, upstream: SocketAddr, hostport: &str) -> (String, String) {
-        let backend = self.api(Method::POST, "/backends/static", Some(serde_json::json!({"address": upstream.to_string()}))).await;
+        let backend = self
+            .api(
+                Method::POST,
+                "/backends/static",
+                Some(serde_json::json!({"address": upstream.to_string()})),
+            )
+            .await;
         assert_eq!(backend.status, 201, "{}", backend.body);
-        let edge = self.api(Method::POST, "/edges/https", Some(serde_json::json!({"hostports": [hostport]}))).await;
+        let edge = self
+            .api(
+                Method::POST,
+                "/edges/https",
+                Some(serde_json::json!({"hostports": [hostport]})),
+            )
+            .await;
         assert_eq!(edge.status, 201, "{}", edge.body);
         let edge_id = edge.json()["id"].as_str().unwrap().to_string();
         let route = self
@@ -108,7 +132,11 @@ impl Reply {
         let v = self.json();
         assert_eq!(v["error_code"], format!("ERR_PORTCULLIS_{code}"), "{}", self.body);
         assert_eq!(v["status_code"], status);
-        assert!(v["details"]["operation_id"].as_str().unwrap().starts_with("op_"), "{}", self.body);
+        assert!(
+            v["details"]["operation_id"].as_str().unwrap().starts_with("op_"),
+            "{}",
+            self.body
+        );
         v["msg"].as_str().unwrap().to_string()
     }
 }
@@ -125,7 +153,11 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Opt
     let status = response.status();
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 type UpstreamBody = BoxBody<Bytes, std::io::Error>;
@@ -134,13 +166,13 @@ type UpstreamBody = BoxBody<Bytes, std::io::Error>;
 ///
 /// - any path: JSON `{"method","path","headers","body"}` of what it received;
 /// - `/stream`: sends `first`, waits for [`Upstream::go`], then sends `second`;
-/// - `/upload`: reads one body frame, signals [`Upstream::got_first`], reads the rest, answers the total length;
-/// - `/slow`: answers only after [`Upstream::go`];
+/// - `/upload`: reads one body frame, signals [`Upstream::arrived`], reads the rest, answers the total length;
+/// - `/slow`: signals [`Upstream::arrived`], then answers only after [`Upstream::go`];
 /// - `/ws`: a WebSocket that echoes text messages in upper case.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub go: Arc<Notify>,
-    pub got_first: Arc<Notify>,
+    pub arrived: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -155,11 +187,13 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let go = Arc::new(Notify::new());
-        let got_first = Arc::new(Notify::new());
-        let (g, f) = (go.clone(), got_first.clone());
+        let arrived = Arc::new(Notify::new());
+        let (g, f) = (go.clone(), arrived.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (g, f) = (g.clone(), f.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| upstream_handle(req, g.clone(), f.clone()));
@@ -170,7 +204,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, go, got_first, task }
+        Upstream {
+            addr,
+            go,
+            arrived,
+            task,
+        }
     }
 }
 
@@ -178,7 +217,11 @@ fn boxed(text: impl Into<Bytes>) -> UpstreamBody {
     Full::new(text.into()).map_err(|never| match never {}).boxed()
 }
 
-async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first: Arc<Notify>) -> Result<hyper::Response<UpstreamBody>, std::io::Error> {
+async fn upstream_handle(
+    mut req: Request<Incoming>,
+    go: Arc<Notify>,
+    arrived: Arc<Notify>,
+) -> Result<hyper::Response<UpstreamBody>, std::io::Error> {
     match req.uri().path() {
         "/stream" => {
             let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
@@ -197,7 +240,7 @@ async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first:
                 if let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() {
                     total += data.len();
                     if !signalled {
-                        got_first.notify_one();
+                        arrived.notify_one();
                         signalled = true;
                     }
                 }
@@ -205,11 +248,16 @@ async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first:
             Ok(hyper::Response::new(boxed(format!("received {total} bytes"))))
         }
         "/slow" => {
+            arrived.notify_one();
             go.notified().await;
             Ok(hyper::Response::new(boxed("done")))
         }
         "/ws" => {
-            let key = req.headers().get("sec-websocket-key").cloned().unwrap_or(http::HeaderValue::from_static(""));
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .cloned()
+                .unwrap_or(http::HeaderValue::from_static(""));
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 use futures_util::{SinkExt, StreamExt};
@@ -222,7 +270,9 @@ async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first:
                 .await;
                 while let Some(Ok(msg)) = ws.next().await {
                     if let tokio_tungstenite::tungstenite::Message::Text(text) = msg {
-                        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(text.to_uppercase())).await;
+                        let _ = ws
+                            .send(tokio_tungstenite::tungstenite::Message::text(text.to_uppercase()))
+                            .await;
                     }
                 }
             });
@@ -241,9 +291,19 @@ async fn upstream_handle(mut req: Request<Incoming>, go: Arc<Notify>, got_first:
             let headers: serde_json::Map<String, Value> = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    )
+                })
                 .collect();
-            let body = req.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map_err(std::io::Error::other)?
+                .to_bytes();
             let reply = serde_json::json!({"method": method, "path": path, "headers": headers, "body": String::from_utf8_lossy(&body)});
             Ok(hyper::Response::new(boxed(reply.to_string())))
         }

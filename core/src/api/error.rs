@@ -1,7 +1,7 @@
 //! The management API's one error type, answered in ngrok's JSON shape:
 //! `{"error_code","status_code","msg","details":{"operation_id"}}`.
 //!
-//! Every code is listed in [`CODES`], which `docs/api-errors.md` mirrors.
+//! Every code is listed in [`CODES`], which the table in `README.md` mirrors (a test checks it).
 
 use crate::pages::{full, Body};
 use http::{header, HeaderValue, Response, StatusCode};
