@@ -165,6 +165,9 @@ pub struct ProxyConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// PEM file of CA certificates trusted for TLS upstreams, besides the system's.
+    #[serde(default)]
+    pub upstream_ca_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -175,6 +178,7 @@ impl Default for ProxyConfig {
             upstream_response_timeout_secs: default_response_timeout(),
             upstream_idle_timeout_secs: default_idle_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
+            upstream_ca_file: None,
         }
     }
 }
@@ -313,6 +317,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
+        config.proxy.upstream_ca_file = config.proxy.upstream_ca_file.as_ref().map(|p| base.join(p));
         for listener in [&mut config.listeners.edge, &mut config.listeners.console] {
             if let Some(tls) = &mut listener.tls {
                 tls.cert = tls.cert.as_ref().map(|p| base.join(p));
@@ -368,6 +373,14 @@ impl Config {
                         format!("`{url}` is not an http:// or https:// URL"),
                     ));
                 }
+            }
+        }
+        if let Some(file) = &self.proxy.upstream_ca_file {
+            if !file.is_file() {
+                return Err((
+                    "proxy.upstream_ca_file".into(),
+                    format!("file {} does not exist", file.display()),
+                ));
             }
         }
         if self.listeners.edge.address == self.listeners.console.address && self.listeners.edge.address.port() != 0 {

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,41 +20,45 @@ use std::time::Instant;
 /// The pooled upstream client (plain HTTP and TLS).
 pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
-/// Builds the upstream client with the configured timeouts.
-pub fn upstream_client(config: &crate::config::ProxyConfig) -> UpstreamClient {
+/// Builds the upstream client with the configured timeouts. TLS upstreams are verified
+/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
+pub fn upstream_client(config: &crate::config::ProxyConfig) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(config.upstream_connect_timeout()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
-        Ok(builder) => builder,
-        Err(e) => {
-            tracing::warn!("no system CA certificates found ({e}); TLS upstreams will fail verification");
-            let tls = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-            match tls {
-                Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls),
-                Err(e) => {
-                    tracing::error!("cannot build a TLS client config: {e}");
-                    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    )
-                }
-            }
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!("reading the system CA certificates: {error}");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &config.upstream_ca_file {
+        let extra = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("proxy.upstream_ca_file: cannot read {}: {e}", path.display()))?;
+        for cert in extra {
+            roots
+                .add(cert)
+                .map_err(|e| format!("proxy.upstream_ca_file: {}: {e}", path.display()))?;
         }
-    };
-    let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
+    } else if added == 0 {
+        tracing::warn!("no system CA certificates found: TLS upstreams will fail verification unless proxy.upstream_ca_file is set");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.upstream_idle_timeout())
         .pool_timer(TokioTimer::new())
-        .build(connector)
+        .build(connector))
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).

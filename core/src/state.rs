@@ -42,7 +42,9 @@ impl Shared {
     pub async fn open(config: Config) -> Result<Arc<Shared>, ApplyError> {
         let store = Store::open(&config.data_dir)?;
         let shared = Arc::new(Shared {
-            client: crate::proxy::upstream_client(&config.proxy),
+            client: crate::proxy::upstream_client(&config.proxy).map_err(|message| {
+                config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message)
+            })?,
             proxy_config: config.proxy.clone(),
             config: ArcSwap::from_pointee(config.clone()),
             store,

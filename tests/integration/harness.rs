@@ -32,8 +32,13 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway whose config is [`LISTENERS`] followed by `extra`.
     pub async fn start(extra: &str) -> TestGateway {
+        Self::start_with(&format!("{LISTENERS}{extra}")).await
+    }
+
+    /// Starts a gateway on this whole config text.
+    pub async fn start_with(config: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.toml"), format!("{LISTENERS}{extra}")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
         Self::start_in(dir).await
     }
 

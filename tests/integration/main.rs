@@ -11,3 +11,4 @@ mod cli;
 mod config;
 mod ngrok_client;
 mod proxy;
+mod tls;

@@ -366,3 +366,21 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(reply.body, "done");
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start("[proxy]\nheader_read_timeout_secs = 1\n").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: slow.test\r\nX-Drip: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    // A generous safety bound: the gateway closes after header_read_timeout_secs.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(read.is_ok(), "the connection was still open");
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    gw.stop().await;
+}
