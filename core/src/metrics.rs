@@ -77,6 +77,12 @@ impl Metrics {
             .clone()
     }
 
+    /// Drops the counters of routes that no longer exist.
+    pub fn retain_routes(&self, live: &std::collections::HashSet<&str>) {
+        let mut routes = self.routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.retain(|route_id, _| live.contains(route_id.as_str()));
+    }
+
     /// Counts one management API request.
     pub fn observe_api(&self, status: u16) {
         self.api_by_class[usize::from((status / 100).clamp(1, 5)) - 1].fetch_add(1, Relaxed);

@@ -177,8 +177,14 @@ impl Shared {
 
     /// Rebuilds the routing table from the store and swaps it in.
     pub fn rebuild_routes(&self) -> Result<(), StoreError> {
-        let table = RouteTable::build(&self.store.all_edges()?, &self.store.all_backends()?, &self.metrics);
+        let edges = self.store.all_edges()?;
+        let table = RouteTable::build(&edges, &self.store.all_backends()?, &self.metrics);
         self.routes.store(Arc::new(table));
+        let live: HashSet<&str> = edges
+            .iter()
+            .flat_map(|e| e.routes.iter().map(|r| r.id.as_str()))
+            .collect();
+        self.metrics.retain_routes(&live);
         Ok(())
     }
 }

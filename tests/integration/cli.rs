@@ -164,6 +164,24 @@ async fn api_key_create_works_with_and_without_a_running_server() {
         assert_eq!(reply.json()["keys"].as_array().unwrap().len(), 2);
     }
 
+    // A second server on the same data dir is refused with a clear message.
+    let second = run(
+        &[
+            "serve",
+            "--config",
+            &config,
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("another process holds the database lock"),
+        "{}",
+        stderr(&second)
+    );
+
     // SIGHUP reloads the file.
     let edge_url = format!("http://127.0.0.1:{edge}/");
     assert_eq!(

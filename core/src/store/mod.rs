@@ -111,14 +111,17 @@ impl Store {
             dir: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| StoreError::Open {
-            dir: dir.to_path_buf(),
-            reason: match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.raw_os_error() == Some(11) => {
-                    "another process holds the database lock (is `portcullis serve` already running on this data dir?)".into()
-                }
-                other => other.to_string(),
-            },
+        let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| {
+            let reason = e.to_string();
+            StoreError::Open {
+                dir: dir.to_path_buf(),
+                reason: if reason.contains("could not acquire lock") {
+                    "another process holds the database lock (is `portcullis serve` already running on this data dir?)"
+                        .into()
+                } else {
+                    reason
+                },
+            }
         })?;
         match db.get(SCHEMA_KEY)? {
             None => {
