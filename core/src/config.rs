@@ -66,6 +66,12 @@ pub struct Config {
     /// HTTPS edges by name.
     #[serde(default)]
     pub edges: BTreeMap<String, EdgeConfig>,
+    /// Plugin libraries to load at start-up (`[[plugin]]`).
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginConfig>,
+    /// Names of the identity headers protected routes send upstream.
+    #[serde(default)]
+    pub identity_headers: IdentityHeaders,
     /// Set by the loader: the file this config was read from.
     #[serde(skip)]
     pub file: PathBuf,
@@ -217,6 +223,42 @@ impl Default for ApiConfig {
     }
 }
 
+/// A plugin library.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The library file (`.so`).
+    pub path: PathBuf,
+    /// The library's expected SHA-256 in hex; checked before loading when set.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// Names of the headers carrying the session's identity to the upstream. Incoming headers
+/// with these names are always removed first.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+    pub groups: String,
+    /// A signed JWT (ES256) verifiable against `/_portcullis/jwks.json`.
+    pub assertion: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            user_id: "X-Portcullis-User-Id".into(),
+            email: "X-Portcullis-User-Email".into(),
+            name: "X-Portcullis-User-Name".into(),
+            groups: "X-Portcullis-User-Groups".into(),
+            assertion: "X-Portcullis-Assertion".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EchoConfig {
@@ -262,6 +304,11 @@ pub struct RouteConfig {
     pub description: String,
     #[serde(default)]
     pub metadata: String,
+    /// The route's authentication module: `plugin = "<name>"`, the common module options
+    /// (`enabled`, `options_passthrough`, `cookie_prefix`, `inactivity_timeout`,
+    /// `maximum_duration`) and the plugin's own options, all in one table.
+    #[serde(default)]
+    pub auth: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -318,6 +365,9 @@ impl Config {
             .unwrap_or(Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         config.proxy.upstream_ca_file = config.proxy.upstream_ca_file.as_ref().map(|p| base.join(p));
+        for plugin in &mut config.plugins {
+            plugin.path = base.join(&plugin.path);
+        }
         for listener in [&mut config.listeners.edge, &mut config.listeners.console] {
             if let Some(tls) = &mut listener.tls {
                 tls.cert = tls.cert.as_ref().map(|p| base.join(p));
@@ -388,6 +438,37 @@ impl Config {
                 "listeners.console.address".into(),
                 "the console and edge listeners must use different addresses".into(),
             ));
+        }
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            if !plugin.path.is_file() {
+                return Err((
+                    format!("plugin[{i}].path"),
+                    format!("file {} does not exist", plugin.path.display()),
+                ));
+            }
+            if let Some(pin) = &plugin.sha256 {
+                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err((
+                        format!("plugin[{i}].sha256"),
+                        "must be 64 hexadecimal characters".into(),
+                    ));
+                }
+            }
+        }
+        let h = &self.identity_headers;
+        for (key, name) in [
+            ("user_id", &h.user_id),
+            ("email", &h.email),
+            ("name", &h.name),
+            ("groups", &h.groups),
+            ("assertion", &h.assertion),
+        ] {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((
+                    format!("identity_headers.{key}"),
+                    format!("`{name}` is not a valid header name"),
+                ));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             (

@@ -16,6 +16,10 @@ pub const STATIC_BACKEND: &str = "bkdst";
 pub const HTTPS_EDGE: &str = "edghts";
 /// Prefix of HTTPS edge route ids.
 pub const HTTPS_ROUTE: &str = "edghtsrt";
+/// Prefix of application (edge) user ids.
+pub const APP_USER: &str = "apu";
+/// Prefix of application (edge) session ids.
+pub const APP_SESSION: &str = "aps";
 /// Prefix of operation (request) ids in API error details.
 pub const OPERATION: &str = "op";
 

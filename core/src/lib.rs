@@ -9,16 +9,21 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod echo;
+pub mod identity;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod pages;
+pub mod plugins;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tls;

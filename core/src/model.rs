@@ -96,6 +96,92 @@ pub struct Route {
     pub description: String,
     pub metadata: String,
     pub backend: Option<RouteBackend>,
+    /// The route's authentication module, when it has one.
+    pub auth: Option<AuthModule>,
+}
+
+/// A route's authentication module: a registered plugin, the options core enforces itself,
+/// and the plugin's own options (validated by the plugin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthModule {
+    /// Name of the plugin in the registry.
+    pub plugin: String,
+    pub enabled: bool,
+    /// Let `OPTIONS` requests through without a session (CORS preflights).
+    pub options_passthrough: bool,
+    /// Prefix of the session cookie's name: `<prefix>session`.
+    pub cookie_prefix: String,
+    /// Seconds without a request after which a session ends.
+    pub inactivity_timeout: u32,
+    /// Seconds after login after which a session ends, whatever its activity.
+    pub maximum_duration: u32,
+    /// The plugin's own options, as JSON text.
+    pub options_json: String,
+    /// `host:port`s the plugin's HTTP calls for this module may reach (from the plugin's plan).
+    pub egress_hosts: Vec<String>,
+}
+
+/// Default `cookie_prefix`.
+pub const DEFAULT_COOKIE_PREFIX: &str = "portcullis.";
+/// Default `inactivity_timeout` (12 hours), used when the module says 0.
+pub const DEFAULT_INACTIVITY_TIMEOUT: u32 = 12 * 3600;
+/// Default `maximum_duration` (7 days), used when the module says 0.
+pub const DEFAULT_MAXIMUM_DURATION: u32 = 7 * 24 * 3600;
+
+/// Checks a cookie prefix: the characters RFC 6265 allows in a cookie name, at most 64.
+pub fn validate_cookie_prefix(prefix: &str) -> Result<(), String> {
+    let ok = prefix.len() <= 64
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{prefix}` may hold only letters, digits and !#$%&'*+-.^_`|~, at most 64 characters"
+        ))
+    }
+}
+
+/// A person who logged in through an edge (ngrok's "application user").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppUser {
+    pub id: String,
+    /// The plugin that identified the user.
+    pub provider: String,
+    /// The user's subject at the identity provider.
+    pub subject: String,
+    pub email: String,
+    pub name: String,
+    pub active: bool,
+    pub created_at: i64,
+    pub last_login: i64,
+}
+
+/// A server-side session on a protected route. Only the SHA-256 of its token is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub user_id: String,
+    pub edge_id: String,
+    pub route_id: String,
+    pub plugin: String,
+    /// The origin the session was made on, e.g. `https://app.example.com`.
+    pub origin: String,
+    pub subject: String,
+    pub email: String,
+    pub name: String,
+    pub groups: Vec<String>,
+    /// What the plugin wants back at logout.
+    pub plugin_data: Option<String>,
+    pub created_at: i64,
+    pub last_active: i64,
+    /// `created_at + maximum_duration`.
+    pub expires_at: i64,
+    pub inactivity_timeout: i64,
+    pub ip: String,
+    pub user_agent: String,
 }
 
 /// The backend module of a route.

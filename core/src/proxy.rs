@@ -2,9 +2,11 @@
 //! with streaming bodies both ways, relay WebSocket upgrades, and answer with a readable page
 //! when there is no route or the upstream fails.
 
+use crate::auth::{self, Gate};
 use crate::metrics::UpstreamError;
 use crate::pages::{error_page, Body};
-use crate::routing::{RouteTarget, Upstream};
+use crate::routing::{RouteTable, RouteTarget, Upstream};
+use crate::sessions::SessionEntry;
 use crate::state::Shared;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -22,7 +24,14 @@ pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, In
 
 /// Builds the upstream client with the configured timeouts. TLS upstreams are verified
 /// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
-pub fn upstream_client(config: &crate::config::ProxyConfig) -> Result<UpstreamClient, String> {
+pub fn upstream_client<B>(
+    config: &crate::config::ProxyConfig,
+) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -83,35 +92,59 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     let started = Instant::now();
     let request_id = crate::state::new_request_id();
     let host = request_host(&req, is_tls);
-    let table = shared.routes.load();
-    let target = host.as_deref().and_then(|h| table.find(h, req.uri().path())).cloned();
+    let table = shared.routes.load_full();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match &target {
-        None => {
-            shared
-                .metrics
-                .unmatched
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            error_page(
-                StatusCode::NOT_FOUND,
-                "No route",
-                "No route on this gateway serves this address.",
-                &request_id,
-            )
+    let edge_host = host.as_deref().filter(|h| table.has_edge(h));
+    let mut target = None;
+    let response = match edge_host {
+        Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
+            let origin = origin_of(&req, is_tls);
+            auth::reserved(&shared, &table, hostport, &origin, req, peer, &request_id).await
         }
-        Some(target) => match &target.upstream {
-            None => error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Route has no backend",
-                "The route for this address has no enabled backend.",
-                &request_id,
-            ),
-            Some(upstream) => {
-                let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-                forward(&shared, target, upstream, req, peer, is_tls, &request_id, upgrade).await
+        _ => {
+            target = edge_host.and_then(|h| table.find(h, &path)).cloned();
+            match &target {
+                None => {
+                    shared
+                        .metrics
+                        .unmatched
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    error_page(
+                        StatusCode::NOT_FOUND,
+                        "No route",
+                        "No route on this gateway serves this address.",
+                        &request_id,
+                    )
+                }
+                Some(target) => {
+                    match auth::gate(&shared, target, &req, &origin_of(&req, is_tls), peer, &request_id).await {
+                        Gate::Respond(response) => response,
+                        Gate::Pass(session) => match &target.upstream {
+                            None => error_page(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "Route has no backend",
+                                "The route for this address has no enabled backend.",
+                                &request_id,
+                            ),
+                            Some(upstream) => {
+                                let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                                let hop = Hop {
+                                    shared: &shared,
+                                    table: &table,
+                                    target,
+                                    upstream,
+                                    peer,
+                                    is_tls,
+                                    request_id: &request_id,
+                                };
+                                forward(hop, req, session.as_deref(), upgrade).await
+                            }
+                        },
+                    }
+                }
             }
-        },
+        }
     };
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
@@ -132,17 +165,44 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     response
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    shared: &Shared,
-    target: &RouteTarget,
-    upstream: &Upstream,
-    req: Request<Incoming>,
+/// Everything about one forwarded request but the request itself.
+struct Hop<'a> {
+    shared: &'a Shared,
+    table: &'a RouteTable,
+    target: &'a RouteTarget,
+    upstream: &'a Upstream,
     peer: SocketAddr,
     is_tls: bool,
-    request_id: &str,
+    request_id: &'a str,
+}
+
+/// `scheme://host[:port]` as the browser addressed the request.
+fn origin_of<B>(req: &Request<B>, is_tls: bool) -> String {
+    let scheme = if is_tls { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
+}
+
+async fn forward(
+    hop: Hop<'_>,
+    req: Request<Incoming>,
+    session: Option<&SessionEntry>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Body> {
+    let Hop {
+        shared,
+        table,
+        target,
+        upstream,
+        peer,
+        is_tls,
+        request_id,
+    } = hop;
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -155,6 +215,7 @@ async fn forward(
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::UPGRADE);
+    auth::set_identity_headers(shared, table, &mut parts.headers, session);
     if let Some(protocol) = upgrade_protocol {
         parts
             .headers

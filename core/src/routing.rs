@@ -4,9 +4,12 @@
 //! current one through an `ArcSwap`, so a lookup takes no lock and allocates nothing beyond
 //! the lower-cased host. Exact paths win over prefixes; among prefixes the longest wins.
 
+use crate::config::IdentityHeaders;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::model::{Edge, MatchType, StaticBackend};
+use crate::model::{AuthModule, Edge, MatchType, StaticBackend};
+use crate::plugins::{Registered, Registry};
 use http::uri::{Authority, Scheme};
+use http::HeaderName;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,11 +26,64 @@ pub struct RouteTarget {
     pub route_id: String,
     /// `None` when the route has no enabled backend, or its backend is gone.
     pub upstream: Option<Upstream>,
+    /// The route's enabled auth module.
+    pub auth: Option<AuthTarget>,
     pub metrics: Arc<RouteMetrics>,
+}
+
+/// An enabled auth module, resolved against the registry.
+pub struct AuthTarget {
+    pub module: AuthModule,
+    /// `<cookie_prefix>session`.
+    pub cookie_name: String,
+    /// `None` when the plugin is not registered: the route then refuses every request.
+    pub plugin: Option<Arc<Registered>>,
+}
+
+/// The identity header names, parsed once.
+pub struct IdentityHeaderNames {
+    pub user_id: HeaderName,
+    pub email: HeaderName,
+    pub name: HeaderName,
+    pub groups: HeaderName,
+    pub assertion: HeaderName,
+}
+
+impl IdentityHeaderNames {
+    /// Parses the configured names; a bad name falls back to the default (config validation
+    /// refuses bad names before this runs).
+    pub fn from_config(config: &IdentityHeaders) -> IdentityHeaderNames {
+        let defaults = IdentityHeaders::default();
+        let parse = |name: &str, default: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .or_else(|_| HeaderName::from_bytes(default.as_bytes()))
+                .unwrap_or(HeaderName::from_static("x-portcullis-identity"))
+        };
+        IdentityHeaderNames {
+            user_id: parse(&config.user_id, &defaults.user_id),
+            email: parse(&config.email, &defaults.email),
+            name: parse(&config.name, &defaults.name),
+            groups: parse(&config.groups, &defaults.groups),
+            assertion: parse(&config.assertion, &defaults.assertion),
+        }
+    }
+
+    /// Every name.
+    pub fn all(&self) -> [&HeaderName; 5] {
+        [&self.user_id, &self.email, &self.name, &self.groups, &self.assertion]
+    }
+}
+
+impl Default for IdentityHeaderNames {
+    fn default() -> Self {
+        Self::from_config(&IdentityHeaders::default())
+    }
 }
 
 #[derive(Default)]
 struct EdgeRoutes {
+    /// Every route, by id.
+    by_id: HashMap<String, Arc<RouteTarget>>,
     exact: HashMap<String, Arc<RouteTarget>>,
     /// Longest prefix first.
     prefixes: Vec<(String, Arc<RouteTarget>)>,
@@ -37,11 +93,18 @@ struct EdgeRoutes {
 #[derive(Default)]
 pub struct RouteTable {
     by_hostport: HashMap<String, Arc<EdgeRoutes>>,
+    pub identity_headers: IdentityHeaderNames,
 }
 
 impl RouteTable {
     /// Builds the table from every edge and backend.
-    pub fn build(edges: &[Edge], backends: &[StaticBackend], metrics: &Metrics) -> RouteTable {
+    pub fn build(
+        edges: &[Edge],
+        backends: &[StaticBackend],
+        registry: &Registry,
+        identity: &IdentityHeaders,
+        metrics: &Metrics,
+    ) -> RouteTable {
         let upstreams: HashMap<&str, Option<Upstream>> = backends
             .iter()
             .map(|b| {
@@ -61,12 +124,19 @@ impl RouteTable {
                     .as_ref()
                     .filter(|b| b.enabled)
                     .and_then(|b| upstreams.get(b.backend_id.as_str()).cloned().flatten());
+                let auth = route.auth.as_ref().filter(|m| m.enabled).map(|module| AuthTarget {
+                    cookie_name: format!("{}session", module.cookie_prefix),
+                    plugin: registry.get(&module.plugin).cloned(),
+                    module: module.clone(),
+                });
                 let target = Arc::new(RouteTarget {
                     edge_id: edge.id.clone(),
                     route_id: route.id.clone(),
                     upstream,
+                    auth,
                     metrics: metrics.route(&edge.id, &route.id),
                 });
+                routes.by_id.insert(route.id.clone(), target.clone());
                 match route.match_type {
                     MatchType::ExactPath => {
                         routes.exact.insert(route.path.clone(), target);
@@ -82,7 +152,28 @@ impl RouteTable {
                 by_hostport.insert(hostport.to_ascii_lowercase(), routes.clone());
             }
         }
-        RouteTable { by_hostport }
+        RouteTable {
+            by_hostport,
+            identity_headers: IdentityHeaderNames::from_config(identity),
+        }
+    }
+
+    /// The route `route_id` of the edge serving `hostport`.
+    pub fn find_route(&self, hostport: &str, route_id: &str) -> Option<Arc<RouteTarget>> {
+        self.by_hostport.get(hostport)?.by_id.get(route_id).cloned()
+    }
+
+    /// Every route of the edge serving `hostport`.
+    pub fn routes_of(&self, hostport: &str) -> Vec<Arc<RouteTarget>> {
+        self.by_hostport
+            .get(hostport)
+            .map(|e| e.by_id.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether an edge serves `hostport`.
+    pub fn has_edge(&self, hostport: &str) -> bool {
+        self.by_hostport.contains_key(hostport)
     }
 
     /// The route serving `path` on `hostport` (lower-case `host:port`).
@@ -110,6 +201,7 @@ mod tests {
             path: path.into(),
             description: String::new(),
             metadata: String::new(),
+            auth: None,
             backend: Some(RouteBackend {
                 enabled: true,
                 backend_id: "b".into(),
@@ -141,7 +233,13 @@ mod tests {
             tls: false,
             source: Source::Api,
         };
-        let table = RouteTable::build(&[edge], &[backend], &Metrics::default());
+        let table = RouteTable::build(
+            &[edge],
+            &[backend],
+            &Registry::default(),
+            &IdentityHeaders::default(),
+            &Metrics::default(),
+        );
         let id = |path: &str| table.find("app.example:443", path).map(|t| t.route_id.clone());
         assert_eq!(id("/api/health").as_deref(), Some("exact"));
         assert_eq!(id("/api/healthz").as_deref(), Some("api"));

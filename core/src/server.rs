@@ -36,6 +36,24 @@ pub enum StartError {
     },
     #[error("TLS for the {listener} listener: {reason}")]
     Tls { listener: &'static str, reason: String },
+    #[error("{file}: {reason}")]
+    Plugin { file: String, reason: String },
+}
+
+/// How to build a gateway beyond its config (tests inject a clock and extra plugins).
+pub struct StartOptions {
+    pub clock: Arc<dyn crate::clock::Clock>,
+    /// Linked-in plugins registered besides the built-ins (before libraries).
+    pub extra_plugins: Vec<Arc<dyn portcullis_plugin_sdk::Plugin>>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            clock: Arc::new(crate::clock::SystemClock),
+            extra_plugins: Vec::new(),
+        }
+    }
 }
 
 /// A running gateway: its listeners, addresses and shared state.
@@ -54,12 +72,27 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the store, applies the config's objects and starts every listener.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        Self::start_with(config, StartOptions::default()).await
+    }
+
+    /// [`Gateway::start`] with a clock and extra plugins.
+    pub async fn start_with(config: Config, options: StartOptions) -> Result<Gateway, StartError> {
         let data_dir = config.data_dir.clone();
         let header_timeout = config.proxy.header_read_timeout();
         let grace = config.proxy.shutdown_grace();
         let listeners = config.listeners.clone();
         let echo = config.echo.clone();
-        let shared = Shared::open(config).await?;
+        // Plugin libraries are loaded before any listener takes traffic.
+        let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins).map_err(|reason| {
+            StartError::Plugin {
+                file: config.file.display().to_string(),
+                reason,
+            }
+        })?;
+        for plugin in registry.iter() {
+            tracing::info!(plugin = %plugin.info.name, version = %plugin.info.version, origin = %plugin.origin, "plugin registered");
+        }
+        let shared = Shared::open(config, Arc::new(registry), options.clock).await?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -120,6 +153,24 @@ impl Gateway {
             }
         });
 
+        let s = shared.clone();
+        let mut stop = shutdown.subscribe();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut ticks: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => {
+                        maintain(&s, false).await;
+                        return;
+                    }
+                }
+                ticks += 1;
+                maintain(&s, ticks % 6 == 0).await;
+            }
+        });
+
         shared.ready.store(true, Ordering::SeqCst);
         Ok(Gateway {
             shared,
@@ -144,6 +195,9 @@ impl Gateway {
         }
         let old = self.shared.config.load_full();
         let mut needs_restart = Vec::new();
+        if old.plugins != config.plugins {
+            needs_restart.push("plugin");
+        }
         if old.listeners != config.listeners {
             needs_restart.push("listeners");
         }
@@ -175,6 +229,24 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(crate::admin::socket_path(&self.shared.config.load().data_dir));
+    }
+}
+
+/// Background upkeep: persist session activity (batched off the hot path) and, when `sweep`,
+/// end expired sessions and purge expired plugin state.
+async fn maintain(shared: &Shared, sweep: bool) {
+    if let Err(e) = shared.sessions.persist_activity(&shared.store) {
+        tracing::error!("persisting session activity: {e}");
+    }
+    if sweep {
+        let now = shared.clock.now();
+        let expired = shared.sessions.remove_expired(now);
+        if let Err(e) = shared.store.delete_sessions(&expired, false).await {
+            tracing::error!("removing expired sessions: {e}");
+        }
+        if let Err(e) = shared.store.kv_purge_expired(now) {
+            tracing::error!("purging expired plugin state: {e}");
+        }
     }
 }
 

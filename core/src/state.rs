@@ -2,18 +2,28 @@
 //! the upstream client; and the two operations that change what the edge serves: applying a
 //! config file's declared objects, and rebuilding the routing table from the store.
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::identity::Signer;
 use crate::ids;
 use crate::metrics::Metrics;
 use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
+use crate::plugins::Registry;
 use crate::proxy::UpstreamClient;
 use crate::routing::RouteTable;
+use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use rand::RngCore;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// The client plugins' HTTP calls go through.
+pub type EgressClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 /// State shared by the edge, the console and the admin socket.
 pub struct Shared {
@@ -26,6 +36,12 @@ pub struct Shared {
     pub proxy_config: crate::config::ProxyConfig,
     /// Set once every listener accepts traffic; cleared at shutdown.
     pub ready: AtomicBool,
+    /// The protocol plugins, fixed at start-up.
+    pub registry: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    pub sessions: Sessions,
+    pub signer: Signer,
+    pub egress_client: EgressClient,
 }
 
 /// Why a config could not be applied.
@@ -39,12 +55,21 @@ pub enum ApplyError {
 
 impl Shared {
     /// Opens the store for `config` and applies its declared objects.
-    pub async fn open(config: Config) -> Result<Arc<Shared>, ApplyError> {
+    pub async fn open(
+        config: Config,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Shared>, ApplyError> {
         let store = Store::open(&config.data_dir)?;
+        let client_error =
+            |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
         let shared = Arc::new(Shared {
-            client: crate::proxy::upstream_client(&config.proxy).map_err(|message| {
-                config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message)
-            })?,
+            client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
+            egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
+            sessions: Sessions::load(&store, clock.now())?,
+            signer: Signer::load_or_create(&store).await?,
+            registry,
+            clock,
             proxy_config: config.proxy.clone(),
             config: ArcSwap::from_pointee(config.clone()),
             store,
@@ -117,28 +142,54 @@ impl Shared {
                 hostports.push(normal);
             }
             let edge_id = ids::config_id(ids::HTTPS_EDGE, name);
-            let routes = e
-                .routes
-                .iter()
-                .map(|r| {
-                    let id = ids::config_id(
-                        ids::HTTPS_ROUTE,
-                        &format!("{name}/{}/{}", r.match_type.as_str(), r.path),
-                    );
-                    Route {
-                        created_at: created_at(&id),
-                        id,
-                        match_type: r.match_type,
-                        path: r.path.clone(),
-                        description: r.description.clone(),
-                        metadata: r.metadata.clone(),
-                        backend: Some(RouteBackend {
-                            enabled: r.enabled,
-                            backend_id: ids::config_id(ids::STATIC_BACKEND, &r.backend),
-                        }),
+            let mut routes = Vec::new();
+            for (i, r) in e.routes.iter().enumerate() {
+                let auth = match &r.auth {
+                    None => None,
+                    Some(table) => {
+                        let key = format!("edges.{name}.routes[{i}].auth");
+                        let Some(serde_json::Value::String(plugin)) = table.get("plugin") else {
+                            return Err(config_error(
+                                &file,
+                                &format!("{key}.plugin"),
+                                "is required: the name of a registered plugin".into(),
+                            )
+                            .into());
+                        };
+                        let module = crate::auth::parse_module(&self.registry, plugin, table.clone())
+                            .await
+                            .map_err(|(k, m)| {
+                                config_error(
+                                    &file,
+                                    &if k.is_empty() {
+                                        key.clone()
+                                    } else {
+                                        format!("{key}.{k}")
+                                    },
+                                    m,
+                                )
+                            })?;
+                        Some(module)
                     }
-                })
-                .collect();
+                };
+                let id = ids::config_id(
+                    ids::HTTPS_ROUTE,
+                    &format!("{name}/{}/{}", r.match_type.as_str(), r.path),
+                );
+                routes.push(Route {
+                    created_at: created_at(&id),
+                    id,
+                    match_type: r.match_type,
+                    path: r.path.clone(),
+                    description: r.description.clone(),
+                    metadata: r.metadata.clone(),
+                    backend: Some(RouteBackend {
+                        enabled: r.enabled,
+                        backend_id: ids::config_id(ids::STATIC_BACKEND, &r.backend),
+                    }),
+                    auth,
+                });
+            }
             edges.push(Edge {
                 created_at: created_at(&edge_id),
                 id: edge_id,
@@ -178,7 +229,14 @@ impl Shared {
     /// Rebuilds the routing table from the store and swaps it in.
     pub fn rebuild_routes(&self) -> Result<(), StoreError> {
         let edges = self.store.all_edges()?;
-        let table = RouteTable::build(&edges, &self.store.all_backends()?, &self.metrics);
+        let config = self.config.load();
+        let table = RouteTable::build(
+            &edges,
+            &self.store.all_backends()?,
+            &self.registry,
+            &config.identity_headers,
+            &self.metrics,
+        );
         self.routes.store(Arc::new(table));
         let live: HashSet<&str> = edges
             .iter()

@@ -610,6 +610,7 @@ async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
         description: String::new(),
         metadata: String::new(),
         backend: None,
+        auth: None,
     };
     apply_route_write(ctx, &mut route, body)?;
     check_unique_match(&edge, &route)?;

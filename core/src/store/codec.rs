@@ -51,6 +51,7 @@ mod tests {
                 path: "/".into(),
                 description: String::new(),
                 metadata: String::new(),
+                auth: None,
                 backend: Some(RouteBackend {
                     enabled: true,
                     backend_id: "bkdst_z".into(),

@@ -9,7 +9,7 @@ mod codec;
 
 pub use codec::CodecError;
 
-use crate::model::{ApiKey, Edge, StaticBackend};
+use crate::model::{ApiKey, AppUser, Edge, Session, StaticBackend};
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::marker::PhantomData;
@@ -94,6 +94,12 @@ pub struct Store {
     api_key_hashes: sled::Tree,
     backends: Collection<StaticBackend>,
     edges: Collection<Edge>,
+    app_users: Collection<AppUser>,
+    /// `provider \0 subject` -> app user id
+    app_user_keys: sled::Tree,
+    sessions: Collection<Session>,
+    /// namespace \0 key -> KvEntry
+    plugin_kv: sled::Tree,
     /// Serialises read-modify-write sequences (edge routes, config apply).
     write_lock: tokio::sync::Mutex<()>,
 }
@@ -145,6 +151,10 @@ impl Store {
             api_key_hashes: db.open_tree("api_key_hashes")?,
             backends: Collection::open(&db, "static_backends")?,
             edges: Collection::open(&db, "https_edges")?,
+            app_users: Collection::open(&db, "app_users")?,
+            app_user_keys: db.open_tree("app_user_keys")?,
+            sessions: Collection::open(&db, "sessions")?,
+            plugin_kv: db.open_tree("plugin_kv")?,
             write_lock: tokio::sync::Mutex::new(()),
             db,
         })
@@ -155,9 +165,21 @@ impl Store {
         self.write_lock.lock().await
     }
 
-    async fn flush(&self) -> Result<(), StoreError> {
+    /// Writes everything written so far to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Reads a value of the database's own metadata.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(format!("meta:{key}"))?.map(|v| v.to_vec()))
+    }
+
+    /// Writes a value of the database's own metadata, durably.
+    pub async fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(format!("meta:{key}"), value)?;
+        self.flush().await
     }
 
     // ----- API keys -----
@@ -299,6 +321,145 @@ impl Store {
             })
             .map_err(transaction_error)?;
         self.flush().await
+    }
+}
+
+/// A value of a plugin's key-value namespace.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KvEntry {
+    expires_at: Option<i64>,
+    value: Vec<u8>,
+}
+
+fn kv_key(namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(namespace.len() + key.len() + 1);
+    out.extend_from_slice(namespace.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+impl Store {
+    // ----- plugin key-value namespaces (not flushed per write: login state, replay caches) -----
+
+    fn kv_live(&self, raw: Option<sled::IVec>, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match raw {
+            Some(bytes) => {
+                let entry: KvEntry = codec::decode(&bytes)?;
+                Ok(entry.expires_at.is_none_or(|at| at > now).then_some(entry.value))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn kv_get(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv_live(self.plugin_kv.get(kv_key(namespace, key))?, now)
+    }
+
+    pub fn kv_put(&self, namespace: &str, key: &str, value: &[u8], expires_at: Option<i64>) -> Result<(), StoreError> {
+        let entry = KvEntry {
+            expires_at,
+            value: value.to_vec(),
+        };
+        self.plugin_kv.insert(kv_key(namespace, key), codec::encode(&entry)?)?;
+        Ok(())
+    }
+
+    /// Reads and removes a key atomically: of two concurrent takers, one gets the value.
+    pub fn kv_take(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv_live(self.plugin_kv.remove(kv_key(namespace, key))?, now)
+    }
+
+    pub fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        self.plugin_kv.remove(kv_key(namespace, key))?;
+        Ok(())
+    }
+
+    /// Removes expired keys; returns how many.
+    pub fn kv_purge_expired(&self, now: i64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.plugin_kv.iter() {
+            let (key, bytes) = item?;
+            let entry: KvEntry = codec::decode(&bytes)?;
+            if entry.expires_at.is_some_and(|at| at <= now) {
+                self.plugin_kv.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ----- application users -----
+
+    pub fn find_app_user(&self, id: &str) -> Result<Option<AppUser>, StoreError> {
+        self.app_users.find(id)
+    }
+
+    pub fn find_app_user_by_subject(&self, provider: &str, subject: &str) -> Result<Option<AppUser>, StoreError> {
+        match self.app_user_keys.get(kv_key(provider, subject))? {
+            Some(id) => self.app_users.find(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn find_app_user_by_email(&self, email: &str) -> Result<Option<AppUser>, StoreError> {
+        Ok(self
+            .app_users
+            .all()?
+            .into_iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email)))
+    }
+
+    pub fn list_app_users(&self, before_id: Option<&str>, limit: usize) -> Result<Page<AppUser>, StoreError> {
+        page(self.app_users.page(before_id, limit)?)
+    }
+
+    /// Creates or updates a user (not flushed: written at login).
+    pub fn put_app_user(&self, user: &AppUser) -> Result<(), StoreError> {
+        self.app_users.put(&user.id, user)?;
+        self.app_user_keys
+            .insert(kv_key(&user.provider, &user.subject), user.id.as_bytes())?;
+        Ok(())
+    }
+
+    pub async fn delete_app_user(&self, id: &str) -> Result<Option<AppUser>, StoreError> {
+        let Some(user) = self.app_users.find(id)? else {
+            return Ok(None);
+        };
+        self.app_users.remove(id)?;
+        self.app_user_keys.remove(kv_key(&user.provider, &user.subject))?;
+        self.flush().await?;
+        Ok(Some(user))
+    }
+
+    // ----- sessions -----
+
+    pub fn find_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        self.sessions.find(id)
+    }
+
+    pub fn list_sessions(&self, before_id: Option<&str>, limit: usize) -> Result<Page<Session>, StoreError> {
+        page(self.sessions.page(before_id, limit)?)
+    }
+
+    pub fn all_sessions(&self) -> Result<Vec<Session>, StoreError> {
+        self.sessions.all()
+    }
+
+    /// Creates or updates a session (not flushed: written at login and in batches).
+    pub fn put_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.sessions.put(&session.id, session)
+    }
+
+    /// Deletes sessions; flushes when `durable`.
+    pub async fn delete_sessions(&self, ids: &[String], durable: bool) -> Result<(), StoreError> {
+        for id in ids {
+            self.sessions.remove(id)?;
+        }
+        if durable {
+            self.flush().await?;
+        }
+        Ok(())
     }
 }
 

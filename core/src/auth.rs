@@ -1,0 +1,733 @@
+//! Authentication on the edge: route auth modules, the per-request session gate, the
+//! reserved paths under `/_portcullis/`, and the login and logout round trips.
+//!
+//! The per-request path (cookie -> session -> identity headers) stays in core and never
+//! crosses into a plugin. Plugins are called only for login-time work, on blocking threads.
+
+use crate::model::{AppUser, AuthModule, Session};
+use crate::pages::{error_page, full, Body};
+use crate::plugins::host::PluginHost;
+use crate::plugins::{Registered, Registry};
+use crate::routing::{AuthTarget, RouteTable, RouteTarget};
+use crate::sessions::SessionEntry;
+use crate::state::Shared;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use portcullis_plugin_sdk::{
+    Call, Capability, HttpRequest, HttpResponse, Identity, ModuleContext, Outcome, PluginError,
+};
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Paths under this prefix belong to the gateway on every edge and never reach an upstream.
+pub const RESERVED_PREFIX: &str = "/_portcullis/";
+/// Largest body of a request to a plugin's endpoints.
+const MAX_PLUGIN_BODY: usize = 1024 * 1024;
+/// Lifetime of a signed identity assertion (re-signed before it runs out).
+const ASSERTION_TTL: i64 = 300;
+
+/// The module options core reads itself; everything else belongs to the plugin.
+const COMMON_OPTIONS: [&str; 5] = [
+    "enabled",
+    "options_passthrough",
+    "cookie_prefix",
+    "inactivity_timeout",
+    "maximum_duration",
+];
+
+// ----- modules -----
+
+/// A module option that is wrong: the option's key and what is wrong.
+pub type ModuleError = (String, String);
+
+/// Builds an auth module for `plugin` from its flat JSON object (common options and the
+/// plugin's own), validating both.
+pub async fn parse_module(
+    registry: &Registry,
+    plugin: &str,
+    mut object: Map<String, Value>,
+) -> Result<AuthModule, ModuleError> {
+    let registered = registry
+        .get(plugin)
+        .filter(|p| p.info.capabilities.contains(&Capability::BrowserLogin))
+        .cloned()
+        .ok_or_else(|| {
+            (
+                String::new(),
+                format!("no browser-login plugin named `{plugin}` is registered"),
+            )
+        })?;
+    object.remove("plugin");
+    let flag = |object: &mut Map<String, Value>, key: &str, default: bool| match object.remove(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(other) => Err((key.to_string(), format!("must be true or false, not {other}"))),
+    };
+    let seconds = |object: &mut Map<String, Value>, key: &str| match object.remove(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| (key.to_string(), format!("must be a whole number of seconds, not {n}"))),
+        Some(other) => Err((
+            key.to_string(),
+            format!("must be a whole number of seconds, not {other}"),
+        )),
+    };
+    let enabled = flag(&mut object, "enabled", true)?;
+    let options_passthrough = flag(&mut object, "options_passthrough", false)?;
+    let cookie_prefix = match object.remove("cookie_prefix") {
+        None | Some(Value::Null) => crate::model::DEFAULT_COOKIE_PREFIX.to_string(),
+        Some(Value::String(s)) if s.is_empty() => crate::model::DEFAULT_COOKIE_PREFIX.to_string(),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(("cookie_prefix".into(), format!("must be a string, not {other}"))),
+    };
+    crate::model::validate_cookie_prefix(&cookie_prefix).map_err(|m| ("cookie_prefix".to_string(), m))?;
+    let inactivity_timeout = seconds(&mut object, "inactivity_timeout")?;
+    let maximum_duration = seconds(&mut object, "maximum_duration")?;
+    let options_json = Value::Object(object).to_string();
+    let call = Call::ValidateOptions {
+        options_json: options_json.clone(),
+    };
+    let answer = tokio::task::spawn_blocking(move || registered.call(&crate::plugins::host::Detached, call))
+        .await
+        .map_err(|e| (String::new(), format!("the plugin's validation did not finish: {e}")))?;
+    let plan = match answer {
+        Ok(Outcome::Valid(plan)) => plan,
+        Ok(Outcome::Invalid(errors)) => {
+            let first = errors.into_iter().next().map(|e| (e.key, e.message));
+            return Err(first.unwrap_or_else(|| (String::new(), "the plugin refused the options".into())));
+        }
+        Ok(other) => return Err((String::new(), format!("the plugin answered {other:?} to a validation"))),
+        Err(e) => return Err((String::new(), format!("the plugin failed to validate the options: {e}"))),
+    };
+    Ok(AuthModule {
+        plugin: plugin.to_string(),
+        enabled,
+        options_passthrough,
+        cookie_prefix,
+        inactivity_timeout: if inactivity_timeout == 0 {
+            crate::model::DEFAULT_INACTIVITY_TIMEOUT
+        } else {
+            inactivity_timeout
+        },
+        maximum_duration: if maximum_duration == 0 {
+            crate::model::DEFAULT_MAXIMUM_DURATION
+        } else {
+            maximum_duration
+        },
+        options_json,
+        egress_hosts: plan.egress_hosts,
+    })
+}
+
+/// The flat JSON of a module, as the API shows it.
+pub fn module_json(module: &AuthModule) -> Value {
+    let mut object = match serde_json::from_str::<Value>(&module.options_json) {
+        Ok(Value::Object(object)) => object,
+        _ => Map::new(),
+    };
+    object.insert("enabled".into(), module.enabled.into());
+    object.insert("options_passthrough".into(), module.options_passthrough.into());
+    object.insert("cookie_prefix".into(), module.cookie_prefix.clone().into());
+    object.insert("inactivity_timeout".into(), module.inactivity_timeout.into());
+    object.insert("maximum_duration".into(), module.maximum_duration.into());
+    Value::Object(object)
+}
+
+/// Whether `key` is one of the module options core reads itself.
+pub fn is_common_option(key: &str) -> bool {
+    COMMON_OPTIONS.contains(&key)
+}
+
+// ----- the per-request gate -----
+
+/// What the gate decided for a request on a route.
+pub enum Gate {
+    /// Proxy it, with this session's identity when there is one.
+    Pass(Option<Arc<SessionEntry>>),
+    /// Answer the browser directly (a login page or redirect, or an error page).
+    Respond(Response<Body>),
+}
+
+/// Decides whether a request may reach the route's upstream.
+pub async fn gate(
+    shared: &Arc<Shared>,
+    target: &RouteTarget,
+    req: &Request<Incoming>,
+    origin: &str,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Gate {
+    let Some(auth) = &target.auth else {
+        return Gate::Pass(None);
+    };
+    if auth.module.options_passthrough && req.method() == Method::OPTIONS {
+        return Gate::Pass(None);
+    }
+    let now = shared.clock.now();
+    for token in cookie_values(req.headers(), &auth.cookie_name) {
+        if let Some(entry) = shared.sessions.check(token, &target.route_id, now) {
+            return Gate::Pass(Some(entry));
+        }
+    }
+    let Some(plugin) = &auth.plugin else {
+        return Gate::Respond(error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "The sign-in module of this route is not loaded.",
+            request_id,
+        ));
+    };
+    let return_to = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let request = sdk_request(req, Vec::new(), peer);
+    let call = Call::StartLogin {
+        module: module_context(target, auth, origin),
+        return_to,
+        request,
+    };
+    match call_plugin(shared, plugin, auth, &target.route_id, call).await {
+        Ok(Outcome::Respond(response)) => Gate::Respond(from_sdk_response(response)),
+        Ok(other) => Gate::Respond(plugin_failure(
+            PluginError::Internal(format!("start_login answered {other:?}")),
+            &auth.module.plugin,
+            request_id,
+        )),
+        Err(e) => Gate::Respond(plugin_failure(e, &auth.module.plugin, request_id)),
+    }
+}
+
+/// Removes incoming identity headers, then adds the session's.
+pub fn set_identity_headers(
+    shared: &Shared,
+    table: &RouteTable,
+    headers: &mut HeaderMap,
+    session: Option<&SessionEntry>,
+) {
+    let names = &table.identity_headers;
+    for name in names.all() {
+        headers.remove(name);
+    }
+    let Some(entry) = session else { return };
+    let s = &entry.session;
+    let mut set = |name: &HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(value) => {
+            headers.insert(name.clone(), value);
+        }
+        Err(_) => tracing::warn!(session = %s.id, header = %name, "identity value not sendable as a header; left out"),
+    };
+    set(&names.user_id, &s.user_id);
+    set(&names.email, &s.email);
+    set(&names.name, &s.name);
+    set(&names.groups, &s.groups.join(","));
+    if let Some(assertion) = assertion_for(shared, entry) {
+        headers.insert(names.assertion.clone(), assertion);
+    }
+}
+
+/// The session's signed assertion, re-signed when close to expiry.
+fn assertion_for(shared: &Shared, entry: &SessionEntry) -> Option<HeaderValue> {
+    let now = shared.clock.now();
+    if let Some(cached) = entry.assertion.load().as_ref() {
+        if cached.expires_at - now > ASSERTION_TTL / 5 {
+            return Some(cached.header.clone());
+        }
+    }
+    let s = &entry.session;
+    let expires_at = (now + ASSERTION_TTL).min(s.expires_at);
+    let claims = serde_json::json!({
+        "iss": s.origin, "aud": s.route_id, "sub": s.subject, "uid": s.user_id, "sid": s.id,
+        "email": s.email, "name": s.name, "groups": s.groups, "iat": now, "exp": expires_at,
+    });
+    let token = shared
+        .signer
+        .sign(&claims)
+        .map_err(|e| tracing::error!("identity assertion: {e}"))
+        .ok()?;
+    let header = HeaderValue::from_str(&token).ok()?;
+    entry.assertion.store(Some(Arc::new(crate::sessions::Assertion {
+        expires_at,
+        header: header.clone(),
+    })));
+    Some(header)
+}
+
+// ----- reserved paths -----
+
+/// Serves a path under [`RESERVED_PREFIX`] on an edge's host.
+pub async fn reserved(
+    shared: &Arc<Shared>,
+    table: &RouteTable,
+    hostport: &str,
+    origin: &str,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let rest = &path[RESERVED_PREFIX.len()..];
+    if rest == "jwks.json" {
+        let mut response = Response::new(full(shared.signer.jwks().to_string()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+        return response;
+    }
+    if rest == "logout" {
+        return logout(shared, table, hostport, &req, request_id).await;
+    }
+    let Some(module_path) = rest.strip_prefix("auth/") else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "Nothing is served at this gateway path.",
+            request_id,
+        );
+    };
+    let route_id = module_path.split('/').next().unwrap_or_default();
+    let Some(target) = table.find_route(hostport, route_id) else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "No sign-in module of this site has this address.",
+            request_id,
+        );
+    };
+    let Some(auth) = &target.auth else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "This route has no sign-in module.",
+            request_id,
+        );
+    };
+    let Some(plugin) = &auth.plugin else {
+        return error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Sign-in unavailable",
+            "The sign-in module of this route is not loaded.",
+            request_id,
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_PLUGIN_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error_page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                "The sign-in request was too large or incomplete.",
+                request_id,
+            )
+        }
+    };
+    let head = Request::from_parts(parts, ());
+    let request = sdk_request(&head, body.to_vec(), peer);
+    let call = Call::Handle {
+        module: module_context(&target, auth, origin),
+        request,
+    };
+    match call_plugin(shared, plugin, auth, &target.route_id, call).await {
+        Ok(Outcome::Respond(response)) => from_sdk_response(response),
+        Ok(Outcome::LoggedIn { identity, return_to }) => complete_login(
+            shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
+        ),
+        Ok(other) => plugin_failure(
+            PluginError::Internal(format!("handle answered {other:?}")),
+            &auth.module.plugin,
+            request_id,
+        ),
+        Err(e) => plugin_failure(e, &auth.module.plugin, request_id),
+    }
+}
+
+/// Creates the session of a completed login and sends the browser on, with a fresh cookie.
+#[allow(clippy::too_many_arguments)]
+fn complete_login(
+    shared: &Shared,
+    target: &RouteTarget,
+    auth: &AuthTarget,
+    origin: &str,
+    head: &Request<()>,
+    peer: SocketAddr,
+    identity: Identity,
+    return_to: &str,
+    request_id: &str,
+) -> Response<Body> {
+    let now = shared.clock.now();
+    let store = &shared.store;
+    let existing = store.find_app_user_by_subject(&auth.module.plugin, &identity.subject);
+    let mut user = match existing {
+        Ok(Some(user)) => user,
+        Ok(None) => AppUser {
+            id: crate::ids::new_id(crate::ids::APP_USER),
+            provider: auth.module.plugin.clone(),
+            subject: identity.subject.clone(),
+            email: String::new(),
+            name: String::new(),
+            active: true,
+            created_at: now,
+            last_login: now,
+        },
+        Err(e) => {
+            tracing::error!(request_id, "user directory: {e}");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed",
+                "The gateway could not record the sign-in.",
+                request_id,
+            );
+        }
+    };
+    if !user.active {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Account disabled",
+            "This account may not sign in.",
+            request_id,
+        );
+    }
+    user.email = identity.email.clone().unwrap_or_default();
+    user.name = identity.name.clone().unwrap_or_default();
+    user.last_login = now;
+    let (token, token_hash) = crate::sessions::new_token();
+    let session = Session {
+        id: crate::ids::new_id(crate::ids::APP_SESSION),
+        token_hash,
+        user_id: user.id.clone(),
+        edge_id: target.edge_id.clone(),
+        route_id: target.route_id.clone(),
+        plugin: auth.module.plugin.clone(),
+        origin: origin.to_string(),
+        subject: identity.subject,
+        email: user.email.clone(),
+        name: user.name.clone(),
+        groups: identity.groups,
+        plugin_data: identity.plugin_data,
+        created_at: now,
+        last_active: now,
+        expires_at: now + i64::from(auth.module.maximum_duration),
+        inactivity_timeout: i64::from(auth.module.inactivity_timeout),
+        ip: peer.ip().to_string(),
+        user_agent: head
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let stored = store
+        .put_app_user(&user)
+        .and_then(|()| shared.sessions.insert(store, session));
+    let entry = match stored {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(request_id, "session store: {e}");
+            return error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed",
+                "The gateway could not record the sign-in.",
+                request_id,
+            );
+        }
+    };
+    tracing::info!(target: "portcullis::audit", request_id, event = "login", user = %user.id, session = %entry.session.id, route = %target.route_id, plugin = %auth.module.plugin, "login");
+    let location = safe_return_to(return_to).unwrap_or("/");
+    let secure = origin.starts_with("https://");
+    let cookie = format!(
+        "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        auth.cookie_name,
+        auth.module.maximum_duration,
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    if let (Ok(location), Ok(cookie)) = (HeaderValue::from_str(location), HeaderValue::from_str(&cookie)) {
+        headers.insert(header::LOCATION, location);
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Ends the sessions of every module of this edge the browser has a cookie for.
+async fn logout(
+    shared: &Arc<Shared>,
+    table: &RouteTable,
+    hostport: &str,
+    req: &Request<Incoming>,
+    request_id: &str,
+) -> Response<Body> {
+    let mut ended = Vec::new();
+    let mut clear = Vec::new();
+    for target in table.routes_of(hostport) {
+        let Some(auth) = &target.auth else { continue };
+        for token in cookie_values(req.headers(), &auth.cookie_name) {
+            if let Some(entry) = shared.sessions.find_by_token(token) {
+                ended.push((entry, target.clone()));
+            }
+        }
+        clear.push(format!(
+            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
+            auth.cookie_name
+        ));
+    }
+    clear.sort();
+    clear.dedup();
+    let ids: Vec<String> = ended.iter().map(|(e, _)| e.session.id.clone()).collect();
+    shared.sessions.remove_where(|s| ids.contains(&s.id));
+    if let Err(e) = shared.store.delete_sessions(&ids, true).await {
+        tracing::error!(request_id, "ending sessions: {e}");
+    }
+    let mut response = None;
+    for (entry, target) in &ended {
+        tracing::info!(target: "portcullis::audit", request_id, event = "logout", session = %entry.session.id, user = %entry.session.user_id, "logout");
+        let Some(auth) = &target.auth else { continue };
+        let Some(plugin) = &auth.plugin else { continue };
+        let s = &entry.session;
+        let identity = Identity {
+            subject: s.subject.clone(),
+            email: Some(s.email.clone()),
+            name: Some(s.name.clone()),
+            groups: s.groups.clone(),
+            attributes: Default::default(),
+            plugin_data: s.plugin_data.clone(),
+        };
+        let call = Call::Logout {
+            module: module_context(target, auth, &s.origin),
+            identity,
+        };
+        match call_plugin(shared, plugin, auth, &target.route_id, call).await {
+            Ok(Outcome::LoggedOut(Some(r))) if response.is_none() => response = Some(from_sdk_response(r)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(request_id, "plugin logout: {e}"),
+        }
+    }
+    let mut response = response.unwrap_or_else(|| {
+        let mut page = error_page(
+            StatusCode::OK,
+            "Signed out",
+            "You are signed out of this site.",
+            request_id,
+        );
+        page.headers_mut().remove("x-request-id");
+        page
+    });
+    for cookie in clear {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+// ----- helpers -----
+
+/// A return URL the gateway will redirect to: a path on the same origin, and nothing that a
+/// browser could read as another host (`//evil`, `/\evil`, encoded variants, schemes).
+pub fn safe_return_to(candidate: &str) -> Option<&str> {
+    let is_safe = |s: &str| {
+        s.starts_with('/')
+            && !s.starts_with("//")
+            && !s.contains('\\')
+            && !s.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            && s.len() <= 4096
+    };
+    if !is_safe(candidate) {
+        return None;
+    }
+    // Browsers and servers decode percent-escapes at various points: check each decoding.
+    let mut decoded = candidate.to_string();
+    for _ in 0..3 {
+        let next = percent_decode(&decoded);
+        if !is_safe(&next) {
+            return None;
+        }
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    Some(candidate)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The values of every cookie named `name` in the request.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v.trim_matches('"'))
+        })
+}
+
+fn module_context(target: &RouteTarget, auth: &AuthTarget, origin: &str) -> ModuleContext {
+    ModuleContext {
+        module_id: target.route_id.clone(),
+        options_json: auth.module.options_json.clone(),
+        origin: origin.to_string(),
+        mount_path: format!("{RESERVED_PREFIX}auth/{}", target.route_id),
+    }
+}
+
+fn sdk_request<B>(req: &Request<B>, body: Vec<u8>, peer: SocketAddr) -> HttpRequest {
+    HttpRequest {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        remote_addr: peer.ip().to_string(),
+    }
+}
+
+fn from_sdk_response(response: HttpResponse) -> Response<Body> {
+    let mut out = Response::new(full(response.body));
+    *out.status_mut() = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in response.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            out.headers_mut().append(name, value);
+        }
+    }
+    out
+}
+
+/// Calls a plugin on a blocking thread with the module's host.
+async fn call_plugin(
+    shared: &Arc<Shared>,
+    plugin: &Arc<Registered>,
+    auth: &AuthTarget,
+    route_id: &str,
+    call: Call,
+) -> Result<Outcome, PluginError> {
+    let (shared, plugin) = (shared.clone(), plugin.clone());
+    let namespace = format!("{}/{route_id}", auth.module.plugin);
+    let egress = auth.module.egress_hosts.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let host = PluginHost {
+            shared: &shared,
+            namespace,
+            plugin: &plugin.info.name,
+            egress_hosts: &egress,
+            runtime,
+        };
+        plugin.call(&host, call)
+    })
+    .await
+    .unwrap_or_else(|e| Err(PluginError::Internal(format!("plugin call did not finish: {e}"))))
+}
+
+/// The page for a failed plugin call; internal details go only to the log.
+fn plugin_failure(error: PluginError, plugin: &str, request_id: &str) -> Response<Body> {
+    match error {
+        PluginError::BadRequest(message) => error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in request not accepted",
+            &message,
+            request_id,
+        ),
+        PluginError::Forbidden(message) => error_page(StatusCode::FORBIDDEN, "Access denied", &message, request_id),
+        PluginError::Upstream(message) => {
+            tracing::warn!(request_id, plugin, "identity provider: {message}");
+            error_page(
+                StatusCode::BAD_GATEWAY,
+                "Identity provider unavailable",
+                "The sign-in service did not answer as expected. Try again later.",
+                request_id,
+            )
+        }
+        PluginError::Internal(message) | PluginError::Panicked(message) => {
+            tracing::error!(request_id, plugin, "plugin failed: {message}");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Sign-in failed",
+                "The sign-in module failed. The operator can find details in the log.",
+                request_id,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_urls_stay_on_the_origin() {
+        for ok in ["/", "/app?x=1", "/a/b#c", "/%7Euser"] {
+            assert_eq!(safe_return_to(ok), Some(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/%2F%2Fevil.example",
+            "/%2fevil.example/..",
+            "%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "/%252F%252Fevil",
+            "javascript:alert(1)",
+            "/\tfoo",
+            "evil.example",
+            "",
+        ] {
+            assert_eq!(safe_return_to(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; portcullis.session=tok1; xportcullis.session=no"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("portcullis.session=tok2"));
+        assert_eq!(
+            cookie_values(&headers, "portcullis.session").collect::<Vec<_>>(),
+            ["tok1", "tok2"]
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Server-side sessions of protected routes: the hot path.
+//!
+//! Sessions live in sled and, for the per-request check, in a sharded in-memory index keyed
+//! by the SHA-256 of the cookie token (the token itself is never stored). A check takes no
+//! global lock and writes nothing to disk: it bumps an atomic last-active time, and a
+//! background task persists those in batches. Deleting a session removes it from the index
+//! first, so revocation takes effect on the very next request.
+
+use crate::model::Session;
+use crate::store::{Store, StoreError};
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use dashmap::DashMap;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// A signed identity assertion, cached per session.
+pub struct Assertion {
+    pub expires_at: i64,
+    pub header: http::HeaderValue,
+}
+
+/// A live session.
+pub struct SessionEntry {
+    pub session: Session,
+    last_active: AtomicI64,
+    dirty: AtomicBool,
+    /// The last assertion signed for this session.
+    pub assertion: ArcSwapOption<Assertion>,
+}
+
+impl SessionEntry {
+    fn new(session: Session) -> SessionEntry {
+        SessionEntry {
+            last_active: AtomicI64::new(session.last_active),
+            dirty: AtomicBool::new(false),
+            assertion: ArcSwapOption::empty(),
+            session,
+        }
+    }
+
+    /// When the session last served a request.
+    pub fn last_active(&self) -> i64 {
+        self.last_active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session has ended by time at `now`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        now >= self.session.expires_at || now - self.last_active() >= self.session.inactivity_timeout
+    }
+}
+
+/// A new session token (43 base64url characters, 256 random bits) and its hash.
+pub fn new_token() -> (String, [u8; 32]) {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+/// The SHA-256 of a session token.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The in-memory index of live sessions.
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: DashMap<[u8; 32], Arc<SessionEntry>>,
+}
+
+impl Sessions {
+    /// Loads the sessions that have not ended by `now`.
+    pub fn load(store: &Store, now: i64) -> Result<Sessions, StoreError> {
+        let sessions = Sessions::default();
+        for session in store.all_sessions()? {
+            let entry = SessionEntry::new(session);
+            if !entry.is_expired(now) {
+                sessions.by_hash.insert(entry.session.token_hash, Arc::new(entry));
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// The live session of `token` for `route_id`, marked active at `now`.
+    pub fn check(&self, token: &str, route_id: &str, now: i64) -> Option<Arc<SessionEntry>> {
+        let hash = hash_token(token);
+        let entry = self.by_hash.get(&hash)?.value().clone();
+        if entry.session.route_id != route_id || entry.is_expired(now) {
+            return None;
+        }
+        if entry.last_active.swap(now, Ordering::Relaxed) != now {
+            entry.dirty.store(true, Ordering::Relaxed);
+        }
+        Some(entry)
+    }
+
+    /// Stores a new session and makes it live.
+    pub fn insert(&self, store: &Store, session: Session) -> Result<Arc<SessionEntry>, StoreError> {
+        store.put_session(&session)?;
+        let entry = Arc::new(SessionEntry::new(session));
+        self.by_hash.insert(entry.session.token_hash, entry.clone());
+        Ok(entry)
+    }
+
+    /// The session of a token, live or not (for logout).
+    pub fn find_by_token(&self, token: &str) -> Option<Arc<SessionEntry>> {
+        self.by_hash.get(&hash_token(token)).map(|e| e.value().clone())
+    }
+
+    /// Takes every session matching `predicate` out of the index; returns their ids.
+    pub fn remove_where(&self, predicate: impl Fn(&Session) -> bool) -> Vec<String> {
+        let mut removed = Vec::new();
+        self.by_hash.retain(|_, entry| {
+            let matched = predicate(&entry.session);
+            if matched {
+                removed.push(entry.session.id.clone());
+            }
+            !matched
+        });
+        removed
+    }
+
+    /// Sessions that have ended by `now`, taken out of the index; returns their ids.
+    pub fn remove_expired(&self, now: i64) -> Vec<String> {
+        let mut removed = Vec::new();
+        self.by_hash.retain(|_, entry| {
+            let expired = entry.is_expired(now);
+            if expired {
+                removed.push(entry.session.id.clone());
+            }
+            !expired
+        });
+        removed
+    }
+
+    /// The live entry of a session id.
+    pub fn find_by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        self.by_hash
+            .iter()
+            .find(|e| e.session.id == id)
+            .map(|e| e.value().clone())
+    }
+
+    /// Writes the last-active times that changed since the last call; returns how many.
+    pub fn persist_activity(&self, store: &Store) -> Result<usize, StoreError> {
+        let mut written = 0;
+        for entry in self.by_hash.iter() {
+            if entry.dirty.swap(false, Ordering::Relaxed) {
+                let mut session = entry.session.clone();
+                session.last_active = entry.last_active();
+                store.put_session(&session)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+}

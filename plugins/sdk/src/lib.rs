@@ -1,0 +1,146 @@
+//! The Portcullis plugin contract: what a protocol plugin (SAML, OIDC, SCIM, or a third
+//! party's) implements, what the gateway gives it, and how the two talk across a dynamic
+//! library boundary.
+//!
+//! - [`Plugin`] is the one trait every protocol implements. Built-in plugins are linked into
+//!   the gateway and called directly; a dynamic library wraps its plugin with
+//!   [`export_plugin!`], which exports one `extern "C"` entry point.
+//! - [`Host`] is everything a plugin may touch outside itself: a key-value store namespaced to
+//!   the plugin, the user directory, an HTTP client run by the gateway, a clock, randomness and
+//!   logging. Plugins never open sockets or the database themselves.
+//! - Across the C ABI ([`abi`]) only bytes travel: bincode-encoded [`Call`]/[`Outcome`] and
+//!   [`HostCall`]/[`HostReply`] messages, plus a function to free buffers the other side
+//!   allocated. The ABI version is checked before anything else.
+//!
+//! Plugins are trusted, in-process code: a plugin can do anything the gateway process can.
+//! Load only libraries you would link in. There is no unloading. Calls are synchronous (async
+//! runtimes cannot cross a dylib boundary); the gateway makes them off its async threads and
+//! does any network I/O a plugin asks for itself.
+#![deny(missing_docs)]
+
+pub mod abi;
+mod messages;
+
+pub use messages::*;
+
+/// The ABI and message-format version of this SDK. A library built against another version
+/// is refused at load.
+pub const ABI_VERSION: u32 = 1;
+
+/// A protocol plugin. Every method has the `&dyn Host` it may use for state and I/O.
+///
+/// Lifecycle of a browser login on a protected route:
+/// 1. [`Plugin::validate_options`] when the config is loaded or the API writes the module;
+/// 2. [`Plugin::start_login`] when an anonymous browser reaches the route: answer with a page
+///    or a redirect to the identity provider;
+/// 3. [`Plugin::handle`] for every request under the plugin's mount path
+///    (`/_portcullis/<plugin name>/...` on the route's host): callbacks, forms, metadata; it
+///    answers [`Outcome::LoggedIn`] when a login completes, and the gateway creates the session;
+/// 4. [`Plugin::logout`] when a session ends through the logout path.
+pub trait Plugin: Send + Sync {
+    /// Name, version and capabilities.
+    fn info(&self) -> PluginInfo;
+
+    /// Checks a module's plugin-specific options (a JSON object) and says what the module will
+    /// need (the hosts its HTTP calls may reach). Errors name the option's key.
+    fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>>;
+
+    /// Begins a login for an anonymous browser that asked for `return_to` (a same-origin path).
+    fn start_login(
+        &self,
+        host: &dyn Host,
+        module: &ModuleContext,
+        return_to: &str,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError>;
+
+    /// Handles a request under the plugin's mount path.
+    fn handle(&self, host: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError>;
+
+    /// Ends a login at the identity provider, when the protocol can; `None` when there is
+    /// nothing to do beyond the gateway's own logout.
+    fn logout(
+        &self,
+        host: &dyn Host,
+        module: &ModuleContext,
+        identity: &Identity,
+    ) -> Result<Option<HttpResponse>, PluginError> {
+        let _ = (host, module, identity);
+        Ok(None)
+    }
+}
+
+/// Runs one [`Call`] against a plugin: the single entry point both the in-process and the
+/// C-ABI paths go through.
+pub fn dispatch(plugin: &dyn Plugin, host: &dyn Host, call: Call) -> Result<Outcome, PluginError> {
+    match call {
+        Call::Info => Ok(Outcome::Info(plugin.info())),
+        Call::ValidateOptions { options_json } => {
+            let options: serde_json::Value = serde_json::from_str(&options_json)
+                .map_err(|e| PluginError::BadRequest(format!("options are not JSON: {e}")))?;
+            Ok(match plugin.validate_options(&options) {
+                Ok(plan) => Outcome::Valid(plan),
+                Err(errors) => Outcome::Invalid(errors),
+            })
+        }
+        Call::StartLogin {
+            module,
+            return_to,
+            request,
+        } => plugin
+            .start_login(host, &module, &return_to, &request)
+            .map(Outcome::Respond),
+        Call::Handle { module, request } => plugin.handle(host, &module, &request),
+        Call::Logout { module, identity } => plugin.logout(host, &module, &identity).map(Outcome::LoggedOut),
+    }
+}
+
+/// What the gateway provides to a plugin.
+pub trait Host {
+    /// Reads a key of this plugin's namespace.
+    fn kv_get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Writes a key, expiring after `ttl_secs` when given.
+    fn kv_put(&self, key: &str, value: &[u8], ttl_secs: Option<u64>);
+    /// Reads and deletes a key in one step (for one-time values: login state, replay caches).
+    fn kv_take(&self, key: &str) -> Option<Vec<u8>>;
+    /// Deletes a key.
+    fn kv_delete(&self, key: &str);
+    /// Finds a user of the directory by email.
+    fn find_user(&self, email: &str) -> Option<User>;
+    /// Creates or updates a user of the directory (keyed by email) and returns it.
+    fn upsert_user(&self, user: UserUpdate) -> Result<User, String>;
+    /// Sends an HTTP request through the gateway's client: timeouts, no redirects followed,
+    /// only the hosts the module's options allow.
+    fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String>;
+    /// Seconds since the Unix epoch, from the gateway's clock.
+    fn now_unix(&self) -> i64;
+    /// `len` bytes from the gateway's CSPRNG.
+    fn random(&self, len: usize) -> Vec<u8>;
+    /// Writes a line to the gateway's log.
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+/// Answers a host call against a [`Host`]: used by the gateway's side of the C ABI.
+pub fn serve_host_call(host: &dyn Host, call: HostCall) -> HostReply {
+    match call {
+        HostCall::KvGet { key } => HostReply::Bytes(host.kv_get(&key)),
+        HostCall::KvPut { key, value, ttl_secs } => {
+            host.kv_put(&key, &value, ttl_secs);
+            HostReply::Done
+        }
+        HostCall::KvTake { key } => HostReply::Bytes(host.kv_take(&key)),
+        HostCall::KvDelete { key } => {
+            host.kv_delete(&key);
+            HostReply::Done
+        }
+        HostCall::FindUser { email } => HostReply::User(host.find_user(&email)),
+        HostCall::UpsertUser(update) => HostReply::UserResult(host.upsert_user(update)),
+        HostCall::Http(request) => HostReply::Http(host.http(request)),
+        HostCall::Now => HostReply::Now(host.now_unix()),
+        HostCall::Random { len } => HostReply::Bytes(Some(host.random(len))),
+        HostCall::Log { level, message } => {
+            host.log(level, &message);
+            HostReply::Done
+        }
+    }
+}

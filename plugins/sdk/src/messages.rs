@@ -1,0 +1,326 @@
+//! The messages of the contract. They cross the C ABI bincode-encoded, so they hold only
+//! plain data: strings, bytes, numbers, vectors, maps (JSON travels as text).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a plugin says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// The name it is registered and referenced under (`saml`, `oidc`, `htpasswd`).
+    pub name: String,
+    /// Its own version.
+    pub version: String,
+    /// One line for `portcullis plugins`.
+    pub description: String,
+    /// What it can be used for.
+    pub capabilities: Vec<Capability>,
+}
+
+/// A kind of work a plugin does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Capability {
+    /// Logs browsers in on protected routes.
+    BrowserLogin,
+    /// Provisions users into the directory.
+    Provisioning,
+}
+
+/// A problem with one option of a module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptionError {
+    /// The option's key, dotted for nested options (`users[1].password_hash`).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// What a module with valid options needs from the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModulePlan {
+    /// `host:port`s the module's [`crate::Host::http`] calls may reach (e.g. the IdP's); any
+    /// other destination is refused by the gateway.
+    pub egress_hosts: Vec<String>,
+}
+
+/// Where a plugin call happens: the module (one route's auth settings) it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleContext {
+    /// A stable id of the module (its route's id).
+    pub module_id: String,
+    /// The plugin-specific options, as JSON text (already validated).
+    pub options_json: String,
+    /// The route's origin, e.g. `https://app.example.com`.
+    pub origin: String,
+    /// The path the plugin's own endpoints live under, e.g. `/_portcullis/htpasswd`.
+    pub mount_path: String,
+}
+
+impl ModuleContext {
+    /// The options parsed into the plugin's own type.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, PluginError> {
+        serde_json::from_str(&self.options_json).map_err(|e| PluginError::Internal(format!("module options: {e}")))
+    }
+}
+
+/// An HTTP request as a plugin sees it (whole body; login traffic is small).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, beginning with the mount path for [`crate::Plugin::handle`].
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: Option<String>,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The client's IP address.
+    pub remote_addr: String,
+}
+
+impl HttpRequest {
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP response a plugin answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Headers; `Set-Cookie` may repeat.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A `303 See Other` to `location`.
+    pub fn redirect(location: &str) -> HttpResponse {
+        HttpResponse {
+            status: 303,
+            headers: vec![
+                ("location".into(), location.into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: Vec::new(),
+        }
+    }
+
+    /// An HTML page.
+    pub fn html(status: u16, html: impl Into<String>) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![
+                ("content-type".into(), "text/html; charset=utf-8".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: html.into().into_bytes(),
+        }
+    }
+}
+
+/// Who logged in, as the plugin established it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The stable subject identifier at the identity provider.
+    pub subject: String,
+    /// Email address, when known.
+    pub email: Option<String>,
+    /// Display name, when known.
+    pub name: Option<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+    /// Other attributes.
+    pub attributes: BTreeMap<String, Vec<String>>,
+    /// Opaque data the plugin wants back at logout (a SAML session index, an OIDC ID token).
+    pub plugin_data: Option<String>,
+}
+
+/// A call from the gateway to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    /// [`crate::Plugin::info`].
+    Info,
+    /// [`crate::Plugin::validate_options`].
+    ValidateOptions {
+        /// The options as JSON text.
+        options_json: String,
+    },
+    /// [`crate::Plugin::start_login`].
+    StartLogin {
+        /// The module.
+        module: ModuleContext,
+        /// Where the browser goes after login (a same-origin path).
+        return_to: String,
+        /// The request that needed a login.
+        request: HttpRequest,
+    },
+    /// [`crate::Plugin::handle`].
+    Handle {
+        /// The module.
+        module: ModuleContext,
+        /// The request under the mount path.
+        request: HttpRequest,
+    },
+    /// [`crate::Plugin::logout`].
+    Logout {
+        /// The module.
+        module: ModuleContext,
+        /// The identity of the session being ended.
+        identity: Identity,
+    },
+}
+
+/// A plugin's answer to a [`Call`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Answer to [`Call::Info`].
+    Info(PluginInfo),
+    /// The options are valid.
+    Valid(ModulePlan),
+    /// The options are not valid.
+    Invalid(Vec<OptionError>),
+    /// Send this response to the browser.
+    Respond(HttpResponse),
+    /// A login completed: the gateway creates a session and sends the browser to `return_to`.
+    LoggedIn {
+        /// Who logged in.
+        identity: Identity,
+        /// Where to send the browser (checked by the gateway: same origin only).
+        return_to: String,
+    },
+    /// Answer to [`Call::Logout`].
+    LoggedOut(Option<HttpResponse>),
+}
+
+/// Why a plugin call failed. The gateway shows the user a page with a request id and logs
+/// the message; it never shows the message of an `Internal` error to the browser.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PluginError {
+    /// The browser's request was wrong (expired form, bad state): a 400 page with this message.
+    BadRequest(String),
+    /// The user may not log in: a 403 page with this message.
+    Forbidden(String),
+    /// The identity provider failed or is unreachable: a 502 page.
+    Upstream(String),
+    /// A bug or misconfiguration: a 500 page; the message goes only to the log.
+    Internal(String),
+    /// The plugin panicked (set by the boundary, not by plugins).
+    Panicked(String),
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginError::BadRequest(m) => write!(f, "bad request: {m}"),
+            PluginError::Forbidden(m) => write!(f, "forbidden: {m}"),
+            PluginError::Upstream(m) => write!(f, "identity provider error: {m}"),
+            PluginError::Internal(m) => write!(f, "internal error: {m}"),
+            PluginError::Panicked(m) => write!(f, "plugin panicked: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// A user of the gateway's directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// The directory's id for the user.
+    pub id: String,
+    /// Email, the user's key.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Whether the user may log in.
+    pub active: bool,
+}
+
+/// Fields to create or update a user with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserUpdate {
+    /// Email, the user's key.
+    pub email: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Whether the user may log in.
+    pub active: Option<bool>,
+}
+
+/// An HTTP request a plugin asks the gateway to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// Severity of a plugin's log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Detail for debugging.
+    Debug,
+    /// Normal events.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// A call from a plugin to the gateway (see [`crate::Host`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum HostCall {
+    KvGet {
+        key: String,
+    },
+    KvPut {
+        key: String,
+        value: Vec<u8>,
+        ttl_secs: Option<u64>,
+    },
+    KvTake {
+        key: String,
+    },
+    KvDelete {
+        key: String,
+    },
+    FindUser {
+        email: String,
+    },
+    UpsertUser(UserUpdate),
+    Http(OutboundRequest),
+    Now,
+    Random {
+        len: usize,
+    },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+}
+
+/// The gateway's answer to a [`HostCall`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum HostReply {
+    Done,
+    Bytes(Option<Vec<u8>>),
+    User(Option<User>),
+    UserResult(Result<User, String>),
+    Http(Result<HttpResponse, String>),
+    Now(i64),
+    /// The host could not decode the call.
+    Refused(String),
+}
