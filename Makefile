@@ -14,13 +14,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ## Install what is missing, build, and run the gateway with the shipped config.toml.
 run: deps
-	$(CARGO) build --release --bin portcullis
+	$(CARGO) build --release --workspace
 	./target/release/portcullis serve --config config.toml
 
 ## Install every test dependency, then check style and run every test.
 test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# Plugin libraries the tests load: every cdylib of the workspace (debug), and the
+	# release build of the example plugin that the shipped config.toml names.
+	$(CARGO) build --workspace
+	$(CARGO) build --release -p portcullis-htpasswd
 	$(CARGO) test --workspace
 
 ## Benchmarks (not tests): Portcullis beside nginx, figures into the terminal.

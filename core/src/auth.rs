@@ -201,16 +201,21 @@ pub async fn gate(
     }
 }
 
-/// Removes incoming identity headers, then adds the session's.
+/// Removes incoming identity headers (and, on a protected route, the gateway's own session
+/// cookie: the upstream never sees a session token), then adds the session's identity.
 pub fn set_identity_headers(
     shared: &Shared,
     table: &RouteTable,
+    target: &RouteTarget,
     headers: &mut HeaderMap,
     session: Option<&SessionEntry>,
 ) {
     let names = &table.identity_headers;
     for name in names.all() {
         headers.remove(name);
+    }
+    if let Some(auth) = &target.auth {
+        strip_cookie(headers, &auth.cookie_name);
     }
     let Some(entry) = session else { return };
     let s = &entry.session;
@@ -577,6 +582,28 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes the cookie `name` from the request's `Cookie` headers.
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    if !cookie_values(headers, name).any(|_| true) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
 }
 
 /// The values of every cookie named `name` in the request.

@@ -29,6 +29,11 @@ enum Command {
         #[arg(long, default_value = "config.toml")]
         config: PathBuf,
     },
+    /// List the registered protocol plugins: built in, and loaded from the config's libraries.
+    Plugins {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
     /// Manage API keys.
     ApiKey {
         #[command(subcommand)]
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, data_dir } => serve(&config, data_dir),
         Command::Check { config } => check(&config),
+        Command::Plugins { config } => plugins(&config),
         Command::ApiKey {
             command:
                 ApiKeyCommand::Create {
@@ -96,6 +102,31 @@ fn serve(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let file = path.display().to_string();
+    let mut modules = Vec::new();
+    runtime()?.block_on(async {
+        for (name, edge) in &config.edges {
+            for (i, route) in edge.routes.iter().enumerate() {
+                let module = match &route.auth {
+                    Some(table) => Some(
+                        portcullis::state::config_auth_module(
+                            &registry,
+                            &file,
+                            &format!("edges.{name}.routes[{i}].auth"),
+                            table,
+                        )
+                        .await?,
+                    ),
+                    None => None,
+                };
+                modules.push(module);
+            }
+        }
+        Ok::<_, portcullis::config::ConfigError>(())
+    })?;
+    let mut modules = modules.into_iter();
     println!("{}: OK (config version {})", path.display(), config.version);
     let scheme = |tls: bool| if tls { "https" } else { "http" };
     let edge = &config.listeners.edge;
@@ -118,14 +149,48 @@ fn check(path: &Path) -> anyhow::Result<()> {
     for (name, e) in &config.edges {
         println!("  {name}: {}", e.hostports.join(", "));
         for r in &e.routes {
+            let auth = match modules.next().flatten() {
+                Some(m) if m.enabled => format!(", sign-in by `{}`", m.plugin),
+                Some(m) => format!(", sign-in by `{}` (disabled)", m.plugin),
+                None => String::new(),
+            };
             println!(
-                "    {} {} -> {}{}",
+                "    {} {} -> {}{}{auth}",
                 r.match_type.as_str(),
                 r.path,
                 r.backend,
                 if r.enabled { "" } else { " (disabled)" }
             );
         }
+    }
+    for plugin in registry.iter() {
+        println!(
+            "plugin:           {} {} from {}",
+            plugin.info.name, plugin.info.version, plugin.origin
+        );
+    }
+    Ok(())
+}
+
+fn plugins(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut any = false;
+    for plugin in registry.iter() {
+        any = true;
+        let capabilities: Vec<String> = plugin.info.capabilities.iter().map(|c| format!("{c:?}")).collect();
+        println!(
+            "{} {} [{}] from {}",
+            plugin.info.name,
+            plugin.info.version,
+            capabilities.join(", "),
+            plugin.origin
+        );
+        println!("    {}", plugin.info.description);
+    }
+    if !any {
+        println!("no plugins registered");
     }
     Ok(())
 }

@@ -215,7 +215,7 @@ async fn forward(
         .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::UPGRADE);
-    auth::set_identity_headers(shared, table, &mut parts.headers, session);
+    auth::set_identity_headers(shared, table, target, &mut parts.headers, session);
     if let Some(protocol) = upgrade_protocol {
         parts
             .headers

@@ -277,7 +277,7 @@ pub async fn run(config: Config, config_path: PathBuf, data_dir_override: Option
             } else {
                 "http"
             };
-            tracing::info!("edge `{name}`: {scheme}://{hostport}/");
+            tracing::info!("edge `{name}`: {scheme}://{hostport}/  {}", edge.description);
         }
     }
     loop {

@@ -146,31 +146,10 @@ impl Shared {
             for (i, r) in e.routes.iter().enumerate() {
                 let auth = match &r.auth {
                     None => None,
-                    Some(table) => {
-                        let key = format!("edges.{name}.routes[{i}].auth");
-                        let Some(serde_json::Value::String(plugin)) = table.get("plugin") else {
-                            return Err(config_error(
-                                &file,
-                                &format!("{key}.plugin"),
-                                "is required: the name of a registered plugin".into(),
-                            )
-                            .into());
-                        };
-                        let module = crate::auth::parse_module(&self.registry, plugin, table.clone())
-                            .await
-                            .map_err(|(k, m)| {
-                                config_error(
-                                    &file,
-                                    &if k.is_empty() {
-                                        key.clone()
-                                    } else {
-                                        format!("{key}.{k}")
-                                    },
-                                    m,
-                                )
-                            })?;
-                        Some(module)
-                    }
+                    Some(table) => Some(
+                        config_auth_module(&self.registry, &file, &format!("edges.{name}.routes[{i}].auth"), table)
+                            .await?,
+                    ),
                 };
                 let id = ids::config_id(
                     ids::HTTPS_ROUTE,
@@ -245,6 +224,36 @@ impl Shared {
         self.metrics.retain_routes(&live);
         Ok(())
     }
+}
+
+/// Builds the auth module a config route declares (`[edges.NAME.routes.auth]`); errors name
+/// the key under `key`.
+pub async fn config_auth_module(
+    registry: &Registry,
+    file: &str,
+    key: &str,
+    table: &serde_json::Map<String, serde_json::Value>,
+) -> Result<crate::model::AuthModule, ConfigError> {
+    let Some(serde_json::Value::String(plugin)) = table.get("plugin") else {
+        return Err(config_error(
+            file,
+            &format!("{key}.plugin"),
+            "is required: the name of a registered plugin".into(),
+        ));
+    };
+    crate::auth::parse_module(registry, plugin, table.clone())
+        .await
+        .map_err(|(k, m)| {
+            config_error(
+                file,
+                &if k.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{key}.{k}")
+                },
+                m,
+            )
+        })
 }
 
 fn config_error(file: &str, key: &str, message: String) -> ConfigError {

@@ -3,9 +3,10 @@
 
 use super::{ApiError, Ctx};
 use crate::ids;
-use crate::model::{self, ApiKey, Edge, MatchType, Route, RouteBackend, Source, StaticBackend};
+use crate::model::{self, ApiKey, AppUser, Edge, MatchType, Route, RouteBackend, Session, Source, StaticBackend};
 use crate::store::Page;
 use http::{Method, StatusCode};
+use portcullis_plugin_sdk::Capability;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -76,6 +77,24 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             }
             Method::PATCH => update_route(ctx, edge_id, id).await,
             Method::DELETE => delete_route(ctx, edge_id, id).await,
+            _ => not_allowed(),
+        },
+        ["app", "sessions"] => match *method {
+            Method::GET => list_app_sessions(ctx),
+            _ => not_allowed(),
+        },
+        ["app", "sessions", id] => match *method {
+            Method::GET => ok(app_session_json(ctx, &find_app_session(ctx, id)?)),
+            Method::DELETE => delete_app_session(ctx, id).await,
+            _ => not_allowed(),
+        },
+        ["app", "users"] => match *method {
+            Method::GET => list_app_users(ctx),
+            _ => not_allowed(),
+        },
+        ["app", "users", id] => match *method {
+            Method::GET => ok(app_user_json(ctx, &find_app_user(ctx, id)?)),
+            Method::DELETE => delete_app_user(ctx, id).await,
             _ => not_allowed(),
         },
         _ => Err(ApiError::no_such_path(path)),
@@ -485,7 +504,6 @@ fn default_true() -> bool {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RouteWrite {
     match_type: Option<String>,
     #[serde(rename = "match")]
@@ -493,10 +511,14 @@ struct RouteWrite {
     description: Option<String>,
     metadata: Option<String>,
     backend: Option<BackendModule>,
+    /// Auth modules, each under its plugin's name (`"saml": {...}`); `null` removes one.
+    /// Any other field is refused as unknown.
+    #[serde(flatten)]
+    modules: serde_json::Map<String, Value>,
 }
 
 fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route) -> Value {
-    json!({
+    let mut value = json!({
         "edge_id": edge_id,
         "id": r.id,
         "uri": format!("{}/edges/https/{edge_id}/routes/{}", ctx.base_url, r.id),
@@ -509,11 +531,56 @@ fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route) -> Value {
             "enabled": b.enabled,
             "backend": { "id": b.backend_id, "uri": format!("{}/backends/static/{}", ctx.base_url, b.backend_id) },
         })),
-    })
+    });
+    if let (Some(module), Value::Object(object)) = (&r.auth, &mut value) {
+        object.insert(module.plugin.clone(), crate::auth::module_json(module));
+    }
+    value
 }
 
 /// Applies the fields of `body` that are set to `route`, checking each.
-fn apply_route_write(ctx: &Ctx<'_>, route: &mut Route, body: RouteWrite) -> Result<(), ApiError> {
+async fn apply_route_write(ctx: &Ctx<'_>, route: &mut Route, body: RouteWrite) -> Result<(), ApiError> {
+    for (name, value) in body.modules {
+        let is_module = ctx
+            .shared
+            .registry
+            .get(&name)
+            .is_some_and(|p| p.info.capabilities.contains(&Capability::BrowserLogin));
+        if !is_module {
+            return Err(ApiError::bad_body(format!("unknown field `{name}`")));
+        }
+        match value {
+            Value::Null => {
+                if route.auth.as_ref().is_some_and(|m| m.plugin == name) {
+                    route.auth = None;
+                }
+            }
+            Value::Object(object) => {
+                if let Some(other) = route.auth.as_ref().filter(|m| m.plugin != name) {
+                    return Err(ApiError::invalid(&name, format!("the route already has the `{}` module; a route carries at most one auth module (set `{}` to null first)", other.plugin, other.plugin)));
+                }
+                let module = crate::auth::parse_module(&ctx.shared.registry, &name, object)
+                    .await
+                    .map_err(|(key, message)| {
+                        ApiError::invalid(
+                            &if key.is_empty() {
+                                name.clone()
+                            } else {
+                                format!("{name}.{key}")
+                            },
+                            message,
+                        )
+                    })?;
+                route.auth = Some(module);
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    &name,
+                    format!("must be an object or null, not {other}"),
+                ))
+            }
+        }
+    }
     // ngrok's clients send `""` for match_type and match when the caller leaves them unchanged.
     if let Some(mt) = body.match_type.filter(|s| !s.is_empty()) {
         route.match_type = MatchType::parse(&mt)
@@ -612,7 +679,7 @@ async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
         backend: None,
         auth: None,
     };
-    apply_route_write(ctx, &mut route, body)?;
+    apply_route_write(ctx, &mut route, body).await?;
     check_unique_match(&edge, &route)?;
     edge.routes.push(route.clone());
     ctx.shared.store.put_edge(&edge).await?;
@@ -631,7 +698,7 @@ async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
         .ok_or_else(|| ApiError::not_found("route", id))?;
     refuse_config_managed("route", id, &edge.source)?;
     let mut route = edge.routes[index].clone();
-    apply_route_write(ctx, &mut route, body)?;
+    apply_route_write(ctx, &mut route, body).await?;
     check_unique_match(&edge, &route)?;
     edge.routes[index] = route.clone();
     ctx.shared.store.put_edge(&edge).await?;
@@ -651,5 +718,131 @@ async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
     edge.routes.remove(index);
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
+    no_content()
+}
+
+// ----- application sessions and users (people who logged in through edges) -----
+
+fn app_session_json(ctx: &Ctx<'_>, s: &Session) -> Value {
+    let last_active = ctx
+        .shared
+        .sessions
+        .find_by_id(&s.id)
+        .map_or(s.last_active, |e| e.last_active());
+    json!({
+        "id": s.id,
+        "uri": format!("{}/app/sessions/{}", ctx.base_url, s.id),
+        "public_url": s.origin,
+        "browser_session": {
+            "user_agent": { "raw": s.user_agent, "browser_name": "", "browser_version": "", "device_type": "", "os_name": "", "os_version": "" },
+            "ip_address": { "ip": s.ip },
+            "location": Value::Null,
+        },
+        "application_user": { "id": s.user_id, "uri": format!("{}/app/users/{}", ctx.base_url, s.user_id) },
+        "created_at": timestamp(s.created_at),
+        "last_active": timestamp(last_active),
+        "expires_at": timestamp(s.expires_at),
+        "endpoint": Value::Null,
+        "edge": { "id": s.edge_id, "uri": format!("{}/edges/https/{}", ctx.base_url, s.edge_id) },
+        "route": { "id": s.route_id, "uri": format!("{}/edges/https/{}/routes/{}", ctx.base_url, s.edge_id, s.route_id) },
+    })
+}
+
+fn find_app_session(ctx: &Ctx<'_>, id: &str) -> Result<Session, ApiError> {
+    ctx.shared
+        .store
+        .find_session(id)?
+        .ok_or_else(|| ApiError::not_found("application session", id))
+}
+
+fn list_app_sessions(ctx: &Ctx<'_>) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let page = ctx.shared.store.list_sessions(before, limit)?;
+    ok(list_json(
+        ctx,
+        "/app/sessions",
+        "application_sessions",
+        page,
+        limit,
+        |s| app_session_json(ctx, s),
+        |s| &s.id,
+    ))
+}
+
+async fn delete_app_session(ctx: &Ctx<'_>, id: &str) -> Answer {
+    find_app_session(ctx, id)?;
+    // Out of the in-memory index first: the very next request with its cookie is refused.
+    ctx.shared.sessions.remove_where(|s| s.id == id);
+    ctx.shared.store.delete_sessions(&[id.to_string()], true).await?;
+    tracing::info!(target: "portcullis::audit", event = "session_revoked", session = id, "session revoked through the API");
+    no_content()
+}
+
+fn app_user_json(ctx: &Ctx<'_>, u: &AppUser) -> Value {
+    let last_active = ctx
+        .shared
+        .store
+        .all_sessions()
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.user_id == u.id)
+        .map(|s| {
+            ctx.shared
+                .sessions
+                .find_by_id(&s.id)
+                .map_or(s.last_active, |e| e.last_active())
+        })
+        .max()
+        .unwrap_or(u.last_login);
+    json!({
+        "id": u.id,
+        "uri": format!("{}/app/users/{}", ctx.base_url, u.id),
+        "identity_provider": { "name": u.provider, "url": "" },
+        "provider_user_id": u.subject,
+        "username": if u.email.is_empty() { &u.subject } else { &u.email },
+        "email": u.email,
+        "name": u.name,
+        "created_at": timestamp(u.created_at),
+        "last_active": timestamp(last_active),
+        "last_login": timestamp(u.last_login),
+    })
+}
+
+fn find_app_user(ctx: &Ctx<'_>, id: &str) -> Result<AppUser, ApiError> {
+    ctx.shared
+        .store
+        .find_app_user(id)?
+        .ok_or_else(|| ApiError::not_found("application user", id))
+}
+
+fn list_app_users(ctx: &Ctx<'_>) -> Answer {
+    let (limit, before) = ctx.paging()?;
+    let page = ctx.shared.store.list_app_users(before, limit)?;
+    ok(list_json(
+        ctx,
+        "/app/users",
+        "application_users",
+        page,
+        limit,
+        |u| app_user_json(ctx, u),
+        |u| &u.id,
+    ))
+}
+
+async fn delete_app_user(ctx: &Ctx<'_>, id: &str) -> Answer {
+    find_app_user(ctx, id)?;
+    // End the user's sessions before anything else: the next request is refused.
+    let ended = ctx.shared.sessions.remove_where(|s| s.user_id == id);
+    let stored: Vec<String> = ctx
+        .shared
+        .store
+        .all_sessions()?
+        .into_iter()
+        .filter(|s| s.user_id == id)
+        .map(|s| s.id)
+        .collect();
+    ctx.shared.store.delete_sessions(&stored, false).await?;
+    ctx.shared.store.delete_app_user(id).await?;
+    tracing::info!(target: "portcullis::audit", event = "user_deleted", user = id, sessions_ended = ended.len(), "application user deleted through the API");
     no_content()
 }
