@@ -6,6 +6,7 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::server::StartOptions;
 use portcullis::{Config, Gateway};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -37,15 +38,24 @@ impl TestGateway {
 
     /// Starts a gateway on this whole config text.
     pub async fn start_with(config: &str) -> TestGateway {
+        Self::start_full(config, StartOptions::default()).await
+    }
+
+    /// Starts a gateway on this whole config text, with a clock and extra plugins.
+    pub async fn start_full(config: &str, options: StartOptions) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        Self::start_in(dir).await
+        Self::start_in_with(dir, options).await
     }
 
     /// Starts a gateway on the `config.toml` already written in `dir`.
     pub async fn start_in(dir: tempfile::TempDir) -> TestGateway {
+        Self::start_in_with(dir, StartOptions::default()).await
+    }
+
+    pub async fn start_in_with(dir: tempfile::TempDir, options: StartOptions) -> TestGateway {
         let config = Config::load(&dir.path().join("config.toml")).unwrap();
-        let gateway = Gateway::start(config).await.unwrap();
+        let gateway = Gateway::start_with(config, options).await.unwrap();
         let (_, token) = portcullis::admin::create_api_key(gateway.shared(), "test".into())
             .await
             .unwrap();
@@ -319,4 +329,26 @@ async fn upstream_handle(
 pub async fn dead_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A plugin library of this workspace, built by `make test` (`cargo build --workspace`).
+pub fn plugin_library(crate_name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/debug/lib{crate_name}.so"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make test` (it builds the plugin libraries first)",
+        path.display()
+    );
+    path
+}
+
+/// The value a `Set-Cookie` header of `reply` gives cookie `name`.
+pub fn set_cookie(reply: &Reply, name: &str) -> Option<String> {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_string)
 }

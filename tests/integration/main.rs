@@ -10,5 +10,8 @@ mod api;
 mod cli;
 mod config;
 mod ngrok_client;
+mod plugins;
 mod proxy;
+mod sessions;
+mod test_plugin;
 mod tls;

@@ -183,3 +183,37 @@ async fn tls_upstreams_are_verified_against_the_configured_ca() {
     trusting.stop().await;
     untrusting.stop().await;
 }
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_on_an_https_edge() {
+    let upstream = crate::harness::Upstream::start().await;
+    let config = format!(
+        "{}[backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"localhost:443\"]\n[[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n[edges.app.routes.auth]\nplugin = \"testlogin\"\n",
+        LISTENERS.replace("[listeners.console]", "[listeners.edge.tls]\nself_signed = true\n[listeners.console]"),
+        upstream.addr
+    );
+    let gw = TestGateway::start_full(&config, crate::test_plugin::options()).await;
+    let cert = gw.dir.path().join("data/tls/edge-self-signed.crt");
+    let tls = tls_connect(gw.gateway.edge_addr, &cert, b"http/1.1").await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let get = |path: String| {
+        Request::get(path)
+            .header("host", "localhost")
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+    let first = sender.send_request(get("/".into())).await.unwrap();
+    assert_eq!(first.status(), 303);
+    let location = first.headers()["location"].to_str().unwrap().to_string();
+    let done = sender
+        .send_request(get(format!("{location}&user=alice")))
+        .await
+        .unwrap();
+    let cookie = done.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("portcullis.session=") && cookie.ends_with("; HttpOnly; SameSite=Lax; Secure"),
+        "{cookie}"
+    );
+    gw.stop().await;
+}

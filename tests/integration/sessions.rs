@@ -1,0 +1,471 @@
+//! Sessions on protected routes, each invariant attacked: fixation, cookie flags, inactivity
+//! and maximum duration (moved by an injected clock, never by sleeping), open redirects,
+//! spoofed identity headers, the signed assertion against the JWKS, revocation through the
+//! API, logout, and the session cookie kept from the upstream.
+
+use crate::harness::{send, set_cookie, Reply, TestGateway, Upstream, LISTENERS};
+use crate::test_plugin;
+use base64::Engine;
+use http::Method;
+use portcullis::clock::ManualClock;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const COOKIE: &str = "portcullis.session";
+
+fn config(upstream: &Upstream, extra_auth: &str) -> String {
+    format!(
+        "{LISTENERS}[backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"app.test:80\"]\n\
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n\
+         [edges.app.routes.auth]\nplugin = \"testlogin\"\ninactivity_timeout = 600\nmaximum_duration = 3600\ngroups = [\"staff\", \"ops\"]\n{extra_auth}\
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/public/\"\nbackend = \"up\"\n",
+        upstream.addr
+    )
+}
+
+async fn start(upstream: &Upstream, extra_auth: &str) -> (TestGateway, ManualClock) {
+    let clock = ManualClock::new();
+    let mut options = test_plugin::options();
+    options.clock = Arc::new(clock.clone());
+    (
+        TestGateway::start_full(&config(upstream, extra_auth), options).await,
+        clock,
+    )
+}
+
+async fn get(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let url = format!("http://{}{path}", gw.gateway.edge_addr);
+    let mut all = vec![("host", "app.test")];
+    all.extend_from_slice(headers);
+    send(Method::GET, &url, &all, None).await
+}
+
+async fn with_session(gw: &TestGateway, path: &str, token: &str) -> Reply {
+    let cookie = format!("{COOKIE}={token}");
+    get(gw, path, &[("cookie", &cookie)]).await
+}
+
+/// Signs `user` in the way a browser does: the protected page redirects to the plugin, the
+/// plugin completes the login, the gateway sets the session cookie. Returns the token and
+/// the final redirect.
+async fn login(gw: &TestGateway, path: &str, user: &str, cookies: &[(&str, &str)]) -> (String, Reply) {
+    let first = get(gw, path, cookies).await;
+    assert_eq!(
+        first.status, 303,
+        "anonymous request is sent to sign in: {}",
+        first.body
+    );
+    let location = first.headers["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with("/_portcullis/auth/"), "{location}");
+    let done = get(gw, &format!("{location}&user={user}"), cookies).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let cookie = set_cookie(&done, COOKIE).expect("a session cookie");
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    (token, done)
+}
+
+#[tokio::test]
+async fn login_reaches_the_upstream_with_identity_and_without_the_session_cookie() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, done) = login(&gw, "/private?x=1", "alice", &[]).await;
+    assert_eq!(
+        done.headers["location"], "/private?x=1",
+        "the URL asked for survives the round trip"
+    );
+    let reply = get(
+        &gw,
+        "/private?x=1",
+        &[("cookie", &format!("other=1; {COOKIE}={token}; more=2"))],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let seen = reply.json();
+    let headers = &seen["headers"];
+    assert_eq!(headers["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(headers["x-portcullis-user-name"], "User alice");
+    assert_eq!(headers["x-portcullis-user-groups"], "staff,ops");
+    assert!(headers["x-portcullis-user-id"].as_str().unwrap().starts_with("apu_"));
+    assert_eq!(
+        headers["cookie"], "other=1; more=2",
+        "the upstream never sees the session token"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cookie_flags_are_httponly_samesite_lax_and_not_secure_on_http() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (_, done) = login(&gw, "/", "alice", &[]).await;
+    let cookie = set_cookie(&done, COOKIE).unwrap();
+    let attributes: Vec<&str> = cookie.split("; ").skip(1).collect();
+    assert_eq!(
+        attributes,
+        ["Path=/", "Max-Age=3600", "HttpOnly", "SameSite=Lax"],
+        "{cookie}"
+    );
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    assert_eq!(token.len(), 43, "256 random bits, base64url");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_cookie_planted_before_login_is_never_promoted() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let planted = "AttackerChosenValueAttackerChosenValue12345";
+    let cookie = format!("{COOKIE}={planted}");
+    let (token, _) = login(&gw, "/", "victim", &[("cookie", &cookie)]).await;
+    assert_ne!(token, planted, "login issues a fresh token");
+    assert_eq!(
+        with_session(&gw, "/", planted).await.status,
+        303,
+        "the planted value is not a session"
+    );
+    assert_eq!(with_session(&gw, "/", &token).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn inactivity_and_maximum_duration_are_enforced_on_the_server() {
+    let upstream = Upstream::start().await;
+    let (gw, clock) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    // Activity keeps the session alive: three steps of 500 s, each under the 600 s limit.
+    for _ in 0..3 {
+        clock.advance(500);
+        assert_eq!(with_session(&gw, "/", &token).await.status, 200);
+    }
+    // 601 s without a request ends it.
+    clock.advance(601);
+    assert_eq!(with_session(&gw, "/", &token).await.status, 303, "inactivity timeout");
+
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    for _ in 0..7 {
+        clock.advance(500);
+        assert_eq!(with_session(&gw, "/", &token).await.status, 200);
+    }
+    clock.advance(500); // 4000 s after login: past maximum_duration (3600 s), though active.
+    assert_eq!(with_session(&gw, "/", &token).await.status, 303, "maximum duration");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn return_urls_never_leave_the_origin() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let route_login = get(&gw, "/", &[]).await.headers["location"]
+        .to_str()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    for hostile in [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example/",
+        "\\/evil.example/",
+        "/%2F%2Fevil.example/",
+        "/%2f%2fevil.example/",
+        "/%5Cevil.example/",
+        "/%252F%252Fevil.example/",
+        "http:evil.example",
+        "javascript:alert(1)",
+        "/%09/evil.example",
+        "evil.example",
+    ] {
+        let encoded: String = hostile.bytes().map(|b| format!("%{b:02X}")).collect();
+        let reply = get(&gw, &format!("{route_login}?user=alice&return_to={encoded}"), &[]).await;
+        assert_eq!(reply.status, 303, "{hostile}: {}", reply.body);
+        assert_eq!(reply.headers["location"], "/", "{hostile} must not be followed");
+    }
+    let reply = get(
+        &gw,
+        &format!("{route_login}?user=alice&return_to=%2Fapp%2Fpage%3Fa%3D1"),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.headers["location"], "/app/page?a=1", "a same-origin path is kept");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_stripped_on_every_route() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let spoof = [
+        ("x-portcullis-user-id", "apu_admin"),
+        ("X-Portcullis-User-Email", "admin@example.com"),
+        ("x-portcullis-user-groups", "admins"),
+        ("x-portcullis-assertion", "forged"),
+    ];
+    // An unprotected route: the headers are removed, none added.
+    let reply = get(&gw, "/public/page", &spoof).await;
+    assert_eq!(reply.status, 200);
+    let headers = reply.json()["headers"].clone();
+    for (name, _) in spoof {
+        assert!(
+            headers.get(name.to_ascii_lowercase()).is_none(),
+            "{name} reached the upstream: {headers}"
+        );
+    }
+    // A protected route: the session's identity replaces the spoofed values.
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let cookie = format!("{COOKIE}={token}");
+    let mut with_cookie = spoof.to_vec();
+    with_cookie.push(("cookie", &cookie));
+    let headers = get(&gw, "/", &with_cookie).await.json()["headers"].clone();
+    assert_eq!(headers["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(headers["x-portcullis-user-groups"], "staff,ops");
+    assert_ne!(headers["x-portcullis-assertion"], "forged");
+    gw.stop().await;
+}
+
+fn b64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).unwrap()
+}
+
+#[tokio::test]
+async fn the_identity_assertion_verifies_against_the_jwks() {
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let seen = with_session(&gw, "/", &token).await.json();
+    let jwt = seen["headers"]["x-portcullis-assertion"].as_str().unwrap().to_string();
+    let jwks = get(&gw, "/_portcullis/jwks.json", &[]).await;
+    assert_eq!(jwks.status, 200, "the JWKS is public");
+    let key = &jwks.json()["keys"][0];
+    let mut point = vec![4u8];
+    point.extend(b64(key["x"].as_str().unwrap()));
+    point.extend(b64(key["y"].as_str().unwrap()));
+    let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point);
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let header: Value = serde_json::from_slice(&b64(parts[0])).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], key["kid"]);
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    public
+        .verify(signed.as_bytes(), &b64(parts[2]))
+        .expect("the assertion verifies");
+    let claims: Value = serde_json::from_slice(&b64(parts[1])).unwrap();
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["iss"], "http://app.test");
+    assert_eq!(claims["uid"], seen["headers"]["x-portcullis-user-id"]);
+    assert!(claims["exp"].as_i64().unwrap() > claims["iat"].as_i64().unwrap());
+    // A changed claim no longer verifies.
+    let forged_claims =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&json!({"sub": "admin"})).unwrap());
+    assert!(public
+        .verify(format!("{}.{forged_claims}", parts[0]).as_bytes(), &b64(parts[2]))
+        .is_err());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_session_or_deleting_a_user_takes_effect_on_the_next_request() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (alice, _) = login(&gw, "/", "alice", &[]).await;
+    let (alice_again, _) = login(&gw, "/", "alice", &[]).await;
+    let (bob, _) = login(&gw, "/", "bob", &[]).await;
+    let sessions = gw.api(Method::GET, "/app/sessions", None).await.json();
+    let list = sessions["application_sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    let users = gw.api(Method::GET, "/app/users", None).await.json();
+    let alice_user = users["application_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "alice@example.com")
+        .unwrap()
+        .clone();
+    assert_eq!(alice_user["provider_user_id"], "alice");
+    assert_eq!(alice_user["identity_provider"]["name"], "testlogin");
+
+    // Revoke bob's one session.
+    let bob_session = list
+        .iter()
+        .find(|s| s["application_user"]["id"] != alice_user["id"])
+        .unwrap();
+    assert_eq!(
+        bob_session["route"]["id"].as_str().unwrap().len(),
+        "edghtsrt_".len() + 27
+    );
+    assert_eq!(with_session(&gw, "/", &bob).await.status, 200);
+    let deleted = gw
+        .api(
+            Method::DELETE,
+            &format!("/app/sessions/{}", bob_session["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        with_session(&gw, "/", &bob).await.status,
+        303,
+        "revoked on the very next request"
+    );
+    gw.api(
+        Method::GET,
+        &format!("/app/sessions/{}", bob_session["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .assert_api_error(404, 106);
+
+    // Delete alice: both her sessions end.
+    assert_eq!(
+        gw.api(
+            Method::DELETE,
+            &format!("/app/users/{}", alice_user["id"].as_str().unwrap()),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(with_session(&gw, "/", &alice).await.status, 303);
+    assert_eq!(with_session(&gw, "/", &alice_again).await.status, 303);
+    assert!(
+        gw.api(Method::GET, "/app/sessions", None).await.json()["application_sessions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_clears_the_cookie() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let reply = with_session(&gw, "/_portcullis/logout", &token).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.body.contains("signed out"), "{}", reply.body);
+    assert_eq!(
+        set_cookie(&reply, COOKIE).unwrap(),
+        format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+    );
+    assert_eq!(
+        with_session(&gw, "/", &token).await.status,
+        303,
+        "the old cookie is dead on the server"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn options_passthrough_lets_only_preflights_through() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "options_passthrough = true\n").await;
+    let url = format!("http://{}/api", gw.gateway.edge_addr);
+    assert_eq!(
+        send(Method::OPTIONS, &url, &[("host", "app.test")], None).await.status,
+        200
+    );
+    assert_eq!(send(Method::GET, &url, &[("host", "app.test")], None).await.status, 303);
+    gw.stop().await;
+    let (gw, _) = start(&upstream, "").await;
+    let url = format!("http://{}/api", gw.gateway.edge_addr);
+    assert_eq!(
+        send(Method::OPTIONS, &url, &[("host", "app.test")], None).await.status,
+        303,
+        "off by default"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_survive_a_restart() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let TestGateway { gateway, dir, .. } = gw;
+    gateway.shutdown().await;
+    let gw = TestGateway::start_in_with(dir, test_plugin::options()).await;
+    assert_eq!(with_session(&gw, "/", &token).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_linked_in_plugin_gets_an_error_page_and_the_gateway_keeps_serving() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let route_login = get(&gw, "/", &[]).await.headers["location"]
+        .to_str()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let panic_path = route_login.replace("/login", "/panic");
+    let reply = get(&gw, &panic_path, &[]).await;
+    assert_eq!(reply.status, 500);
+    assert!(
+        reply.body.contains("Sign-in failed") && !reply.body.contains("panic on purpose"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(get(&gw, "/public/x", &[]).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn auth_modules_through_the_api() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start_full(LISTENERS, test_plugin::options()).await;
+    let (edge_id, route_id) = gw.create_route_to(upstream.addr, "api-auth.test:80").await;
+    let route = format!("/edges/https/{edge_id}/routes/{route_id}");
+    let patched = gw
+        .api(
+            Method::PATCH,
+            &route,
+            Some(json!({"testlogin": {"cookie_prefix": "team.", "groups": ["a"]}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let module = &patched.json()["testlogin"];
+    assert_eq!(module["cookie_prefix"], "team.");
+    assert_eq!(module["enabled"], true);
+    assert_eq!(module["inactivity_timeout"], 43200, "0 means the default");
+    assert_eq!(module["groups"], json!(["a"]));
+    let url = format!("http://{}/", gw.gateway.edge_addr);
+    assert_eq!(
+        send(Method::GET, &url, &[("host", "api-auth.test")], None).await.status,
+        303,
+        "protected at once"
+    );
+
+    let msg = gw
+        .api(Method::PATCH, &route, Some(json!({"testlogin": {"colour": "red"}})))
+        .await
+        .assert_api_error(400, 105);
+    assert_eq!(msg, "invalid `testlogin.colour`: unknown option");
+    let msg = gw
+        .api(
+            Method::PATCH,
+            &route,
+            Some(json!({"testlogin": {"cookie_prefix": "bad prefix"}})),
+        )
+        .await
+        .assert_api_error(400, 105);
+    assert!(msg.starts_with("invalid `testlogin.cookie_prefix`"), "{msg}");
+    let msg = gw
+        .api(Method::PATCH, &route, Some(json!({"nosuchplugin": {}})))
+        .await
+        .assert_api_error(400, 104);
+    assert!(msg.ends_with("unknown field `nosuchplugin`"), "{msg}");
+    let removed = gw.api(Method::PATCH, &route, Some(json!({"testlogin": null}))).await;
+    assert!(removed.json().get("testlogin").is_none());
+    assert_eq!(
+        send(Method::GET, &url, &[("host", "api-auth.test")], None).await.status,
+        200,
+        "unprotected again"
+    );
+    gw.stop().await;
+}

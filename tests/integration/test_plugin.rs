@@ -1,0 +1,104 @@
+//! `testlogin`: a linked-in plugin for tests of what core does around any plugin. It logs in
+//! whoever `GET <mount>/login?user=U&return_to=R` names, with exactly that `return_to`, so the
+//! tests can hand core hostile return URLs; `<mount>/panic` panics.
+
+use portcullis_plugin_sdk::{
+    Capability, Host, HttpRequest, HttpResponse, Identity, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
+    PluginError, PluginInfo,
+};
+use std::sync::Arc;
+
+pub struct TestLogin;
+
+pub fn options() -> portcullis::server::StartOptions {
+    portcullis::server::StartOptions {
+        extra_plugins: vec![Arc::new(TestLogin)],
+        ..Default::default()
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(text: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Plugin for TestLogin {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "testlogin".into(),
+            version: "0.0.0".into(),
+            description: "logs anyone in (tests only)".into(),
+            capabilities: vec![Capability::BrowserLogin],
+        }
+    }
+
+    fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
+        let object = options.as_object().cloned().unwrap_or_default();
+        match object.keys().find(|k| *k != "groups") {
+            Some(unknown) => Err(vec![OptionError {
+                key: unknown.clone(),
+                message: "unknown option".into(),
+            }]),
+            None => Ok(ModulePlan::default()),
+        }
+    }
+
+    fn start_login(
+        &self,
+        _: &dyn Host,
+        module: &ModuleContext,
+        return_to: &str,
+        _: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        Ok(HttpResponse::redirect(&format!(
+            "{}/login?return_to={}",
+            module.mount_path,
+            return_to.replace('%', "%25").replace('&', "%26")
+        )))
+    }
+
+    fn handle(&self, _: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        if request.path.ends_with("/panic") {
+            panic!("testlogin: panic on purpose");
+        }
+        let query = request.query.clone().unwrap_or_default();
+        let user = query_param(&query, "user").ok_or_else(|| PluginError::BadRequest("no user".into()))?;
+        let groups = serde_json::from_str::<serde_json::Value>(&module.options_json)
+            .ok()
+            .and_then(|o| o.get("groups").cloned())
+            .and_then(|g| serde_json::from_value(g).ok())
+            .unwrap_or_default();
+        Ok(Outcome::LoggedIn {
+            identity: Identity {
+                subject: user.clone(),
+                email: Some(format!("{user}@example.com")),
+                name: Some(format!("User {user}")),
+                groups,
+                attributes: Default::default(),
+                plugin_data: None,
+            },
+            return_to: query_param(&query, "return_to").unwrap_or_else(|| "/".into()),
+        })
+    }
+}
