@@ -159,7 +159,7 @@ pub async fn gate(
     shared: &Arc<Shared>,
     target: &RouteTarget,
     req: &Request<Incoming>,
-    origin: &str,
+    is_tls: bool,
     peer: SocketAddr,
     request_id: &str,
 ) -> Gate {
@@ -185,8 +185,9 @@ pub async fn gate(
     };
     let return_to = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
     let request = sdk_request(req, Vec::new(), peer);
+    let origin = origin_of(req, is_tls);
     let call = Call::StartLogin {
-        module: module_context(target, auth, origin),
+        module: module_context(target, auth, &origin),
         return_to,
         request,
     };
@@ -617,6 +618,18 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v.trim_matches('"'))
         })
+}
+
+/// `scheme://host[:port]` as the browser addressed the request.
+pub fn origin_of<B>(req: &Request<B>, is_tls: bool) -> String {
+    let scheme = if is_tls { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}")
 }
 
 fn module_context(target: &RouteTarget, auth: &AuthTarget, origin: &str) -> ModuleContext {

@@ -99,7 +99,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     let mut target = None;
     let response = match edge_host {
         Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
-            let origin = origin_of(&req, is_tls);
+            let origin = auth::origin_of(&req, is_tls);
             auth::reserved(&shared, &table, hostport, &origin, req, peer, &request_id).await
         }
         _ => {
@@ -117,32 +117,30 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
                         &request_id,
                     )
                 }
-                Some(target) => {
-                    match auth::gate(&shared, target, &req, &origin_of(&req, is_tls), peer, &request_id).await {
-                        Gate::Respond(response) => response,
-                        Gate::Pass(session) => match &target.upstream {
-                            None => error_page(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "Route has no backend",
-                                "The route for this address has no enabled backend.",
-                                &request_id,
-                            ),
-                            Some(upstream) => {
-                                let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-                                let hop = Hop {
-                                    shared: &shared,
-                                    table: &table,
-                                    target,
-                                    upstream,
-                                    peer,
-                                    is_tls,
-                                    request_id: &request_id,
-                                };
-                                forward(hop, req, session.as_deref(), upgrade).await
-                            }
-                        },
-                    }
-                }
+                Some(target) => match auth::gate(&shared, target, &req, is_tls, peer, &request_id).await {
+                    Gate::Respond(response) => response,
+                    Gate::Pass(session) => match &target.upstream {
+                        None => error_page(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Route has no backend",
+                            "The route for this address has no enabled backend.",
+                            &request_id,
+                        ),
+                        Some(upstream) => {
+                            let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                            let hop = Hop {
+                                shared: &shared,
+                                table: &table,
+                                target,
+                                upstream,
+                                peer,
+                                is_tls,
+                                request_id: &request_id,
+                            };
+                            forward(hop, req, session.as_deref(), upgrade).await
+                        }
+                    },
+                },
             }
         }
     };
@@ -174,18 +172,6 @@ struct Hop<'a> {
     peer: SocketAddr,
     is_tls: bool,
     request_id: &'a str,
-}
-
-/// `scheme://host[:port]` as the browser addressed the request.
-fn origin_of<B>(req: &Request<B>, is_tls: bool) -> String {
-    let scheme = if is_tls { "https" } else { "http" };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("localhost");
-    format!("{scheme}://{host}")
 }
 
 async fn forward(
