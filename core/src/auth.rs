@@ -183,7 +183,8 @@ pub async fn gate(
             request_id,
         ));
     };
-    let return_to = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_string();
+    let asked = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let return_to = safe_return_to(asked).unwrap_or("/").to_string();
     let request = sdk_request(req, Vec::new(), peer);
     let origin = origin_of(req, is_tls);
     let call = Call::StartLogin {
@@ -215,8 +216,22 @@ pub fn set_identity_headers(
     for name in names.all() {
         headers.remove(name);
     }
-    if let Some(auth) = &target.auth {
-        strip_cookie(headers, &auth.cookie_name);
+    // Header names that differ only by `_` for `-` reach CGI-style upstreams as the same
+    // variable (`HTTP_X_PORTCULLIS_USER_ID`): remove those too.
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let dashed = k.as_str().replace('_', "-");
+            names.all().iter().any(|n| n.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+    for cookie in target.edge_session_cookies.iter() {
+        strip_cookie(headers, cookie);
     }
     let Some(entry) = session else { return };
     let s = &entry.session;
@@ -288,6 +303,22 @@ pub async fn reserved(
         return response;
     }
     if rest == "logout" {
+        // A cross-site page must not sign people out: it gets a confirmation form instead.
+        let cross_site = req
+            .headers()
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site")
+            || req.headers().get(header::ORIGIN).is_some_and(|o| {
+                let host = |url: &[u8]| {
+                    url.splitn(2, |&b| b == b':')
+                        .nth(1)
+                        .map(|rest| rest.trim_ascii_start().strip_prefix(b"//").unwrap_or(rest).to_vec())
+                };
+                host(o.as_bytes()) != host(origin.as_bytes())
+            });
+        if cross_site {
+            return logout_confirmation(request_id);
+        }
         return logout(shared, table, hostport, &req, request_id).await;
     }
     let Some(module_path) = rest.strip_prefix("auth/") else {
@@ -446,8 +477,17 @@ fn complete_login(
         }
     };
     tracing::info!(target: "portcullis::audit", request_id, event = "login", user = %user.id, session = %entry.session.id, route = %target.route_id, plugin = %auth.module.plugin, "login");
-    let location = safe_return_to(return_to).unwrap_or("/");
-    let secure = origin.starts_with("https://");
+    let location = safe_return_to(return_to).map_or_else(|| "/".to_string(), encode_non_ascii);
+    // TLS may end in front of the gateway: an https public URL also makes the cookie Secure.
+    let behind_tls = shared
+        .config
+        .load()
+        .listeners
+        .edge
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
+    let secure = origin.starts_with("https://") || behind_tls;
     let cookie = format!(
         "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
         auth.cookie_name,
@@ -457,11 +497,34 @@ fn complete_login(
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SEE_OTHER;
     let headers = response.headers_mut();
-    if let (Ok(location), Ok(cookie)) = (HeaderValue::from_str(location), HeaderValue::from_str(&cookie)) {
-        headers.insert(header::LOCATION, location);
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).unwrap_or(HeaderValue::from_static("/")),
+    );
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         headers.append(header::SET_COOKIE, cookie);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A page asking the user to confirm signing out (for requests that came from another site).
+fn logout_confirmation(request_id: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign out?</title></head>\
+<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>Sign out?</h1>\
+<form method=\"post\" action=\"{RESERVED_PREFIX}logout\"><button type=\"submit\">Sign out</button></form>\
+<p><small>request id <code>{}</code></small></p></body></html>\n",
+        crate::pages::escape(request_id)
+    );
+    let mut response = Response::new(full(html));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -473,13 +536,18 @@ async fn logout(
     req: &Request<Incoming>,
     request_id: &str,
 ) -> Response<Body> {
-    let mut ended = Vec::new();
+    let mut ended: Vec<(Arc<SessionEntry>, Arc<RouteTarget>)> = Vec::new();
     let mut clear = Vec::new();
     for target in table.routes_of(hostport) {
         let Some(auth) = &target.auth else { continue };
         for token in cookie_values(req.headers(), &auth.cookie_name) {
-            if let Some(entry) = shared.sessions.find_by_token(token) {
-                ended.push((entry, target.clone()));
+            let Some(entry) = shared.sessions.find_by_token(token) else {
+                continue;
+            };
+            // A session belongs to the route it was made on, whichever route shares its cookie name.
+            let owner = table.find_route(hostport, &entry.session.route_id);
+            if let Some(owner) = owner.filter(|_| !ended.iter().any(|(e, _)| e.session.id == entry.session.id)) {
+                ended.push((entry, owner));
             }
         }
         clear.push(format!(
@@ -612,12 +680,26 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(move |pair| {
+            // Other cookies may hold any bytes; only this one has to be text.
+            let pair = std::str::from_utf8(pair).ok()?;
             let (k, v) = pair.trim().split_once('=')?;
             (k == name).then_some(v.trim_matches('"'))
         })
+}
+
+/// Percent-encodes the bytes of `path` that a header value cannot carry.
+fn encode_non_ascii(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii() && !b.is_ascii_control() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `scheme://host[:port]` as the browser addressed the request.

@@ -94,10 +94,22 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
     let host = request_host(&req, is_tls);
     let table = shared.routes.load_full();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let (path, bad_path) = match crate::routing::normalize_path(req.uri().path()) {
+        Ok(path) => (path.into_owned(), None),
+        Err(reason) => (req.uri().path().to_string(), Some(reason)),
+    };
     let edge_host = host.as_deref().filter(|h| table.has_edge(h));
     let mut target = None;
     let response = match edge_host {
+        Some(_) if bad_path.is_some() => {
+            let reason = bad_path.unwrap_or_default();
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &format!("The gateway does not accept this address: {reason}."),
+                &request_id,
+            )
+        }
         Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
             let origin = auth::origin_of(&req, is_tls);
             auth::reserved(&shared, &table, hostport, &origin, req, peer, &request_id).await
@@ -136,6 +148,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
                                 peer,
                                 is_tls,
                                 request_id: &request_id,
+                                normalized_path: &path,
                             };
                             forward(hop, req, session.as_deref(), upgrade).await
                         }
@@ -172,6 +185,8 @@ struct Hop<'a> {
     peer: SocketAddr,
     is_tls: bool,
     request_id: &'a str,
+    /// The normalised path, sent upstream in place of the raw one.
+    normalized_path: &'a str,
 }
 
 async fn forward(
@@ -188,6 +203,7 @@ async fn forward(
         peer,
         is_tls,
         request_id,
+        normalized_path,
     } = hop;
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -208,7 +224,16 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
     }
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let rewritten;
+    let path_and_query = if parts.uri.path() == normalized_path {
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    } else {
+        rewritten = match parts.uri.query() {
+            Some(query) => format!("{normalized_path}?{query}"),
+            None => normalized_path.to_string(),
+        };
+        rewritten.as_str()
+    };
     let uri = Uri::builder()
         .scheme(upstream.scheme.clone())
         .authority(upstream.authority.clone())

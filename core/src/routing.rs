@@ -10,6 +10,7 @@ use crate::model::{AuthModule, Edge, MatchType, StaticBackend};
 use crate::plugins::{Registered, Registry};
 use http::uri::{Authority, Scheme};
 use http::HeaderName;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,6 +29,9 @@ pub struct RouteTarget {
     pub upstream: Option<Upstream>,
     /// The route's enabled auth module.
     pub auth: Option<AuthTarget>,
+    /// The session cookie names of every module on this route's edge: removed from every
+    /// request before it goes upstream, whatever route it takes.
+    pub edge_session_cookies: Arc<[String]>,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -118,6 +122,15 @@ impl RouteTable {
         let mut by_hostport = HashMap::new();
         for edge in edges {
             let mut routes = EdgeRoutes::default();
+            let mut cookies: Vec<String> = edge
+                .routes
+                .iter()
+                .filter_map(|r| r.auth.as_ref())
+                .map(|m| format!("{}session", m.cookie_prefix))
+                .collect();
+            cookies.sort();
+            cookies.dedup();
+            let edge_session_cookies: Arc<[String]> = cookies.into();
             for route in &edge.routes {
                 let upstream = route
                     .backend
@@ -134,6 +147,7 @@ impl RouteTable {
                     route_id: route.id.clone(),
                     upstream,
                     auth,
+                    edge_session_cookies: edge_session_cookies.clone(),
                     metrics: metrics.route(&edge.id, &route.id),
                 });
                 routes.by_id.insert(route.id.clone(), target.clone());
@@ -188,6 +202,66 @@ impl RouteTable {
     }
 }
 
+/// The canonical form of a request path, which routing matches and the upstream receives:
+/// percent-encoded unreserved characters decoded, `.` and `..` segments resolved, repeated
+/// slashes collapsed. Backslashes and encoded `/` or `\` are refused: upstreams disagree on
+/// them, and a route decision (which may be a sign-in decision) must mean the same path to
+/// the upstream as to the gateway.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
+    if !raw.starts_with('/') {
+        return Err("the request path must start with `/`");
+    }
+    let needs_work = raw.contains('%') || raw.contains("//") || raw.contains("/.") || raw.contains('\\');
+    if !needs_work {
+        return Ok(Cow::Borrowed(raw));
+    }
+    if raw.contains('\\') {
+        return Err("the request path contains a backslash");
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i] as char);
+            i += 1;
+            continue;
+        }
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) else {
+            return Err("the request path has a malformed percent-escape");
+        };
+        let byte = (hi * 16 + lo) as u8;
+        match byte {
+            b'/' | b'\\' => return Err("the request path contains an encoded `/` or `\\`"),
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => decoded.push(b as char),
+            _ => decoded.push_str(&raw[i..i + 3].to_ascii_uppercase()),
+        }
+        i += 3;
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in decoded.split('/').skip(1) {
+        trailing_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +281,27 @@ mod tests {
                 backend_id: "b".into(),
             }),
         }
+    }
+
+    #[test]
+    fn paths_are_normalised_before_matching() {
+        let n = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(n("/admin/x").as_deref(), Ok("/admin/x"));
+        assert_eq!(n("/%61dmin/x").as_deref(), Ok("/admin/x"));
+        assert_eq!(n("//admin//x").as_deref(), Ok("/admin/x"));
+        assert_eq!(n("/a/../admin/x").as_deref(), Ok("/admin/x"));
+        assert_eq!(n("/a/./b/.").as_deref(), Ok("/a/b/"));
+        assert_eq!(n("/../../etc").as_deref(), Ok("/etc"));
+        assert_eq!(n("/%2e%2e/admin").as_deref(), Ok("/admin"));
+        assert_eq!(n("/a%20b").as_deref(), Ok("/a%20b"));
+        assert_eq!(n("/a%c3%a9").as_deref(), Ok("/a%C3%A9"));
+        assert_eq!(n("/dir/").as_deref(), Ok("/dir/"));
+        assert!(n("/admin%2Fx").is_err());
+        assert!(n("/admin%5cx").is_err());
+        assert!(n("/admin\\x").is_err());
+        assert!(n("/bad%zz").is_err());
+        assert!(n("/bad%4").is_err());
+        assert!(n("*").is_err());
     }
 
     #[test]

@@ -219,3 +219,39 @@ async fn a_panicking_library_gets_an_error_page_and_the_gateway_keeps_serving() 
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn htpasswd_locks_a_username_after_ten_failures_even_for_the_right_password() {
+    let upstream = Upstream::start().await;
+    let library = plugin_library("portcullis_htpasswd");
+    let gw = TestGateway::start_with(&protected(&upstream, &library, "", "htpasswd", &htpasswd_options())).await;
+    let edge = gw.gateway.edge_addr;
+    let mut last = None;
+    for attempt in 1..=11 {
+        let first = send(Method::GET, &format!("http://{edge}/"), &[("host", "app.test")], None).await;
+        let location = first.headers["location"].to_str().unwrap().to_string();
+        let nonce = set_cookie(&first, "portcullis_htpasswd_nonce")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let state = location.split("state=").nth(1).unwrap().to_string();
+        let action = format!("http://{edge}{}", location.split('?').next().unwrap());
+        let password = if attempt == 11 { "alice-password" } else { "guess" };
+        let body = format!("state={state}&username=alice&password={password}").into_bytes();
+        let headers = [
+            ("host", "app.test"),
+            ("cookie", nonce.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        last = Some(send(Method::POST, &action, &headers, Some(body)).await);
+        if attempt <= 10 {
+            assert_eq!(last.as_ref().unwrap().status, 401, "attempt {attempt}");
+        }
+    }
+    let locked = last.unwrap();
+    assert_eq!(locked.status, 403, "{}", locked.body);
+    assert!(locked.body.contains("Too many failed attempts"));
+    gw.stop().await;
+}

@@ -18,7 +18,8 @@ fn config(upstream: &Upstream, extra_auth: &str) -> String {
         "{LISTENERS}[backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"app.test:80\"]\n\
          [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n\
          [edges.app.routes.auth]\nplugin = \"testlogin\"\ninactivity_timeout = 600\nmaximum_duration = 3600\ngroups = [\"staff\", \"ops\"]\n{extra_auth}\
-         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/public/\"\nbackend = \"up\"\n",
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/public/\"\nbackend = \"up\"\n\
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/public/admin/\"\nbackend = \"up\"\n[edges.app.routes.auth]\nplugin = \"testlogin\"\n",
         upstream.addr
     )
 }
@@ -467,5 +468,130 @@ async fn auth_modules_through_the_api() {
         200,
         "unprotected again"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_the_route_and_its_sign_in_are_chosen() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    // `/public/` is open; `/public/admin/` needs a sign-in. Spellings of the protected path
+    // that an upstream would decode to it must not slip through the open route.
+    assert_eq!(get(&gw, "/public/page", &[]).await.status, 200);
+    for sneaky in [
+        "/public/admin/x",
+        "/public/%61dmin/x",
+        "/public//admin/x",
+        "/public/x/../admin/x",
+        "/public/./admin/x",
+        "/public/%2e/admin/x",
+    ] {
+        let reply = get(&gw, sneaky, &[]).await;
+        assert_eq!(reply.status, 303, "{sneaky} must need a sign-in: {}", reply.body);
+    }
+    for refused in ["/public/admin%2Fx", "/public/admin%5Cx", "/public/%zz"] {
+        let reply = get(&gw, refused, &[]).await;
+        assert_eq!(reply.status, 400, "{refused}: {}", reply.body);
+    }
+    // The upstream receives the normalised path, with the query untouched.
+    let seen = get(&gw, "/public/a/../b//c?q=%2F", &[]).await.json();
+    assert_eq!(seen["path"], "/public/b/c?q=%2F");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn session_cookies_and_lookalike_identity_headers_never_reach_an_upstream() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let cookie = format!("a=1; {COOKIE}={token}");
+    let headers = get(
+        &gw,
+        "/public/page",
+        &[
+            ("cookie", &cookie),
+            ("x_portcullis_user_id", "apu_admin"),
+            ("X_Portcullis_User_Groups", "admins"),
+        ],
+    )
+    .await
+    .json()["headers"]
+        .clone();
+    assert_eq!(
+        headers["cookie"], "a=1",
+        "an open route of the same edge does not get the token either"
+    );
+    assert!(
+        headers.get("x_portcullis_user_id").is_none() && headers.get("x_portcullis_user_groups").is_none(),
+        "{headers}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_cross_site_logout_asks_first() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let cookie = format!("{COOKIE}={token}");
+    let reply = get(
+        &gw,
+        "/_portcullis/logout",
+        &[("cookie", &cookie), ("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .body
+            .contains("<form method=\"post\" action=\"/_portcullis/logout\">"),
+        "{}",
+        reply.body
+    );
+    assert!(set_cookie(&reply, COOKIE).is_none());
+    assert_eq!(with_session(&gw, "/", &token).await.status, 200, "still signed in");
+    let url = format!("http://{}/_portcullis/logout", gw.gateway.edge_addr);
+    let evil = send(
+        Method::POST,
+        &url,
+        &[
+            ("host", "app.test"),
+            ("cookie", &cookie),
+            ("origin", "https://evil.example"),
+        ],
+        None,
+    )
+    .await;
+    assert!(
+        set_cookie(&evil, COOKIE).is_none(),
+        "a post from another origin is not a sign-out"
+    );
+    let own = send(
+        Method::POST,
+        &url,
+        &[("host", "app.test"), ("cookie", &cookie), ("origin", "http://app.test")],
+        None,
+    )
+    .await;
+    assert!(set_cookie(&own, COOKIE).is_some());
+    assert_eq!(with_session(&gw, "/", &token).await.status, 303);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_ascii_return_path_is_encoded_and_the_cookie_still_set() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let route_login = get(&gw, "/", &[]).await.headers["location"]
+        .to_str()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let reply = get(&gw, &format!("{route_login}?user=alice&return_to=%2Fcaf%C3%A9"), &[]).await;
+    assert_eq!(reply.status, 303);
+    assert_eq!(reply.headers["location"], "/caf%C3%A9");
+    assert!(set_cookie(&reply, COOKIE).is_some());
     gw.stop().await;
 }

@@ -77,6 +77,18 @@ impl Host for PluginHost<'_> {
         }
     }
 
+    fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
+        let now = self.shared.clock.now();
+        let expires_at = ttl_secs.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+        self.shared
+            .store
+            .kv_incr(&self.namespace, key, now, expires_at)
+            .unwrap_or_else(|e| {
+                self.warn_store("kv_incr", e);
+                u64::MAX
+            })
+    }
+
     fn find_user(&self, email: &str) -> Option<User> {
         match self.shared.store.find_app_user_by_email(email) {
             Ok(user) => user.map(to_sdk_user),
@@ -110,6 +122,22 @@ impl Host for PluginHost<'_> {
             user.active = active;
         }
         store.put_app_user(&user).map_err(|e| e.to_string())?;
+        if !user.active {
+            // A deactivated user's sessions end at once.
+            let user_id = user.id.clone();
+            let ended = self.shared.sessions.remove_where(|s| s.user_id == user_id);
+            let stored: Vec<String> = store
+                .all_sessions()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|s| s.user_id == user_id)
+                .map(|s| s.id)
+                .collect();
+            self.runtime
+                .block_on(store.delete_sessions(&stored, true))
+                .map_err(|e| e.to_string())?;
+            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended.len(), plugin = self.plugin, "user deactivated");
+        }
         Ok(to_sdk_user(user))
     }
 
@@ -209,6 +237,9 @@ impl Host for Detached {
         None
     }
     fn kv_delete(&self, _: &str) {}
+    fn kv_incr(&self, _: &str, _: Option<u64>) -> u64 {
+        u64::MAX
+    }
     fn find_user(&self, _: &str) -> Option<User> {
         None
     }

@@ -375,6 +375,40 @@ impl Store {
         Ok(())
     }
 
+    /// Adds one to a counter key atomically; a missing or expired counter starts at 1 and
+    /// expires at `expires_at`.
+    pub fn kv_incr(&self, namespace: &str, key: &str, now: i64, expires_at: Option<i64>) -> Result<u64, StoreError> {
+        let mut count = 0u64;
+        let mut failure = None;
+        self.plugin_kv.update_and_fetch(kv_key(namespace, key), |old| {
+            let live = old
+                .and_then(|bytes| codec::decode::<KvEntry>(bytes).ok())
+                .filter(|e| e.expires_at.is_none_or(|at| at > now));
+            let (previous, keep_expiry) = match live {
+                Some(entry) => (
+                    entry.value.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0),
+                    entry.expires_at,
+                ),
+                None => (0, expires_at),
+            };
+            count = previous.saturating_add(1);
+            match codec::encode(&KvEntry {
+                expires_at: keep_expiry,
+                value: count.to_be_bytes().to_vec(),
+            }) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    failure = Some(e);
+                    old.map(|o| o.to_vec())
+                }
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(count),
+        }
+    }
+
     /// Removes expired keys; returns how many.
     pub fn kv_purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         let mut removed = 0;

@@ -23,6 +23,8 @@ const STATE_TTL: u64 = 600;
 const MAX_FAILURES: u32 = 10;
 const LOCKOUT_WINDOW: u64 = 900;
 const NONCE_COOKIE: &str = "portcullis_htpasswd_nonce";
+/// A bcrypt hash (cost 10) of a random password, checked for unknown usernames.
+const TIMING_DUMMY_HASH: &str = "$2b$10$xEObmWW9NQp0amuSE8pJn.Q55cvxIqMuRDUQePYupu5k7Ow9M4qAi";
 
 /// The module's options.
 #[derive(Debug, Deserialize)]
@@ -149,22 +151,17 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
                         .into(),
                 )
             })?;
-        let cookie_nonce = request
-            .header("cookie")
-            .and_then(|c| cookie(c, NONCE_COOKIE))
-            .unwrap_or_default();
+        let cookie_nonce = request.cookie(NONCE_COOKIE).unwrap_or_default();
         if cookie_nonce.is_empty() || cookie_nonce != login.nonce {
             return Err(PluginError::BadRequest(
                 "This sign-in form was not opened in this browser.".into(),
             ));
         }
         let username = field("username");
-        let failures_key = format!("failures:{username}");
-        let failures: u32 = host
-            .kv_get(&failures_key)
-            .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0);
-        if failures >= MAX_FAILURES {
+        // Count the attempt before checking it, atomically: parallel guesses cannot slip
+        // past the limit.
+        let attempts_key = format!("attempts:{username}");
+        if host.kv_incr(&attempts_key, Some(LOCKOUT_WINDOW)) > u64::from(MAX_FAILURES) {
             host.log(
                 LogLevel::Warn,
                 &format!("sign-in for `{username}` refused: too many failed attempts"),
@@ -174,15 +171,10 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
             ));
         }
         let hashes = Self::credentials(options).map_err(PluginError::Internal)?;
-        let verified = hashes
-            .get(username)
-            .is_some_and(|hash| bcrypt::verify(field("password"), hash).unwrap_or(false));
+        // Unknown users cost a bcrypt check too, so timing does not tell which names exist.
+        let hash = hashes.get(username).map_or(TIMING_DUMMY_HASH, String::as_str);
+        let verified = bcrypt::verify(field("password"), hash).unwrap_or(false) && hashes.contains_key(username);
         if !verified {
-            host.kv_put(
-                &failures_key,
-                (failures + 1).to_string().as_bytes(),
-                Some(LOCKOUT_WINDOW),
-            );
             host.log(LogLevel::Info, &format!("failed sign-in for `{username}`"));
             let state = Self::new_state(host, login.return_to, login.nonce)?;
             let action = format!("{}/login", module.mount_path);
@@ -193,7 +185,7 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
                 Some("Wrong username or password."),
             )));
         }
-        host.kv_delete(&failures_key);
+        host.kv_delete(&attempts_key);
         let profile = options.users.iter().find(|u| u.username == username);
         Ok(Outcome::LoggedIn {
             identity: Identity {
@@ -339,14 +331,6 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
-}
-
-fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header
-        .split(';')
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
 }
 
 /// Decodes `application/x-www-form-urlencoded`.

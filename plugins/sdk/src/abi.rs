@@ -215,6 +215,16 @@ impl Host for RemoteHost<'_> {
     fn kv_delete(&self, key: &str) {
         self.call(HostCall::KvDelete { key: key.into() });
     }
+    fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
+        match self.call(HostCall::KvIncr {
+            key: key.into(),
+            ttl_secs,
+        }) {
+            HostReply::Count(n) => n,
+            // Fail closed: a counter that cannot be read counts as exhausted.
+            _ => u64::MAX,
+        }
+    }
     fn find_user(&self, email: &str) -> Option<crate::User> {
         match self.call(HostCall::FindUser { email: email.into() }) {
             HostReply::User(user) => user,

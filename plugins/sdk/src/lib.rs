@@ -105,6 +105,9 @@ pub trait Host {
     fn kv_take(&self, key: &str) -> Option<Vec<u8>>;
     /// Deletes a key.
     fn kv_delete(&self, key: &str);
+    /// Adds one to a counter atomically and returns the new count; a new or expired counter
+    /// starts at 1 and expires `ttl_secs` later (for rate limits and lockouts).
+    fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64;
     /// Finds a user of the directory by email.
     fn find_user(&self, email: &str) -> Option<User>;
     /// Creates or updates a user of the directory (keyed by email) and returns it.
@@ -133,6 +136,7 @@ pub fn serve_host_call(host: &dyn Host, call: HostCall) -> HostReply {
             host.kv_delete(&key);
             HostReply::Done
         }
+        HostCall::KvIncr { key, ttl_secs } => HostReply::Count(host.kv_incr(&key, ttl_secs)),
         HostCall::FindUser { email } => HostReply::User(host.find_user(&email)),
         HostCall::UpsertUser(update) => HostReply::UserResult(host.upsert_user(update)),
         HostCall::Http(request) => HostReply::Http(host.http(request)),

@@ -85,6 +85,18 @@ impl HttpRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
+
+    /// The value of cookie `name`, looked for in every `Cookie` header (HTTP/2 clients may
+    /// send one header per cookie).
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
 }
 
 /// An HTTP response a plugin answers with.
@@ -296,6 +308,10 @@ pub enum HostCall {
     KvDelete {
         key: String,
     },
+    KvIncr {
+        key: String,
+        ttl_secs: Option<u64>,
+    },
     FindUser {
         email: String,
     },
@@ -321,6 +337,7 @@ pub enum HostReply {
     UserResult(Result<User, String>),
     Http(Result<HttpResponse, String>),
     Now(i64),
+    Count(u64),
     /// The host could not decode the call.
     Refused(String),
 }
