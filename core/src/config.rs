@@ -174,6 +174,10 @@ pub struct ProxyConfig {
     /// PEM file of CA certificates trusted for TLS upstreams, besides the system's.
     #[serde(default)]
     pub upstream_ca_file: Option<PathBuf>,
+    /// Edge worker threads, each with its own runtime, socket and upstream pool (0: one per
+    /// core the process may use).
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -185,6 +189,7 @@ impl Default for ProxyConfig {
             upstream_idle_timeout_secs: default_idle_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
             upstream_ca_file: None,
+            workers: 0,
         }
     }
 }

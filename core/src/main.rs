@@ -7,6 +7,10 @@ use portcullis::Config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// mimalloc: measured cheaper than glibc malloc on the proxy's per-request allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "On-premises identity gateway")]
 struct Cli {
@@ -87,7 +91,7 @@ fn load(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

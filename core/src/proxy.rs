@@ -88,7 +88,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Serves one edge request.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr, is_tls: bool) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    client: Arc<UpstreamClient>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    is_tls: bool,
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = crate::state::new_request_id();
     let host = request_host(&req, is_tls);
@@ -142,6 +148,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
                             let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
                             let hop = Hop {
                                 shared: &shared,
+                                client: &client,
                                 table: &table,
                                 target,
                                 upstream,
@@ -179,6 +186,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
 /// Everything about one forwarded request but the request itself.
 struct Hop<'a> {
     shared: &'a Shared,
+    client: &'a UpstreamClient,
     table: &'a RouteTable,
     target: &'a RouteTarget,
     upstream: &'a Upstream,
@@ -197,6 +205,7 @@ async fn forward(
 ) -> Response<Body> {
     let Hop {
         shared,
+        client,
         table,
         target,
         upstream,
@@ -263,7 +272,7 @@ async fn forward(
     }
     let request = Request::from_parts(parts, body);
     let timeout = shared.proxy_config.upstream_response_timeout();
-    let result = tokio::time::timeout(timeout, shared.client.request(request)).await;
+    let result = tokio::time::timeout(timeout, client.request(request)).await;
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {

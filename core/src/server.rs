@@ -80,6 +80,7 @@ impl Gateway {
         let data_dir = config.data_dir.clone();
         let header_timeout = config.proxy.header_read_timeout();
         let grace = config.proxy.shutdown_grace();
+        let proxy_config = config.proxy.clone();
         let listeners = config.listeners.clone();
         let echo = config.echo.clone();
         // Plugin libraries are loaded before any listener takes traffic.
@@ -101,15 +102,53 @@ impl Gateway {
         let edge_addr = local_addr("edge", &edge)?;
         let console_addr = local_addr("console", &console)?;
 
+        // The edge runs one single-threaded runtime per worker, nginx-style: each has its own
+        // listening socket on the same address (SO_REUSEPORT; the kernel spreads connections)
+        // and its own upstream connection pool, so a request never hops between threads.
         let opts = ServeOptions { header_timeout, grace };
+        let client_error = |reason: String| StartError::Bind {
+            listener: "edge",
+            address: edge_addr,
+            reason,
+        };
+        let client = Arc::new(crate::proxy::upstream_client(&proxy_config).map_err(client_error)?);
         let s = shared.clone();
         tasks.spawn(serve(
             edge,
-            edge_tls,
+            edge_tls.clone(),
             shutdown.subscribe(),
             opts,
-            move |req, peer, is_tls| crate::proxy::handle(s.clone(), req, peer, is_tls),
+            move |req, peer, is_tls| crate::proxy::handle(s.clone(), client.clone(), req, peer, is_tls),
         ));
+        for worker in 1..edge_workers(proxy_config.workers) {
+            let client = Arc::new(crate::proxy::upstream_client(&proxy_config).map_err(client_error)?);
+            let (shared, tls, stop) = (shared.clone(), edge_tls.clone(), shutdown.subscribe());
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("edge-worker-{worker}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    match runtime {
+                        Ok(runtime) => runtime.block_on(async move {
+                            match reuseport_listener(edge_addr) {
+                                Ok(listener) => {
+                                    serve(listener, tls, stop, opts, move |req, peer, is_tls| {
+                                        crate::proxy::handle(shared.clone(), client.clone(), req, peer, is_tls)
+                                    })
+                                    .await
+                                }
+                                Err(e) => tracing::error!("edge worker {worker} cannot listen on {edge_addr}: {e}"),
+                            }
+                        }),
+                        Err(e) => tracing::error!("edge worker {worker} cannot start a runtime: {e}"),
+                    }
+                    let _ = done.send(());
+                })
+                .map_err(|e| client_error(format!("cannot start edge worker {worker}: {e}")))?;
+            tasks.spawn(async move {
+                let _ = finished.await;
+            });
+        }
         let s = shared.clone();
         tasks.spawn(serve(
             console,
@@ -305,6 +344,28 @@ fn public(listener: &ListenerConfig, bound: SocketAddr) -> String {
     }
 }
 
+/// How many edge workers to run: `workers`, or one per core this process may use.
+fn edge_workers(workers: usize) -> usize {
+    if workers > 0 {
+        workers
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// A listening socket that shares its address with the other edge workers' sockets.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 async fn bind(
     name: &'static str,
     listener: &ListenerConfig,
@@ -317,13 +378,17 @@ async fn bind(
         )),
         None => None,
     };
-    let socket = TcpListener::bind(listener.address)
-        .await
-        .map_err(|e| StartError::Bind {
-            listener: name,
-            address: listener.address,
-            reason: e.to_string(),
-        })?;
+    // The edge's socket shares its address with the other edge workers' (SO_REUSEPORT).
+    let socket = if name == "edge" {
+        reuseport_listener(listener.address)
+    } else {
+        TcpListener::bind(listener.address).await
+    };
+    let socket = socket.map_err(|e| StartError::Bind {
+        listener: name,
+        address: listener.address,
+        reason: e.to_string(),
+    })?;
     Ok((socket, tls))
 }
 

@@ -9,7 +9,6 @@ use crate::ids;
 use crate::metrics::Metrics;
 use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
 use crate::plugins::Registry;
-use crate::proxy::UpstreamClient;
 use crate::routing::RouteTable;
 use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
@@ -31,7 +30,6 @@ pub struct Shared {
     pub store: Store,
     pub routes: ArcSwap<RouteTable>,
     pub metrics: Metrics,
-    pub client: UpstreamClient,
     /// Proxy settings in force; they change only with a restart.
     pub proxy_config: crate::config::ProxyConfig,
     /// Set once every listener accepts traffic; cleared at shutdown.
@@ -64,7 +62,6 @@ impl Shared {
         let client_error =
             |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
         let shared = Arc::new(Shared {
-            client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
             egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
             sessions: Sessions::load(&store, clock.now())?,
             signer: Signer::load_or_create(&store).await?,
