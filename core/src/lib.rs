@@ -27,6 +27,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -8,6 +8,7 @@ use crate::pages::{error_page, Body};
 use crate::routing::{RouteTable, RouteTarget, Upstream};
 use crate::sessions::SessionEntry;
 use crate::state::Shared;
+use crate::upstream::UpstreamPool;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
@@ -19,11 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The pooled upstream client (plain HTTP and TLS).
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
-
-/// Builds the upstream client with the configured timeouts. TLS upstreams are verified
-/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
+/// A pooling HTTP client on the gateway's connector (used for plugins' HTTP calls).
 pub fn upstream_client<B>(
     config: &crate::config::ProxyConfig,
 ) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
@@ -32,6 +29,20 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.upstream_idle_timeout())
+        .pool_timer(TokioTimer::new())
+        .build(connector(config)?))
+}
+
+/// The edge's upstream pool for one worker.
+pub fn upstream_pool(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool>, String> {
+    Ok(UpstreamPool::new(connector(config)?, config.upstream_idle_timeout()))
+}
+
+/// The connector for upstreams: TCP with the configured connect timeout, and TLS verified
+/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
+fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -59,15 +70,11 @@ where
         .map_err(|e| format!("TLS client setup: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream_idle_timeout())
-        .pool_timer(TokioTimer::new())
-        .build(connector))
+        .wrap_connector(http))
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
@@ -90,7 +97,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Serves one edge request.
 pub async fn handle(
     shared: Arc<Shared>,
-    client: Arc<UpstreamClient>,
+    client: Arc<UpstreamPool>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     is_tls: bool,
@@ -186,7 +193,7 @@ pub async fn handle(
 /// Everything about one forwarded request but the request itself.
 struct Hop<'a> {
     shared: &'a Shared,
-    client: &'a UpstreamClient,
+    client: &'a Arc<UpstreamPool>,
     table: &'a RouteTable,
     target: &'a RouteTarget,
     upstream: &'a Upstream,
@@ -233,22 +240,36 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, protocol);
     }
-    let rewritten;
+    // The upstream URI reuses the request's path and query when normalisation left them as
+    // they were (no copy, no re-parse).
     let path_and_query = if parts.uri.path() == normalized_path {
-        parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
     } else {
-        rewritten = match parts.uri.query() {
+        let rewritten = match parts.uri.query() {
             Some(query) => format!("{normalized_path}?{query}"),
             None => normalized_path.to_string(),
         };
-        rewritten.as_str()
+        match rewritten.parse::<http::uri::PathAndQuery>() {
+            Ok(pq) => pq,
+            Err(_) => {
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request target is not a valid path.",
+                    request_id,
+                )
+            }
+        }
     };
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query)
-        .build();
-    let Ok(uri) = uri else {
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(upstream.scheme.clone());
+    uri_parts.authority = Some(upstream.authority.clone());
+    uri_parts.path_and_query = Some(path_and_query);
+    let Ok(uri) = Uri::from_parts(uri_parts) else {
         return error_page(
             StatusCode::BAD_REQUEST,
             "Bad request",
@@ -272,11 +293,11 @@ async fn forward(
     }
     let request = Request::from_parts(parts, body);
     let timeout = shared.proxy_config.upstream_response_timeout();
-    let result = tokio::time::timeout(timeout, client.request(request)).await;
+    let result = tokio::time::timeout(timeout, client.send(upstream, request)).await;
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            let kind = if e.is_connect() {
+            let kind = if matches!(e, crate::upstream::UpstreamError::Connect(_)) {
                 UpstreamError::Connect
             } else {
                 UpstreamError::Other
@@ -330,6 +351,16 @@ fn request_host<B>(req: &Request<B>, is_tls: bool) -> Option<String> {
         Some(value) => value.to_str().ok()?,
         None => req.uri().authority()?.as_str(),
     };
+    // The common case, already `name:port` in lower case, needs no parsing.
+    if let Some((name, port)) = raw.split_once(':') {
+        let plain_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if plain_name && port.parse::<u16>().is_ok_and(|p| p > 0) && !port.starts_with(['+', '0']) {
+            return Some(raw.to_string());
+        }
+    }
     let authority: http::uri::Authority = raw.parse().ok()?;
     let host = authority.host().to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(if is_tls { 443 } else { 80 });
@@ -373,7 +404,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

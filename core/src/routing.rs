@@ -19,6 +19,8 @@ use std::sync::Arc;
 pub struct Upstream {
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `scheme://authority`: the key of its connections in a pool.
+    pub key: Arc<str>,
 }
 
 /// A route, ready to serve.
@@ -112,9 +114,13 @@ impl RouteTable {
         let upstreams: HashMap<&str, Option<Upstream>> = backends
             .iter()
             .map(|b| {
-                let upstream = b.address.parse::<Authority>().ok().map(|authority| Upstream {
-                    scheme: if b.tls { Scheme::HTTPS } else { Scheme::HTTP },
-                    authority,
+                let upstream = b.address.parse::<Authority>().ok().map(|authority| {
+                    let scheme = if b.tls { Scheme::HTTPS } else { Scheme::HTTP };
+                    Upstream {
+                        key: format!("{scheme}://{authority}").into(),
+                        scheme,
+                        authority,
+                    }
                 });
                 (b.id.as_str(), upstream)
             })

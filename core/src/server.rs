@@ -111,7 +111,7 @@ impl Gateway {
             address: edge_addr,
             reason,
         };
-        let client = Arc::new(crate::proxy::upstream_client(&proxy_config).map_err(client_error)?);
+        let client = crate::proxy::upstream_pool(&proxy_config).map_err(client_error)?;
         let s = shared.clone();
         tasks.spawn(serve(
             edge,
@@ -121,7 +121,7 @@ impl Gateway {
             move |req, peer, is_tls| crate::proxy::handle(s.clone(), client.clone(), req, peer, is_tls),
         ));
         for worker in 1..edge_workers(proxy_config.workers) {
-            let client = Arc::new(crate::proxy::upstream_client(&proxy_config).map_err(client_error)?);
+            let client = crate::proxy::upstream_pool(&proxy_config).map_err(client_error)?;
             let (shared, tls, stop) = (shared.clone(), edge_tls.clone(), shutdown.subscribe());
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -268,6 +268,19 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         let _ = std::fs::remove_file(crate::admin::socket_path(&self.shared.config.load().data_dir));
+        // The database closes when the last holder of the shared state lets go (a task of a
+        // worker runtime being torn down, a plugin call finishing): wait, bounded, so that
+        // the data dir can be opened again as soon as this returns.
+        let Gateway { shared, .. } = self;
+        for _ in 0..500 {
+            if Arc::strong_count(&shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Err(e) = shared.store.flush().await {
+            tracing::error!("final flush: {e}");
+        }
     }
 }
 

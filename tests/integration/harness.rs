@@ -186,6 +186,8 @@ type UpstreamBody = BoxBody<Bytes, std::io::Error>;
 /// - `/ws`: a WebSocket that echoes text messages in upper case.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub go: Arc<Notify>,
     pub arrived: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -203,12 +205,14 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let go = Arc::new(Notify::new());
         let arrived = Arc::new(Notify::new());
-        let (g, f) = (go.clone(), arrived.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (g, f, c) = (go.clone(), arrived.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (g, f) = (g.clone(), f.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| upstream_handle(req, g.clone(), f.clone()));
@@ -221,6 +225,7 @@ impl Upstream {
         });
         Upstream {
             addr,
+            connections,
             go,
             arrived,
             task,

@@ -384,3 +384,20 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let gw = TestGateway::start("[proxy]\nworkers = 1\n").await;
+    let upstream = Upstream::start().await;
+    gw.create_route_to(upstream.addr, "pool.test:80").await;
+    for i in 0..20 {
+        let reply = gw.edge_get("pool.test", &format!("/n/{i}")).await;
+        assert_eq!(reply.status, 200);
+    }
+    let connections = upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        connections, 1,
+        "20 sequential requests through one worker share one upstream connection"
+    );
+    gw.stop().await;
+}

@@ -1,0 +1,194 @@
+//! Connections to upstreams: an HTTP/1.1 connection pool per edge worker.
+//!
+//! Each worker owns one pool, so a request, its upstream connection and the task driving that
+//! connection all live on one thread. A connection goes back to the pool when the response
+//! body has been read to its end; one that is closed, upgraded (WebSocket) or idle past
+//! `upstream_idle_timeout_secs` is dropped.
+
+use crate::routing::Upstream;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+/// Most idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 512;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Request(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// A pool of upstream connections.
+pub struct UpstreamPool {
+    connector: Connector,
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    idle_timeout: Duration,
+}
+
+impl UpstreamPool {
+    /// A pool connecting with `connector` (plain TCP, or TLS for `https` upstreams).
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Arc<UpstreamPool> {
+        Arc::new(UpstreamPool {
+            connector,
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+        })
+    }
+
+    /// Sends `request` (whose URI is absolute) to `upstream` on a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        upstream: &Upstream,
+        request: Request<Incoming>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let key = upstream.key.clone();
+        let mut sender = loop {
+            match self.take(&key) {
+                Some(mut sender) => {
+                    if sender.ready().await.is_ok() {
+                        break sender;
+                    }
+                }
+                None => break self.connect(request.uri().clone()).await?,
+            }
+        };
+        let response = sender.send_request(request).await?;
+        let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS;
+        let (parts, body) = response.into_parts();
+        let mut pooled = PooledBody {
+            inner: body,
+            lease: None,
+        };
+        if reusable {
+            let lease = Lease {
+                pool: Arc::downgrade(self),
+                key,
+                sender,
+            };
+            if pooled.inner.is_end_stream() {
+                lease.give_back();
+            } else {
+                pooled.lease = Some(lease);
+            }
+        }
+        Ok(Response::from_parts(parts, pooled))
+    }
+
+    fn take(&self, key: &str) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = idle.get_mut(key)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < self.idle_timeout && !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, key: Arc<str>, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self, uri: http::Uri) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| UpstreamError::Connect(crate::proxy::error_chain(e.as_ref())))?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(crate::proxy::error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A connection on loan to one response.
+struct Lease {
+    pool: Weak<UpstreamPool>,
+    key: Arc<str>,
+    sender: SendRequest<Incoming>,
+}
+
+impl Lease {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.key, self.sender);
+        }
+    }
+}
+
+/// An upstream response body that returns its connection to the pool when read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl PooledBody {
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            // The server stops polling once `is_end_stream` is true after the last frame.
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            // A failed body leaves the connection in an unknown state: do not reuse it.
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
