@@ -213,38 +213,33 @@ pub fn set_identity_headers(
     session: Option<&SessionEntry>,
 ) {
     let names = &table.identity_headers;
-    for name in names.all() {
-        headers.remove(name);
-    }
-    // Header names that differ only by `_` for `-` reach CGI-style upstreams as the same
-    // variable (`HTTP_X_PORTCULLIS_USER_ID`): remove those too.
-    let lookalikes: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .filter(|k| {
-            let dashed = k.as_str().replace('_', "-");
-            names.all().iter().any(|n| n.as_str() == dashed)
+    // One pass over the request's header names finds the identity headers and their
+    // look-alikes: names that differ only by `_` for `-` reach CGI-style upstreams as the same
+    // variable (`HTTP_X_PORTCULLIS_USER_ID`).
+    let is_identity = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        names.all().iter().any(|n| {
+            let n = n.as_str().as_bytes();
+            n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a == b || (*a == b'-' && *b == b'_'))
         })
-        .cloned()
-        .collect();
-    for name in lookalikes {
+    };
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| is_identity(k)).cloned().collect();
+    for name in spoofed {
         headers.remove(name);
     }
     for cookie in target.edge_session_cookies.iter() {
         strip_cookie(headers, cookie);
     }
     let Some(entry) = session else { return };
-    let s = &entry.session;
-    let mut set = |name: &HeaderName, value: &str| match HeaderValue::from_bytes(value.as_bytes()) {
-        Ok(value) => {
-            headers.insert(name.clone(), value);
+    let targets = [&names.user_id, &names.email, &names.name, &names.groups];
+    for (name, value) in targets.into_iter().zip(&entry.identity_values) {
+        match value {
+            Some(value) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            None => tracing::warn!(session = %entry.session.id, header = %name, "identity value not sendable as a header; left out"),
         }
-        Err(_) => tracing::warn!(session = %s.id, header = %name, "identity value not sendable as a header; left out"),
-    };
-    set(&names.user_id, &s.user_id);
-    set(&names.email, &s.email);
-    set(&names.name, &s.name);
-    set(&names.groups, &s.groups.join(","));
+    }
     if let Some(assertion) = assertion_for(shared, entry) {
         headers.insert(names.assertion.clone(), assertion);
     }

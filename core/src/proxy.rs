@@ -104,12 +104,15 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let request_id = crate::state::new_request_id();
-    let host = request_host(&req, is_tls);
+    // Cheap clones (reference counts) that outlive `req`, which the proxy consumes.
+    let uri = req.uri().clone();
+    let host_header = req.headers().get(header::HOST).cloned();
+    let host = request_host(host_header.as_ref(), &uri, is_tls);
     let table = shared.routes.load_full();
     let method = req.method().clone();
-    let (path, bad_path) = match crate::routing::normalize_path(req.uri().path()) {
-        Ok(path) => (path.into_owned(), None),
-        Err(reason) => (req.uri().path().to_string(), Some(reason)),
+    let (path, bad_path) = match crate::routing::normalize_path(uri.path()) {
+        Ok(path) => (path, None),
+        Err(reason) => (std::borrow::Cow::Borrowed(uri.path()), Some(reason)),
     };
     let edge_host = host.as_deref().filter(|h| table.has_edge(h));
     let mut target = None;
@@ -346,10 +349,10 @@ async fn forward(
 }
 
 /// The request's `host:port`, lower-cased, with the listener's default port added when absent.
-fn request_host<B>(req: &Request<B>, is_tls: bool) -> Option<String> {
-    let raw = match req.headers().get(header::HOST) {
+fn request_host<'a>(host_header: Option<&'a HeaderValue>, uri: &'a Uri, is_tls: bool) -> Option<std::borrow::Cow<'a, str>> {
+    let raw = match host_header {
         Some(value) => value.to_str().ok()?,
-        None => req.uri().authority()?.as_str(),
+        None => uri.authority()?.as_str(),
     };
     // The common case, already `name:port` in lower case, needs no parsing.
     if let Some((name, port)) = raw.split_once(':') {
@@ -358,13 +361,13 @@ fn request_host<B>(req: &Request<B>, is_tls: bool) -> Option<String> {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
         if plain_name && port.parse::<u16>().is_ok_and(|p| p > 0) && !port.starts_with(['+', '0']) {
-            return Some(raw.to_string());
+            return Some(std::borrow::Cow::Borrowed(raw));
         }
     }
     let authority: http::uri::Authority = raw.parse().ok()?;
     let host = authority.host().to_ascii_lowercase();
     let port = authority.port_u16().unwrap_or(if is_tls { 443 } else { 80 });
-    Some(format!("{host}:{port}"))
+    Some(std::borrow::Cow::Owned(format!("{host}:{port}")))
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -381,6 +384,10 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass to see whether there is anything to do: most messages carry none of them.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

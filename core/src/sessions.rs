@@ -29,14 +29,19 @@ pub struct SessionEntry {
     dirty: AtomicBool,
     /// The last assertion signed for this session.
     pub assertion: ArcSwapOption<Assertion>,
+    /// User id, email, name and groups as header values, made once: `None` where a value
+    /// cannot be sent as a header.
+    pub identity_values: [Option<http::HeaderValue>; 4],
 }
 
 impl SessionEntry {
     fn new(session: Session) -> SessionEntry {
+        let value = |text: &str| http::HeaderValue::from_bytes(text.as_bytes()).ok();
         SessionEntry {
             last_active: AtomicI64::new(session.last_active),
             dirty: AtomicBool::new(false),
             assertion: ArcSwapOption::empty(),
+            identity_values: [value(&session.user_id), value(&session.email), value(&session.name), value(&session.groups.join(","))],
             session,
         }
     }

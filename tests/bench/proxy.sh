@@ -9,7 +9,7 @@
 #   BENCH_DURATION     seconds per measured run                 (default 10)
 #   BENCH_WARMUP       seconds of warm-up before each run       (default 2)
 #   BENCH_CONNECTIONS  wrk connections                          (default 32)
-#   BENCH_ROUNDS       interleaved rounds over the three targets (default 3)
+#   BENCH_ROUNDS       interleaved rounds over the four targets (default 3)
 #   BENCH_SERVER_CPU   core the servers are pinned to           (default 0)
 #   BENCH_CLIENT_CPU   core wrk is pinned to                    (default 1)
 #   BENCH_QUIET_WAIT   seconds to wait for a quiet machine before each run (default 15)
@@ -71,7 +71,7 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------------------------
 # Build.
 echo "== building portcullis (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin portcullis)
+(cd "$ROOT" && cargo build --release --quiet -p portcullis -p portcullis-htpasswd)
 PORTCULLIS="${CARGO_TARGET_DIR:-$ROOT/target}/release/portcullis"
 case "$PORTCULLIS" in /*) ;; *) PORTCULLIS="$ROOT/$PORTCULLIS" ;; esac
 [ -x "$PORTCULLIS" ] || die "no binary at $PORTCULLIS"
@@ -144,12 +144,25 @@ address = "127.0.0.1:$CONSOLE_PORT"
 level = "warn"
 [backends.up]
 address = "127.0.0.1:$UP_PORT"
+[[plugin]]
+path = "${CARGO_TARGET_DIR:-$ROOT/target}/release/libportcullis_htpasswd.so"
 [edges.bench]
 hostports = ["127.0.0.1:$EDGE_PORT"]
 [[edges.bench.routes]]
 match_type = "path_prefix"
 match = "/"
 backend = "up"
+# The same upstream behind a sign-in: wrk sends a valid session cookie.
+[[edges.bench.routes]]
+match_type = "path_prefix"
+match = "/secure/"
+backend = "up"
+[edges.bench.routes.auth]
+plugin = "htpasswd"
+inactivity_timeout = 86400
+maximum_duration = 86400
+# bcrypt of "alice-password" (cost 10)
+users = [{ username = "bench", password_hash = "\$2b\$10\$mvR5HkbkCN6i900Mt0JWmO9iYnl4oovjkUZyIAPav4JBpZ0ykXvUK" }]
 EOF
 
 # The response check, the same for every target: counts responses that are not exactly
@@ -220,6 +233,16 @@ wait_http "http://127.0.0.1:$UP_PORT/" "the nginx upstream" "$TMP/upstream/logs/
 wait_http "http://127.0.0.1:$NGX_PORT/" "the nginx proxy" "$TMP/nginx/logs/error.log"
 wait_http "http://127.0.0.1:$CONSOLE_PORT/healthz" "portcullis" "$TMP/portcullis/stdout.log"
 
+# Sign in on the protected route the way a browser does; keep the session cookie for wrk.
+SECURE_URL="http://127.0.0.1:$EDGE_PORT/secure/"
+location=$(curl -sS -o /dev/null -D "$TMP/login.h1" -w '%{redirect_url}' "$SECURE_URL") || die "sign-in: no redirect"
+nonce=$(sed -n 's/^[Ss]et-[Cc]ookie: \(portcullis_htpasswd_nonce=[^;]*\).*/\1/p' "$TMP/login.h1" | tr -d '\r')
+[ -n "$nonce" ] && [ "${location#*state=}" != "$location" ] || die "sign-in: unexpected first answer: $(cat "$TMP/login.h1")"
+curl -sS -o /dev/null -D "$TMP/login.h2" -H "Cookie: $nonce" --data "state=${location##*state=}&username=bench&password=alice-password" \
+    "${location%%\?*}" || die "sign-in: the form post failed"
+SESSION=$(sed -n 's/^[Ss]et-[Cc]ookie: \(portcullis\.session=[^;]*\).*/\1/p' "$TMP/login.h2" | tr -d '\r')
+[ -n "$SESSION" ] || die "sign-in: no session cookie: $(cat "$TMP/login.h2")"
+
 # Worker pids of an nginx master (its children).
 children() { cat "/proc/$1/task/"*/children 2>/dev/null | tr ' ' '\n' | grep -v '^$' || true; }
 UP_PROCS="$UP_PID $(children "$UP_PID" | tr '\n' ' ')"
@@ -230,18 +253,21 @@ PC_PROCS="$PC_PID"
 # shellcheck disable=SC2206
 WORKERS=(${UP_PROCS#* } ${NGX_PROCS#* })
 
-declare -A URL PROCS
+declare -A URL PROCS HDR
 URL[upstream]="http://127.0.0.1:$UP_PORT/"
 URL[nginx]="http://127.0.0.1:$NGX_PORT/"
 URL[portcullis]="http://127.0.0.1:$EDGE_PORT/"
 PROCS[upstream]=$UP_PROCS
 PROCS[nginx]=$NGX_PROCS
 PROCS[portcullis]=$PC_PROCS
-TARGETS=(upstream nginx portcullis)
+URL[session]=$SECURE_URL
+PROCS[session]=$PC_PROCS
+HDR[session]="Cookie: $SESSION"
+TARGETS=(upstream nginx portcullis session)
 
 # Each target must answer the exact body before any load.
 for t in "${TARGETS[@]}"; do
-    got=$(curl -sS --max-time 5 -w '%{http_code}' "${URL[$t]}") || die "$t: request failed"
+    got=$(curl -sS --max-time 5 -w '%{http_code}' -H "${HDR[$t]:-X-Bench: 1}" "${URL[$t]}") || die "$t: request failed"
     [ "$got" = "$BODY"$'\n'"200" ] || die "$t: unexpected answer to GET / : $(printf %q "$got")"
 done
 
@@ -258,8 +284,8 @@ cpu_ticks() { # pids... -> utime+stime (fields 14, 15) summed
     echo "$sum"
 }
 
-run_wrk() { # url seconds outfile
-    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$2s" --latency -s "$TMP/check.lua" "$1" >"$3" 2>&1
+run_wrk() { # url seconds outfile [header]
+    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$2s" --latency -s "$TMP/check.lua" -H "${4:-X-Bench: 1}" "$1" >"$3" 2>&1
 }
 
 field() { sed -n "s/^BENCH .*\b$2=\([0-9]*\).*/\1/p" "$1"; }
@@ -304,7 +330,7 @@ measure() {
     local before after all_before all_after wrk_before wrk_after k_before k_after m_before m_after
     local dur checked bad errs e
     wait_quiet
-    run_wrk "${URL[$t]}" "$WARMUP" "$out.warmup" || die "$t: wrk warm-up failed: $(cat "$out.warmup")"
+    run_wrk "${URL[$t]}" "$WARMUP" "$out.warmup" "${HDR[$t]:-}" || die "$t: wrk warm-up failed: $(cat "$out.warmup")"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${PROCS[$t]})
     # shellcheck disable=SC2086
@@ -312,7 +338,7 @@ measure() {
     wrk_ticks; wrk_before=$WRK_TICKS
     k_before=$(kernel_ticks)
     m_before=$(machine_ticks)
-    run_wrk "${URL[$t]}" "$DURATION" "$out" || die "$t: wrk failed: $(cat "$out")"
+    run_wrk "${URL[$t]}" "$DURATION" "$out" "${HDR[$t]:-}" || die "$t: wrk failed: $(cat "$out")"
     m_after=$(machine_ticks)
     k_after=$(kernel_ticks)
     wrk_ticks; wrk_after=$WRK_TICKS
@@ -406,6 +432,7 @@ label() {
         upstream) echo "nginx upstream (direct)" ;;
         nginx) echo "nginx reverse proxy" ;;
         portcullis) echo "Portcullis" ;;
+        session) echo "Portcullis, signed-in route" ;;
     esac
 }
 for t in "${TARGETS[@]}"; do
@@ -418,8 +445,10 @@ if [ "$NOISY" -gt 0 ]; then
     echo "WARNING: $NOISY kept run(s) had other processes above ${MAX_OTHER_OK}% of a core: the figures are noisy."
 fi
 echo
-awk -v pr="${MED[portcullis,0]}" -v nr="${MED[nginx,0]}" -v pc="${MED[portcullis,2]}" -v nc="${MED[nginx,2]}" \
+awk -v sr="${MED[session,0]}" -v pr="${MED[portcullis,0]}" -v nr="${MED[nginx,0]}" -v pc="${MED[portcullis,2]}" -v nc="${MED[nginx,2]}" \
     'BEGIN {
         printf "Portcullis / nginx throughput: %.2fx  (target >= 0.90x: %s)\n", pr / nr, (pr / nr >= 0.9 ? "met" : "NOT met")
         printf "Portcullis / nginx CPU per request: %.2fx\n", pc / nc
+        printf "Portcullis signed-in route / nginx throughput: %.2fx  (target >= 0.85x: %s)\n", sr / nr, (sr / nr >= 0.85 ? "met" : "NOT met")
+        printf "Portcullis signed-in route / unprotected route throughput: %.2fx  (target >= 0.90x: %s)\n", sr / pr, (sr / pr >= 0.9 ? "met" : "NOT met")
     }'
