@@ -237,7 +237,9 @@ pub fn set_identity_headers(
             Some(value) => {
                 headers.insert(name.clone(), value.clone());
             }
-            None => tracing::warn!(session = %entry.session.id, header = %name, "identity value not sendable as a header; left out"),
+            None => {
+                tracing::warn!(session = %entry.session.id, header = %name, "identity value not sendable as a header; left out")
+            }
         }
     }
     if let Some(assertion) = assertion_for(shared, entry) {
@@ -617,7 +619,7 @@ pub fn safe_return_to(candidate: &str) -> Option<&str> {
     // Browsers and servers decode percent-escapes at various points: check each decoding.
     let mut decoded = candidate.to_string();
     for _ in 0..3 {
-        let next = percent_decode(&decoded);
+        let next = portcullis_plugin_sdk::percent_decode(&decoded);
         if !is_safe(&next) {
             return None;
         }
@@ -627,25 +629,6 @@ pub fn safe_return_to(candidate: &str) -> Option<&str> {
         decoded = next;
     }
     Some(candidate)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes the cookie `name` from the request's `Cookie` headers.

@@ -349,7 +349,11 @@ async fn forward(
 }
 
 /// The request's `host:port`, lower-cased, with the listener's default port added when absent.
-fn request_host<'a>(host_header: Option<&'a HeaderValue>, uri: &'a Uri, is_tls: bool) -> Option<std::borrow::Cow<'a, str>> {
+fn request_host<'a>(
+    host_header: Option<&'a HeaderValue>,
+    uri: &'a Uri,
+    is_tls: bool,
+) -> Option<std::borrow::Cow<'a, str>> {
     let raw = match host_header {
         Some(value) => value.to_str().ok()?,
         None => uri.authority()?.as_str(),

@@ -41,7 +41,12 @@ impl SessionEntry {
             last_active: AtomicI64::new(session.last_active),
             dirty: AtomicBool::new(false),
             assertion: ArcSwapOption::empty(),
-            identity_values: [value(&session.user_id), value(&session.email), value(&session.name), value(&session.groups.join(","))],
+            identity_values: [
+                value(&session.user_id),
+                value(&session.email),
+                value(&session.name),
+                value(&session.groups.join(",")),
+            ],
             session,
         }
     }

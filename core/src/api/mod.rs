@@ -93,7 +93,11 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     }
     authenticate(shared, req.headers())?;
     let base_url = base_url(shared, &req);
-    let query = req.uri().query().map(form_urlencoded).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(portcullis_plugin_sdk::form_decode)
+        .unwrap_or_default();
     let method = req.method().clone();
     let path = req
         .uri()
@@ -170,53 +174,4 @@ fn json_response(status: StatusCode, value: Option<serde_json::Value>) -> Respon
     };
     *response.status_mut() = status;
     response
-}
-
-/// Splits `a=1&b=x%20y` into decoded pairs.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn query_strings_decode() {
-        assert_eq!(
-            super::form_urlencoded("before_id=ak_1&limit=5&x=a%20b+c%2"),
-            [
-                ("before_id".into(), "ak_1".into()),
-                ("limit".into(), "5".into()),
-                ("x".into(), "a b c%2".into())
-            ]
-        );
-    }
 }

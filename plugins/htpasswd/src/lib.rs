@@ -134,7 +134,7 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
         options: &Options,
         request: &HttpRequest,
     ) -> Result<Outcome, PluginError> {
-        let form = parse_form(&String::from_utf8_lossy(&request.body));
+        let form = portcullis_plugin_sdk::form_decode(&String::from_utf8_lossy(&request.body));
         let field = |name: &str| {
             form.iter()
                 .find(|(k, _)| k == name)
@@ -295,7 +295,7 @@ impl Plugin for Htpasswd {
         }
         match request.method.as_str() {
             "GET" => {
-                let query = parse_form(request.query.as_deref().unwrap_or_default());
+                let query = portcullis_plugin_sdk::form_decode(request.query.as_deref().unwrap_or_default());
                 let state = query
                     .iter()
                     .find(|(k, _)| k == "state")
@@ -331,39 +331,6 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
-}
-
-/// Decodes `application/x-www-form-urlencoded`.
-fn parse_form(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hexval = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hexval(bytes[i + 1]), hexval(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push((hi * 16 + lo) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 export_plugin!(Htpasswd);

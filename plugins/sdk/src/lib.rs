@@ -19,8 +19,10 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+mod form;
 mod messages;
 
+pub use form::{form_decode, form_value, percent_decode};
 pub use messages::*;
 
 /// The ABI and message-format version of this SDK. A library built against another version

@@ -1,0 +1,61 @@
+//! Decoding of URL query strings and HTML form bodies, which most login protocols need.
+
+/// Decodes `%XX` escapes; a malformed escape is kept as it is. `+` stays `+` (paths).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (a query string or a form body) into
+/// name/value pairs, in order; `+` means a space.
+pub fn form_decode(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&name.replace('+', " ")),
+                percent_decode(&value.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// The first value of `name` in form-encoded `text`.
+pub fn form_value(text: &str, name: &str) -> Option<String> {
+    form_decode(text).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_and_escapes_decode() {
+        assert_eq!(
+            form_decode("before_id=ak_1&limit=5&x=a%20b+c%2&plus=%2B"),
+            [
+                ("before_id".to_string(), "ak_1".to_string()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "a b c%2".into()),
+                ("plus".into(), "+".into())
+            ]
+        );
+        assert_eq!(percent_decode("/a+b%2Fc%zz"), "/a+b/c%zz");
+        assert_eq!(form_value("a=1&b=2", "b").as_deref(), Some("2"));
+    }
+}
