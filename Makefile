@@ -1,5 +1,6 @@
 # The two commands: `make run` and `make test`. See README.md.
 
+SHELL := /bin/bash
 CARGO ?= cargo
 VENV := tests/.venv
 # What the build needs on a fresh Debian machine (see ARCHITECTURE.md, "System packages").
@@ -25,7 +26,8 @@ test: test-deps
 	# release build of the example plugin that the shipped config.toml names.
 	$(CARGO) build --workspace
 	$(CARGO) build --release -p portcullis-htpasswd
-	$(CARGO) test --workspace
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.txt
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "%d passed, %d failed\n", passed, failed }' target/test-output.txt
 
 ## Benchmarks (not tests): Portcullis beside nginx, figures into the terminal.
 bench: test-deps

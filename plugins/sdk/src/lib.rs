@@ -17,6 +17,7 @@
 //! runtimes cannot cross a dylib boundary); the gateway makes them off its async threads and
 //! does any network I/O a plugin asks for itself.
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod abi;
 mod form;
