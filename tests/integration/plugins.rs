@@ -16,6 +16,22 @@ fn protected(upstream: &Upstream, library: &std::path::Path, pin: &str, plugin: 
     )
 }
 
+/// The `state` hidden field of the login form.
+fn form_state(body: &str) -> String {
+    body.split("name=\"state\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `name=value` of the cookie `name` that `reply` sets.
+fn cookie_pair(reply: &crate::harness::Reply, name: &str) -> String {
+    set_cookie(reply, name).unwrap().split(';').next().unwrap().to_string()
+}
+
 /// bcrypt of "alice-password", made with Python's bcrypt (cost 10).
 const ALICE_HASH: &str = "$2b$10$mvR5HkbkCN6i900Mt0JWmO9iYnl4oovjkUZyIAPav4JBpZ0ykXvUK";
 
@@ -51,23 +67,10 @@ async fn the_example_plugin_loads_as_a_library_and_signs_a_user_in() {
     let first = get("/wiki?page=1".into(), String::new()).await;
     assert_eq!(first.status, 303);
     let form_url = first.headers["location"].to_str().unwrap().to_string();
-    let nonce = set_cookie(&first, "portcullis_htpasswd_nonce")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let nonce = cookie_pair(&first, "portcullis_htpasswd_nonce");
     let form = get(form_url.clone(), nonce.clone()).await;
     assert_eq!(form.status, 200);
-    let state = form
-        .body
-        .split("name=\"state\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let state = form_state(&form.body);
     let action = form_url.split('?').next().unwrap().to_string();
     let post = |body: String, cookie: String| {
         let url = format!("http://{edge}{action}");
@@ -90,15 +93,7 @@ async fn the_example_plugin_loads_as_a_library_and_signs_a_user_in() {
     let wrong = post(format!("state={state}&username=alice&password=nope"), nonce.clone()).await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.body.contains("Wrong username or password."));
-    let state = wrong
-        .body
-        .split("name=\"state\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let state = form_state(&wrong.body);
     // The form posted from another browser (no nonce cookie) is refused.
     let csrf = post(
         format!("state={state}&username=alice&password=alice-password"),
@@ -117,31 +112,13 @@ async fn the_example_plugin_loads_as_a_library_and_signs_a_user_in() {
     // The whole flow again, right.
     let first = get("/wiki?page=1".into(), String::new()).await;
     let form_url = first.headers["location"].to_str().unwrap().to_string();
-    let nonce = set_cookie(&first, "portcullis_htpasswd_nonce")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let nonce = cookie_pair(&first, "portcullis_htpasswd_nonce");
     let form = get(form_url, nonce.clone()).await;
-    let state = form
-        .body
-        .split("name=\"state\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let state = form_state(&form.body);
     let ok = post(format!("state={state}&username=alice&password=alice-password"), nonce).await;
     assert_eq!(ok.status, 303, "{}", ok.body);
     assert_eq!(ok.headers["location"], "/wiki?page=1");
-    let session = set_cookie(&ok, "portcullis.session")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = cookie_pair(&ok, "portcullis.session");
     let page = get("/wiki?page=1".into(), session).await;
     assert_eq!(page.status, 200);
     let headers = page.json()["headers"].clone();
@@ -230,12 +207,7 @@ async fn htpasswd_locks_a_username_after_ten_failures_even_for_the_right_passwor
     for attempt in 1..=11 {
         let first = send(Method::GET, &format!("http://{edge}/"), &[("host", "app.test")], None).await;
         let location = first.headers["location"].to_str().unwrap().to_string();
-        let nonce = set_cookie(&first, "portcullis_htpasswd_nonce")
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let nonce = cookie_pair(&first, "portcullis_htpasswd_nonce");
         let state = location.split("state=").nth(1).unwrap().to_string();
         let action = format!("http://{edge}{}", location.split('?').next().unwrap());
         let password = if attempt == 11 { "alice-password" } else { "guess" };

@@ -46,6 +46,13 @@ async fn with_session(gw: &TestGateway, path: &str, token: &str) -> Reply {
     get(gw, path, &[("cookie", &cookie)]).await
 }
 
+/// The path of the route's sign-in endpoint, where an anonymous request is sent.
+async fn login_path(gw: &TestGateway) -> String {
+    let first = get(gw, "/", &[]).await;
+    let location = first.headers["location"].to_str().unwrap();
+    location.split('?').next().unwrap().to_string()
+}
+
 /// Signs `user` in the way a browser does: the protected page redirects to the plugin, the
 /// plugin completes the login, the gateway sets the session cookie. Returns the token and
 /// the final redirect.
@@ -156,13 +163,7 @@ async fn inactivity_and_maximum_duration_are_enforced_on_the_server() {
 async fn return_urls_never_leave_the_origin() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;
-    let route_login = get(&gw, "/", &[]).await.headers["location"]
-        .to_str()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+    let route_login = login_path(&gw).await;
     for hostile in [
         "https://evil.example/",
         "//evil.example/",
@@ -397,13 +398,7 @@ async fn sessions_survive_a_restart() {
 async fn a_panicking_linked_in_plugin_gets_an_error_page_and_the_gateway_keeps_serving() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;
-    let route_login = get(&gw, "/", &[]).await.headers["location"]
-        .to_str()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+    let route_login = login_path(&gw).await;
     let panic_path = route_login.replace("/login", "/panic");
     let reply = get(&gw, &panic_path, &[]).await;
     assert_eq!(reply.status, 500);
@@ -582,13 +577,7 @@ async fn a_cross_site_logout_asks_first() {
 async fn a_non_ascii_return_path_is_encoded_and_the_cookie_still_set() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;
-    let route_login = get(&gw, "/", &[]).await.headers["location"]
-        .to_str()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
+    let route_login = login_path(&gw).await;
     let reply = get(&gw, &format!("{route_login}?user=alice&return_to=%2Fcaf%C3%A9"), &[]).await;
     assert_eq!(reply.status, 303);
     assert_eq!(reply.headers["location"], "/caf%C3%A9");
