@@ -164,6 +164,18 @@ async fn api_key_create_works_with_and_without_a_running_server() {
         assert_eq!(reply.json()["keys"].as_array().unwrap().len(), 2);
     }
 
+    // Configuration changes through the API leave an audit line naming the API key.
+    let auth = format!("Bearer {online_token}");
+    let created = send(
+        Method::POST,
+        &format!("{console_url}/api/backends/static"),
+        &[("ngrok-version", "2"), ("authorization", &auth)],
+        Some(br#"{"address":"127.0.0.1:9"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let backend_id = created.json()["id"].as_str().unwrap().to_string();
+
     // A second server on the same data dir is refused with a clear message.
     let second = run(
         &[
@@ -232,6 +244,14 @@ async fn api_key_create_works_with_and_without_a_running_server() {
     std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut log).unwrap();
     assert!(status.success(), "{log}");
     assert!(log.contains("config reloaded") && log.contains("stopped"), "{log}");
+    let audit = log
+        .lines()
+        .find(|l| l.contains("portcullis::audit") && l.contains("api_write"))
+        .unwrap_or_else(|| panic!("no audit line: {log}"));
+    assert!(
+        audit.contains(&backend_id) && audit.contains("api_key=ak_") && audit.contains("method=POST"),
+        "{audit}"
+    );
     assert!(
         !dir.path().join("data/admin.sock").exists(),
         "the admin socket is removed at exit"

@@ -91,7 +91,7 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     if !is_v2 {
         return Err(ApiError::version_header());
     }
-    authenticate(shared, req.headers())?;
+    let api_key = authenticate(shared, req.headers())?;
     let base_url = base_url(shared, &req);
     let query = req
         .uri()
@@ -130,10 +130,20 @@ async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let (status, value) = resources::dispatch(&ctx, &method, &segments, &path).await?;
+    if method != http::Method::GET {
+        // The audit trail of configuration changes: who (which API key) changed what.
+        let id = value
+            .as_ref()
+            .and_then(|v| v.get("id"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("-");
+        tracing::info!(target: "portcullis::audit", event = "api_write", api_key = %api_key, %method, path = %path, id, status = status.as_u16(), "configuration changed through the API");
+    }
     Ok(json_response(status, value))
 }
 
-fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<(), ApiError> {
+/// The id of the API key the request authenticates with.
+fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -143,7 +153,7 @@ fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<(), ApiErr
         .ok_or_else(ApiError::missing_auth)?;
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     match shared.store.find_api_key_by_token_hash(&hash)? {
-        Some(_) => Ok(()),
+        Some(key) => Ok(key.id),
         None => Err(ApiError::bad_key()),
     }
 }
