@@ -182,6 +182,7 @@ type UpstreamBody = BoxBody<Bytes, std::io::Error>;
 /// - any path: JSON `{"method","path","headers","body"}` of what it received;
 /// - `/stream`: sends `first`, waits for [`Upstream::go`], then sends `second`;
 /// - `/upload`: reads one body frame, signals [`Upstream::arrived`], reads the rest, answers the total length;
+/// - `/redirect`: a 302 to `/elsewhere`;
 /// - `/slow`: signals [`Upstream::arrived`], then answers only after [`Upstream::go`];
 /// - `/ws`: a WebSocket that echoes text messages in upper case.
 pub struct Upstream {
@@ -267,6 +268,11 @@ async fn upstream_handle(
             }
             Ok(hyper::Response::new(boxed(format!("received {total} bytes"))))
         }
+        "/redirect" => Ok(hyper::Response::builder()
+            .status(302)
+            .header("location", "/elsewhere")
+            .body(boxed(""))
+            .unwrap()),
         "/slow" => {
             arrived.notify_one();
             go.notified().await;

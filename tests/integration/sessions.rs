@@ -584,3 +584,49 @@ async fn a_non_ascii_return_path_is_encoded_and_the_cookie_still_set() {
     assert!(set_cookie(&reply, COOKIE).is_some());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn plugins_get_a_namespaced_store_with_ttls_and_an_http_client_limited_to_their_hosts() {
+    let upstream = Upstream::start().await;
+    let egress = format!("egress = [\"{}\"]\n", upstream.addr);
+    let (gw, clock) = start(&upstream, &egress).await;
+    let base = login_path(&gw).await.replace("/login", "");
+    let call = |path: String| {
+        let gw = &gw;
+        async move { get(gw, &path, &[]).await.body }
+    };
+    assert_eq!(call(format!("{base}/kv-put?key=k&value=v1&ttl=60")).await, "stored");
+    assert_eq!(call(format!("{base}/kv-get?key=k")).await, "v1");
+    // Another module (the `/public/admin/` route) has its own namespace.
+    let other_module = get(&gw, "/public/admin/x", &[]).await.headers["location"]
+        .to_str()
+        .unwrap()
+        .split("/login")
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(other_module, base);
+    assert_eq!(call(format!("{other_module}/kv-get?key=k")).await, "<none>");
+    clock.advance(61);
+    assert_eq!(
+        call(format!("{base}/kv-get?key=k")).await,
+        "<none>",
+        "expired after its TTL"
+    );
+
+    let allowed = format!("http://{}/anything", upstream.addr);
+    assert_eq!(call(format!("{base}/fetch?url={allowed}")).await, "status 200");
+    let redirect = format!("http://{}/redirect", upstream.addr);
+    assert_eq!(
+        call(format!("{base}/fetch?url={redirect}")).await,
+        "status 302",
+        "redirects are not followed"
+    );
+    let other = crate::harness::dead_address().await;
+    let refused = call(format!("{base}/fetch?url=http://{other}/")).await;
+    assert!(
+        refused.starts_with("refused:") && refused.contains("is not among the hosts this module may reach"),
+        "{refused}"
+    );
+    gw.stop().await;
+}

@@ -33,12 +33,17 @@ impl Plugin for TestLogin {
 
     fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
         let object = options.as_object().cloned().unwrap_or_default();
-        match object.keys().find(|k| *k != "groups") {
+        match object.keys().find(|k| *k != "groups" && *k != "egress") {
             Some(unknown) => Err(vec![OptionError {
                 key: unknown.clone(),
                 message: "unknown option".into(),
             }]),
-            None => Ok(ModulePlan::default()),
+            None => Ok(ModulePlan {
+                egress_hosts: object
+                    .get("egress")
+                    .and_then(|e| serde_json::from_value(e.clone()).ok())
+                    .unwrap_or_default(),
+            }),
         }
     }
 
@@ -56,11 +61,42 @@ impl Plugin for TestLogin {
         )))
     }
 
-    fn handle(&self, _: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+    fn handle(&self, host: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
         if request.path.ends_with("/panic") {
             panic!("testlogin: panic on purpose");
         }
         let query = request.query.clone().unwrap_or_default();
+        let param = |name: &str| query_param(&query, name).unwrap_or_default();
+        let text = |body: String| {
+            Ok(Outcome::Respond(HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: body.into_bytes(),
+            }))
+        };
+        // Host services, exercised through the plugin's own endpoints.
+        if request.path.ends_with("/kv-put") {
+            host.kv_put(&param("key"), param("value").as_bytes(), param("ttl").parse().ok());
+            return text("stored".into());
+        }
+        if request.path.ends_with("/kv-get") {
+            return text(
+                host.kv_get(&param("key"))
+                    .map_or("<none>".into(), |v| String::from_utf8_lossy(&v).into_owned()),
+            );
+        }
+        if request.path.ends_with("/fetch") {
+            let outbound = portcullis_plugin_sdk::OutboundRequest {
+                method: "GET".into(),
+                url: param("url"),
+                headers: vec![],
+                body: vec![],
+            };
+            return text(match host.http(outbound) {
+                Ok(response) => format!("status {}", response.status),
+                Err(e) => format!("refused: {e}"),
+            });
+        }
         let user = query_param(&query, "user").ok_or_else(|| PluginError::BadRequest("no user".into()))?;
         let groups = serde_json::from_str::<serde_json::Value>(&module.options_json)
             .ok()
