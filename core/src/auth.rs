@@ -30,15 +30,6 @@ const MAX_PLUGIN_BODY: usize = 1024 * 1024;
 /// Lifetime of a signed identity assertion (re-signed before it runs out).
 const ASSERTION_TTL: i64 = 300;
 
-/// The module options core reads itself; everything else belongs to the plugin.
-const COMMON_OPTIONS: [&str; 5] = [
-    "enabled",
-    "options_passthrough",
-    "cookie_prefix",
-    "inactivity_timeout",
-    "maximum_duration",
-];
-
 // ----- modules -----
 
 /// A module option that is wrong: the option's key and what is wrong.
@@ -137,11 +128,6 @@ pub fn module_json(module: &AuthModule) -> Value {
     object.insert("inactivity_timeout".into(), module.inactivity_timeout.into());
     object.insert("maximum_duration".into(), module.maximum_duration.into());
     Value::Object(object)
-}
-
-/// Whether `key` is one of the module options core reads itself.
-pub fn is_common_option(key: &str) -> bool {
-    COMMON_OPTIONS.contains(&key)
 }
 
 // ----- the per-request gate -----
