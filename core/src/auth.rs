@@ -169,6 +169,20 @@ pub async fn gate(
             request_id,
         ));
     };
+    // A browser's sub-resource (image, script, fetch) cannot follow a sign-in page: answer 401
+    // rather than start a login it would abandon (and that would replace the page's own).
+    let destination = req.headers().get("sec-fetch-dest").map(|v| v.as_bytes());
+    if destination.is_some_and(|d| d != b"document" && d != b"iframe" && d != b"frame") {
+        let mut page = error_page(
+            StatusCode::UNAUTHORIZED,
+            "Sign-in required",
+            "Sign in to this site first.",
+            request_id,
+        );
+        page.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Portcullis"));
+        return Gate::Respond(page);
+    }
     let asked = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let return_to = safe_return_to(asked).unwrap_or("/").to_string();
     let request = sdk_request(req, Vec::new(), peer);

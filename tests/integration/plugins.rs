@@ -227,3 +227,46 @@ async fn htpasswd_locks_a_username_after_ten_failures_even_for_the_right_passwor
     assert!(locked.body.contains("Too many failed attempts"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn parallel_login_starts_in_one_browser_share_its_nonce() {
+    let upstream = Upstream::start().await;
+    let library = plugin_library("portcullis_htpasswd");
+    let gw = TestGateway::start_with(&protected(&upstream, &library, "", "htpasswd", &htpasswd_options())).await;
+    let edge = gw.gateway.edge_addr;
+    // The page starts a login; then the same browser starts another (say, for its favicon).
+    let page = send(
+        Method::GET,
+        &format!("http://{edge}/page"),
+        &[("host", "app.test")],
+        None,
+    )
+    .await;
+    let nonce = cookie_pair(&page, "portcullis_htpasswd_nonce");
+    let other = send(
+        Method::GET,
+        &format!("http://{edge}/favicon.ico"),
+        &[("host", "app.test"), ("cookie", &nonce)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        cookie_pair(&other, "portcullis_htpasswd_nonce"),
+        nonce,
+        "the browser's nonce is kept"
+    );
+    // The page's own form still works.
+    let location = page.headers["location"].to_str().unwrap().to_string();
+    let state = location.split("state=").nth(1).unwrap();
+    let action = format!("http://{edge}{}", location.split('?').next().unwrap());
+    let body = format!("state={state}&username=alice&password=alice-password").into_bytes();
+    let headers = [
+        ("host", "app.test"),
+        ("cookie", nonce.as_str()),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let done = send(Method::POST, &action, &headers, Some(body)).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.headers["location"], "/page");
+    gw.stop().await;
+}

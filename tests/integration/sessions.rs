@@ -630,3 +630,18 @@ async fn plugins_get_a_namespaced_store_with_ttls_and_an_http_client_limited_to_
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_browser_sub_resource_gets_401_instead_of_starting_a_login() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let reply = get(&gw, "/favicon.ico", &[("sec-fetch-dest", "image")]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.headers["www-authenticate"], "Portcullis");
+    assert_eq!(
+        get(&gw, "/page", &[("sec-fetch-dest", "document")]).await.status,
+        303,
+        "navigations still sign in"
+    );
+    gw.stop().await;
+}

@@ -264,9 +264,14 @@ impl Plugin for Htpasswd {
         host: &dyn Host,
         module: &ModuleContext,
         return_to: &str,
-        _request: &HttpRequest,
+        request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
-        let nonce = hex(&host.random(16));
+        // Keep the browser's nonce when it has one: a browser starts logins in parallel (a
+        // page and its favicon), and each state must match the one cookie it keeps.
+        let nonce = match request.cookie(NONCE_COOKIE) {
+            Some(n) if n.len() == 32 && n.bytes().all(|b| b.is_ascii_hexdigit()) => n.to_string(),
+            _ => hex(&host.random(16)),
+        };
         let state = Self::new_state(host, return_to.to_string(), nonce.clone())?;
         let mut response = HttpResponse::redirect(&format!("{}/login?state={state}", module.mount_path));
         let secure = if module.origin.starts_with("https://") {
