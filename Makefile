@@ -6,7 +6,7 @@ VENV := tests/.venv
 # What the build needs on a fresh Debian machine (see ARCHITECTURE.md, "System packages").
 SYSTEM_PACKAGES := build-essential pkg-config libclang-dev libssl-dev libxml2-dev libxmlsec1-dev libxslt1-dev
 # What the tests and benchmarks need besides.
-TEST_SYSTEM_PACKAGES := python3 python3-venv curl
+TEST_SYSTEM_PACKAGES := python3 python3-venv curl chromium
 BENCH_SYSTEM_PACKAGES := wrk nginx-light
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -41,6 +41,8 @@ test-deps: deps
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	@$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory install-packages PACKAGES="nodejs npm"
+	@cd tests && npm ci --no-audit --no-fund --silent
 
 # Installs the Debian packages in $(PACKAGES) that are not installed yet.
 install-packages:

@@ -7,6 +7,7 @@
 mod harness;
 
 mod api;
+mod browser;
 mod cli;
 mod config;
 mod ngrok_client;
