@@ -645,3 +645,61 @@ async fn a_browser_sub_resource_gets_401_instead_of_starting_a_login() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_module_is_read_replaced_and_removed_at_its_own_path() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start_full(LISTENERS, test_plugin::options()).await;
+    let (edge_id, route_id) = gw.create_route_to(upstream.addr, "module-path.test:80").await;
+    let path = format!("/edges/https/{edge_id}/routes/{route_id}/testlogin");
+    gw.api(Method::GET, &path, None).await.assert_api_error(404, 106);
+    // The bare module, as ngrok's clients send it.
+    let bare = gw
+        .api(
+            Method::PUT,
+            &path,
+            Some(json!({"groups": ["a"], "maximum_duration": 60})),
+        )
+        .await;
+    assert_eq!(bare.status, 200, "{}", bare.body);
+    assert_eq!(bare.json()["maximum_duration"], 60);
+    // The wrapped form of ngrok's API reference.
+    let wrapped = gw
+        .api(
+            Method::PUT,
+            &path,
+            Some(json!({"edge_id": edge_id, "id": route_id, "module": {"groups": ["b"]}})),
+        )
+        .await;
+    assert_eq!(wrapped.status, 200, "{}", wrapped.body);
+    assert_eq!(wrapped.json()["groups"], json!(["b"]));
+    assert_eq!(gw.api(Method::GET, &path, None).await.json()["groups"], json!(["b"]));
+    let msg = gw
+        .api(Method::PUT, &path, Some(json!({"id": "edghtsrt_other", "module": {}})))
+        .await
+        .assert_api_error(400, 105);
+    assert!(msg.starts_with("invalid `id`: does not match the path"), "{msg}");
+    let url = format!("http://{}/", gw.gateway.edge_addr);
+    assert_eq!(
+        send(Method::GET, &url, &[("host", "module-path.test")], None)
+            .await
+            .status,
+        303
+    );
+    assert_eq!(gw.api(Method::DELETE, &path, None).await.status, 204);
+    gw.api(Method::GET, &path, None).await.assert_api_error(404, 106);
+    assert_eq!(
+        send(Method::GET, &url, &[("host", "module-path.test")], None)
+            .await
+            .status,
+        200
+    );
+    gw.api(
+        Method::GET,
+        &format!("/edges/https/{edge_id}/routes/{route_id}/nosuch"),
+        None,
+    )
+    .await
+    .assert_api_error(404, 107);
+    gw.stop().await;
+}

@@ -79,6 +79,32 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             Method::DELETE => delete_route(ctx, edge_id, id).await,
             _ => not_allowed(),
         },
+        // A route's auth module on its own, under its plugin's name (ngrok's
+        // `/edges/https/{edge_id}/routes/{id}/saml` and `/oidc`).
+        ["edges", "https", edge_id, "routes", id, name] if is_module_name(ctx, name) => match *method {
+            Method::GET => {
+                let edge = find_edge(ctx, edge_id)?;
+                let route = edge
+                    .routes
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .ok_or_else(|| ApiError::not_found("route", id))?;
+                match route.auth.as_ref().filter(|m| m.plugin == *name) {
+                    Some(module) => ok(crate::auth::module_json(module)),
+                    None => Err(ApiError::not_found(&format!("{name} module of route"), id)),
+                }
+            }
+            Method::PUT => replace_module(ctx, edge_id, id, name).await,
+            Method::DELETE => {
+                let change = RouteWrite {
+                    modules: [(name.to_string(), Value::Null)].into_iter().collect(),
+                    ..RouteWrite::default()
+                };
+                change_route(ctx, edge_id, id, change).await?;
+                no_content()
+            }
+            _ => not_allowed(),
+        },
         ["app", "sessions"] => match *method {
             Method::GET => list_app_sessions(ctx),
             _ => not_allowed(),
@@ -503,7 +529,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RouteWrite {
     match_type: Option<String>,
     #[serde(rename = "match")]
@@ -688,7 +714,50 @@ async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
 }
 
 async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
-    let body: RouteWrite = ctx.json()?;
+    let route = change_route(ctx, edge_id, id, ctx.json()?).await?;
+    ok(route_json(ctx, edge_id, &route))
+}
+
+/// Whether `name` is a registered browser-login plugin (a route module's field name).
+fn is_module_name(ctx: &Ctx<'_>, name: &str) -> bool {
+    ctx.shared
+        .registry
+        .get(name)
+        .is_some_and(|p| p.info.capabilities.contains(&Capability::BrowserLogin))
+}
+
+/// `PUT .../routes/{id}/<module>`: the body is the module, bare (as ngrok's clients send it)
+/// or wrapped as `{"edge_id", "id", "module": {...}}` (as ngrok's reference shows it).
+async fn replace_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name: &str) -> Answer {
+    let mut body: serde_json::Map<String, Value> = ctx.json()?;
+    let module = match body.remove("module") {
+        Some(Value::Object(module)) => {
+            for (key, expected) in [("edge_id", edge_id), ("id", id)] {
+                if body.get(key).is_some_and(|v| v.as_str() != Some(expected)) {
+                    return Err(ApiError::invalid(
+                        key,
+                        format!("does not match the path (`{expected}`)"),
+                    ));
+                }
+            }
+            module
+        }
+        Some(other) => return Err(ApiError::invalid("module", format!("must be an object, not {other}"))),
+        None => body,
+    };
+    let change = RouteWrite {
+        modules: [(name.to_string(), Value::Object(module))].into_iter().collect(),
+        ..RouteWrite::default()
+    };
+    let route = change_route(ctx, edge_id, id, change).await?;
+    match route.auth.as_ref() {
+        Some(module) => ok(crate::auth::module_json(module)),
+        None => Err(ApiError::internal("the module was not stored")),
+    }
+}
+
+/// Applies `body` to a route and stores it.
+async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) -> Result<Route, ApiError> {
     let _guard = ctx.shared.store.lock_writes().await;
     let mut edge = find_edge(ctx, edge_id)?;
     let index = edge
@@ -703,7 +772,7 @@ async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
     edge.routes[index] = route.clone();
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
-    ok(route_json(ctx, edge_id, &route))
+    Ok(route)
 }
 
 async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
