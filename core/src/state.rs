@@ -58,7 +58,18 @@ impl Shared {
         registry: Arc<Registry>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Shared>, ApplyError> {
-        let store = Store::open(&config.data_dir)?;
+        // sled releases its lock from a background thread a moment after the database is
+        // dropped: a restart right after a stop waits for it briefly.
+        let mut attempts = 0;
+        let store = loop {
+            match Store::open(&config.data_dir) {
+                Err(StoreError::Locked { .. }) if attempts < 60 => {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => break other?,
+            }
+        };
         let client_error =
             |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
         let shared = Arc::new(Shared {

@@ -24,6 +24,8 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 pub enum StoreError {
     #[error("cannot open the database in {dir}: {reason}")]
     Open { dir: PathBuf, reason: String },
+    #[error("cannot open the database in {dir}: another process holds the database lock (is `portcullis serve` already running on this data dir?)")]
+    Locked { dir: PathBuf },
     #[error("the data dir {dir} was written by schema version {found}; this build of Portcullis reads up to version {SCHEMA_VERSION}: upgrade Portcullis or restore a backup")]
     NewerSchema { dir: PathBuf, found: u32 },
     #[error("database error: {0}")]
@@ -119,14 +121,13 @@ impl Store {
         })?;
         let db = sled::Config::new().path(dir.join("db")).open().map_err(|e| {
             let reason = e.to_string();
-            StoreError::Open {
-                dir: dir.to_path_buf(),
-                reason: if reason.contains("could not acquire lock") {
-                    "another process holds the database lock (is `portcullis serve` already running on this data dir?)"
-                        .into()
-                } else {
-                    reason
-                },
+            if reason.contains("could not acquire lock") {
+                StoreError::Locked { dir: dir.to_path_buf() }
+            } else {
+                StoreError::Open {
+                    dir: dir.to_path_buf(),
+                    reason,
+                }
             }
         })?;
         match db.get(SCHEMA_KEY)? {
