@@ -147,12 +147,12 @@ impl Sessions {
         removed
     }
 
-    /// The live entry of a session id.
-    pub fn find_by_id(&self, id: &str) -> Option<Arc<SessionEntry>> {
+    /// The last-active time of every live session, by session id (one pass).
+    pub fn last_active_by_id(&self) -> std::collections::HashMap<String, i64> {
         self.by_hash
             .iter()
-            .find(|e| e.session.id == id)
-            .map(|e| e.value().clone())
+            .map(|e| (e.session.id.clone(), e.last_active()))
+            .collect()
     }
 
     /// Writes the last-active times that changed since the last call; returns how many.

@@ -213,6 +213,21 @@ impl Shared {
         Ok(())
     }
 
+    /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
+    /// very next request is refused. Returns how many were live.
+    pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, StoreError> {
+        let live = self.sessions.remove_where(|s| s.user_id == user_id);
+        let stored: Vec<String> = self
+            .store
+            .all_sessions()?
+            .into_iter()
+            .filter(|s| s.user_id == user_id)
+            .map(|s| s.id)
+            .collect();
+        self.store.delete_sessions(&stored, true).await?;
+        Ok(live.len())
+    }
+
     /// Rebuilds the routing table from the store and swaps it in.
     pub fn rebuild_routes(&self) -> Result<(), StoreError> {
         let edges = self.store.all_edges()?;

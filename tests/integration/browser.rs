@@ -2,17 +2,16 @@
 //! playwright-core (`tests/peers/browser_login.mjs`, installed by `make test-deps`), through
 //! the example plugin loaded as a library, to a real upstream.
 
-use crate::harness::{plugin_library, TestGateway, Upstream, LISTENERS};
+use crate::harness::{plugin_library, run_peer, tests_dir, TestGateway, Upstream, LISTENERS};
 use http::Method;
 use serde_json::json;
-use std::path::PathBuf;
 
 /// bcrypt of "alice-password" (cost 10), made with Python's bcrypt.
 const ALICE_HASH: &str = "$2b$10$mvR5HkbkCN6i900Mt0JWmO9iYnl4oovjkUZyIAPav4JBpZ0ykXvUK";
 
 #[tokio::test]
 async fn a_person_signs_in_with_a_real_browser() {
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests");
+    let tests = tests_dir();
     assert!(
         tests.join("node_modules/playwright-core").is_dir(),
         "playwright-core is missing: run `make test-deps`"
@@ -39,20 +38,12 @@ async fn a_person_signs_in_with_a_real_browser() {
     assert_eq!(patched.status, 200, "{}", patched.body);
 
     let url = format!("http://{}/wiki/page?x=1", gw.gateway.edge_addr);
-    let output = tokio::process::Command::new("node")
-        .arg(tests.join("peers/browser_login.mjs"))
-        .args([url.as_str(), "alice", "alice-password"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "browser run failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let result = run_peer(
+        std::path::Path::new("node"),
+        "browser_login.mjs",
+        &[&url, "alice", "alice-password"],
+    )
+    .await;
     assert_eq!(result["url"], url, "the browser is back on the page it asked for");
     // The page is the upstream's echo of what it received.
     let seen: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();

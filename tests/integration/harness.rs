@@ -363,3 +363,27 @@ pub fn set_cookie(reply: &Reply, name: &str) -> Option<String> {
         .find(|c| c.starts_with(&format!("{name}=")))
         .map(str::to_string)
 }
+
+/// The `tests/` folder of the repository.
+pub fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests")
+}
+
+/// Runs a peer script (`program tests/peers/<script> args...`), asserts it succeeded, and
+/// returns the one JSON line it printed.
+pub async fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) -> Value {
+    let output = tokio::process::Command::new(program)
+        .arg(tests_dir().join("peers").join(script))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed no JSON line ({e}): {stdout}"))
+}

@@ -110,7 +110,11 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             _ => not_allowed(),
         },
         ["app", "sessions", id] => match *method {
-            Method::GET => ok(app_session_json(ctx, &find_app_session(ctx, id)?)),
+            Method::GET => ok(app_session_json(
+                ctx,
+                &find_app_session(ctx, id)?,
+                &ctx.shared.sessions.last_active_by_id(),
+            )),
             Method::DELETE => delete_app_session(ctx, id).await,
             _ => not_allowed(),
         },
@@ -119,7 +123,7 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             _ => not_allowed(),
         },
         ["app", "users", id] => match *method {
-            Method::GET => ok(app_user_json(ctx, &find_app_user(ctx, id)?)),
+            Method::GET => ok(app_user_json(ctx, &find_app_user(ctx, id)?, &last_active_by_user(ctx))),
             Method::DELETE => delete_app_user(ctx, id).await,
             _ => not_allowed(),
         },
@@ -792,12 +796,9 @@ async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
 
 // ----- application sessions and users (people who logged in through edges) -----
 
-fn app_session_json(ctx: &Ctx<'_>, s: &Session) -> Value {
-    let last_active = ctx
-        .shared
-        .sessions
-        .find_by_id(&s.id)
-        .map_or(s.last_active, |e| e.last_active());
+/// `live` maps live session ids to their last activity ([`crate::sessions::Sessions::last_active_by_id`]).
+fn app_session_json(ctx: &Ctx<'_>, s: &Session, live: &std::collections::HashMap<String, i64>) -> Value {
+    let last_active = live.get(&s.id).copied().unwrap_or(s.last_active);
     json!({
         "id": s.id,
         "uri": format!("{}/app/sessions/{}", ctx.base_url, s.id),
@@ -827,13 +828,14 @@ fn find_app_session(ctx: &Ctx<'_>, id: &str) -> Result<Session, ApiError> {
 fn list_app_sessions(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
     let page = ctx.shared.store.list_sessions(before, limit)?;
+    let live = ctx.shared.sessions.last_active_by_id();
     ok(list_json(
         ctx,
         "/app/sessions",
         "application_sessions",
         page,
         limit,
-        |s| app_session_json(ctx, s),
+        |s| app_session_json(ctx, s, &live),
         |s| &s.id,
     ))
 }
@@ -847,22 +849,20 @@ async fn delete_app_session(ctx: &Ctx<'_>, id: &str) -> Answer {
     no_content()
 }
 
-fn app_user_json(ctx: &Ctx<'_>, u: &AppUser) -> Value {
-    let last_active = ctx
-        .shared
-        .store
-        .all_sessions()
-        .unwrap_or_default()
-        .iter()
-        .filter(|s| s.user_id == u.id)
-        .map(|s| {
-            ctx.shared
-                .sessions
-                .find_by_id(&s.id)
-                .map_or(s.last_active, |e| e.last_active())
-        })
-        .max()
-        .unwrap_or(u.last_login);
+/// Each user's latest activity over their sessions: one pass over the sessions per request.
+fn last_active_by_user(ctx: &Ctx<'_>) -> std::collections::HashMap<String, i64> {
+    let live = ctx.shared.sessions.last_active_by_id();
+    let mut latest = std::collections::HashMap::new();
+    for s in ctx.shared.store.all_sessions().unwrap_or_default() {
+        let active = live.get(&s.id).copied().unwrap_or(s.last_active);
+        let entry = latest.entry(s.user_id).or_insert(active);
+        *entry = (*entry).max(active);
+    }
+    latest
+}
+
+fn app_user_json(ctx: &Ctx<'_>, u: &AppUser, last_active: &std::collections::HashMap<String, i64>) -> Value {
+    let last_active = last_active.get(&u.id).copied().unwrap_or(u.last_login);
     json!({
         "id": u.id,
         "uri": format!("{}/app/users/{}", ctx.base_url, u.id),
@@ -887,13 +887,14 @@ fn find_app_user(ctx: &Ctx<'_>, id: &str) -> Result<AppUser, ApiError> {
 fn list_app_users(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
     let page = ctx.shared.store.list_app_users(before, limit)?;
+    let activity = last_active_by_user(ctx);
     ok(list_json(
         ctx,
         "/app/users",
         "application_users",
         page,
         limit,
-        |u| app_user_json(ctx, u),
+        |u| app_user_json(ctx, u, &activity),
         |u| &u.id,
     ))
 }
@@ -901,17 +902,8 @@ fn list_app_users(ctx: &Ctx<'_>) -> Answer {
 async fn delete_app_user(ctx: &Ctx<'_>, id: &str) -> Answer {
     find_app_user(ctx, id)?;
     // End the user's sessions before anything else: the next request is refused.
-    let ended = ctx.shared.sessions.remove_where(|s| s.user_id == id);
-    let stored: Vec<String> = ctx
-        .shared
-        .store
-        .all_sessions()?
-        .into_iter()
-        .filter(|s| s.user_id == id)
-        .map(|s| s.id)
-        .collect();
-    ctx.shared.store.delete_sessions(&stored, false).await?;
+    let ended = ctx.shared.end_sessions_of(id).await?;
     ctx.shared.store.delete_app_user(id).await?;
-    tracing::info!(target: "portcullis::audit", event = "user_deleted", user = id, sessions_ended = ended.len(), "application user deleted through the API");
+    tracing::info!(target: "portcullis::audit", event = "user_deleted", user = id, sessions_ended = ended, "application user deleted through the API");
     no_content()
 }

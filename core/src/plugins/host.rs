@@ -124,19 +124,11 @@ impl Host for PluginHost<'_> {
         store.put_app_user(&user).map_err(|e| e.to_string())?;
         if !user.active {
             // A deactivated user's sessions end at once.
-            let user_id = user.id.clone();
-            let ended = self.shared.sessions.remove_where(|s| s.user_id == user_id);
-            let stored: Vec<String> = store
-                .all_sessions()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|s| s.user_id == user_id)
-                .map(|s| s.id)
-                .collect();
-            self.runtime
-                .block_on(store.delete_sessions(&stored, true))
+            let ended = self
+                .runtime
+                .block_on(self.shared.end_sessions_of(&user.id))
                 .map_err(|e| e.to_string())?;
-            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended.len(), plugin = self.plugin, "user deactivated");
+            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended, plugin = self.plugin, "user deactivated");
         }
         Ok(to_sdk_user(user))
     }
