@@ -116,18 +116,71 @@ pub async fn parse_module(
     })
 }
 
-/// The flat JSON of a module, as the API shows it.
-pub fn module_json(module: &AuthModule) -> Value {
+/// The flat JSON of a module, as the API shows it: its options and its plugin's outputs.
+pub fn module_json(module: &AuthModule, outputs: Option<&Map<String, Value>>) -> Value {
     let mut object = match serde_json::from_str::<Value>(&module.options_json) {
         Ok(Value::Object(object)) => object,
         _ => Map::new(),
     };
+    for (key, value) in outputs.into_iter().flatten() {
+        object.insert(key.clone(), value.clone());
+    }
     object.insert("enabled".into(), module.enabled.into());
     object.insert("options_passthrough".into(), module.options_passthrough.into());
     object.insert("cookie_prefix".into(), module.cookie_prefix.clone().into());
     object.insert("inactivity_timeout".into(), module.inactivity_timeout.into());
     object.insert("maximum_duration".into(), module.maximum_duration.into());
     Value::Object(object)
+}
+
+/// A module's read-only outputs by route id (see [`describe_modules`]).
+pub type ModuleOutputs = std::collections::HashMap<String, Map<String, Value>>;
+
+/// Asks each module's plugin for its read-only outputs (the SAML entity id, URLs to register
+/// at the IdP, ...), in one blocking task. `modules` are (route id, edge hostports, module).
+/// A plugin that fails is logged and its module shown without outputs.
+pub async fn describe_modules(shared: &Arc<Shared>, modules: Vec<(String, Vec<String>, AuthModule)>) -> ModuleOutputs {
+    if modules.is_empty() {
+        return ModuleOutputs::new();
+    }
+    let shared = shared.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let scheme = shared.config.load().listeners.edge.scheme();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut outputs = ModuleOutputs::new();
+        for (route_id, hostports, module) in modules {
+            let Some(plugin) = shared.registry.get(&module.plugin) else {
+                continue;
+            };
+            let host = PluginHost {
+                shared: &shared,
+                namespace: format!("{}/{route_id}", module.plugin),
+                plugin: &plugin.info.name,
+                egress_hosts: &module.egress_hosts,
+                runtime: runtime.clone(),
+            };
+            let call = Call::DescribeModule {
+                module: ModuleContext {
+                    module_id: route_id.clone(),
+                    options_json: module.options_json.clone(),
+                    origin: crate::routing::public_origin(scheme, &hostports),
+                    mount_path: mount_path(&route_id),
+                },
+            };
+            match plugin.call(&host, call) {
+                Ok(Outcome::Described { outputs_json }) => match serde_json::from_str(&outputs_json) {
+                    Ok(Value::Object(object)) => {
+                        outputs.insert(route_id, object);
+                    }
+                    _ => tracing::error!(plugin = %module.plugin, "module outputs are not a JSON object"),
+                },
+                Ok(other) => tracing::error!(plugin = %module.plugin, "describe_module answered {other:?}"),
+                Err(e) => tracing::error!(plugin = %module.plugin, route = %route_id, "describe_module: {e}"),
+            }
+        }
+        outputs
+    });
+    task.await.unwrap_or_default()
 }
 
 // ----- the per-request gate -----
@@ -145,7 +198,6 @@ pub async fn gate(
     shared: &Arc<Shared>,
     target: &RouteTarget,
     req: &Request<Incoming>,
-    is_tls: bool,
     peer: SocketAddr,
     request_id: &str,
 ) -> Gate {
@@ -186,9 +238,8 @@ pub async fn gate(
     let asked = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let return_to = safe_return_to(asked).unwrap_or("/").to_string();
     let request = sdk_request(req, Vec::new(), peer);
-    let origin = origin_of(req, is_tls);
     let call = Call::StartLogin {
-        module: module_context(target, auth, &origin),
+        module: module_context(target, auth),
         return_to,
         request,
     };
@@ -366,7 +417,7 @@ pub async fn reserved(
     let head = Request::from_parts(parts, ());
     let request = sdk_request(&head, body.to_vec(), peer);
     let call = Call::Handle {
-        module: module_context(&target, auth, origin),
+        module: module_context(&target, auth),
         request,
     };
     match call_plugin(shared, plugin, auth, &target.route_id, call).await {
@@ -374,6 +425,27 @@ pub async fn reserved(
         Ok(Outcome::LoggedIn { identity, return_to }) => complete_login(
             shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
         ),
+        Ok(Outcome::EndSessions { subject, response }) => {
+            let route_id = &target.route_id;
+            match shared
+                .end_sessions_where(|s| s.route_id == *route_id && s.subject == subject)
+                .await
+            {
+                Ok(ended) => {
+                    tracing::info!(target: "portcullis::audit", request_id, event = "logout_by_provider", route = %route_id, plugin = %auth.module.plugin, sessions = ended, "identity provider ended a login");
+                    from_sdk_response(response)
+                }
+                Err(e) => {
+                    tracing::error!(request_id, "ending sessions: {e}");
+                    error_page(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Sign-out failed",
+                        "The gateway could not end the sessions.",
+                        request_id,
+                    )
+                }
+            }
+        }
         Ok(other) => plugin_failure(
             PluginError::Internal(format!("handle answered {other:?}")),
             &auth.module.plugin,
@@ -574,7 +646,7 @@ async fn logout(
             plugin_data: s.plugin_data.clone(),
         };
         let call = Call::Logout {
-            module: module_context(target, auth, &s.origin),
+            module: module_context(target, auth),
             identity,
         };
         match call_plugin(shared, plugin, auth, &target.route_id, call).await {
@@ -692,13 +764,18 @@ pub fn origin_of<B>(req: &Request<B>, is_tls: bool) -> String {
     format!("{scheme}://{host}")
 }
 
-fn module_context(target: &RouteTarget, auth: &AuthTarget, origin: &str) -> ModuleContext {
+fn module_context(target: &RouteTarget, auth: &AuthTarget) -> ModuleContext {
     ModuleContext {
         module_id: target.route_id.clone(),
         options_json: auth.module.options_json.clone(),
-        origin: origin.to_string(),
-        mount_path: format!("{RESERVED_PREFIX}auth/{}", target.route_id),
+        origin: target.public_origin.to_string(),
+        mount_path: mount_path(&target.route_id),
     }
+}
+
+/// Where a route's plugin endpoints live on its host.
+pub fn mount_path(route_id: &str) -> String {
+    format!("{RESERVED_PREFIX}auth/{route_id}")
 }
 
 fn sdk_request<B>(req: &Request<B>, body: Vec<u8>, peer: SocketAddr) -> HttpRequest {

@@ -96,6 +96,16 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// `https` when users reach this listener over TLS (its own, or a public URL's), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        let public_https = self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+        if self.tls.is_some() || public_https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The URL users reach this listener at.
     pub fn public_url(&self) -> String {
         match &self.public_url {
@@ -379,12 +389,44 @@ impl Config {
                 tls.key = tls.key.as_ref().map(|p| base.join(p));
             }
         }
+        config.read_option_files(base).map_err(|(key, message)| ConfigError {
+            source: shown.clone(),
+            key: Some(key),
+            message,
+        })?;
         config.validate().map_err(|(key, message)| ConfigError {
             source: shown,
             key: Some(key),
             message,
         })?;
         Ok(config)
+    }
+
+    /// Replaces each module option written as `{ file = "PATH" }` (e.g. a SAML IdP's metadata)
+    /// by the contents of that file, relative to `base`.
+    fn read_option_files(&mut self, base: &Path) -> Result<(), (String, String)> {
+        for (name, edge) in &mut self.edges {
+            for (i, route) in edge.routes.iter_mut().enumerate() {
+                for (option, value) in route.auth.iter_mut().flatten() {
+                    let serde_json::Value::Object(table) = value else {
+                        continue;
+                    };
+                    let Some(file) = table.get("file") else { continue };
+                    let key = format!("edges.{name}.routes[{i}].auth.{option}");
+                    let (Some(file), 1) = (file.as_str(), table.len()) else {
+                        return Err((
+                            key,
+                            "an option read from a file is written `{ file = \"PATH\" }`".into(),
+                        ));
+                    };
+                    let path = base.join(file);
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| (format!("{key}.file"), format!("cannot read {}: {e}", path.display())))?;
+                    *value = serde_json::Value::String(text);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: versions, references, addresses and uniqueness.

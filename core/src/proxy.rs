@@ -145,7 +145,7 @@ pub async fn handle(
                         &request_id,
                     )
                 }
-                Some(target) => match auth::gate(&shared, target, &req, is_tls, peer, &request_id).await {
+                Some(target) => match auth::gate(&shared, target, &req, peer, &request_id).await {
                     Gate::Respond(response) => response,
                     Gate::Pass(session) => match &target.upstream {
                         None => error_page(

@@ -34,6 +34,9 @@ pub struct RouteTarget {
     /// The session cookie names of every module on this route's edge: removed from every
     /// request before it goes upstream, whatever route it takes.
     pub edge_session_cookies: Arc<[String]>,
+    /// The edge's public origin (see [`public_origin`]): what plugins build the URLs they
+    /// register at identity providers on.
+    pub public_origin: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
 }
 
@@ -109,6 +112,7 @@ impl RouteTable {
         backends: &[StaticBackend],
         registry: &Registry,
         identity: &IdentityHeaders,
+        edge_scheme: &str,
         metrics: &Metrics,
     ) -> RouteTable {
         let upstreams: HashMap<&str, Option<Upstream>> = backends
@@ -137,6 +141,7 @@ impl RouteTable {
             cookies.sort();
             cookies.dedup();
             let edge_session_cookies: Arc<[String]> = cookies.into();
+            let origin: Arc<str> = public_origin(edge_scheme, &edge.hostports).into();
             for route in &edge.routes {
                 let upstream = route
                     .backend
@@ -154,6 +159,7 @@ impl RouteTable {
                     upstream,
                     auth,
                     edge_session_cookies: edge_session_cookies.clone(),
+                    public_origin: origin.clone(),
                     metrics: metrics.route(&edge.id, &route.id),
                 });
                 routes.by_id.insert(route.id.clone(), target.clone());
@@ -206,6 +212,19 @@ impl RouteTable {
                 .map(|(_, t)| t)
         })
     }
+}
+
+/// An edge's public origin: the edge listener's scheme (`http`/`https`) and the edge's first
+/// `host:port`, without the scheme's default port. An identity provider knows a route's sign-in
+/// URLs by this origin, whatever `Host` a request arrives with.
+pub fn public_origin(scheme: &str, hostports: &[String]) -> String {
+    let hostport = hostports
+        .first()
+        .map_or("localhost", String::as_str)
+        .to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let host = hostport.strip_suffix(default_port).unwrap_or(&hostport);
+    format!("{scheme}://{host}")
 }
 
 /// The canonical form of a request path, which routing matches and the upstream receives:
@@ -339,9 +358,12 @@ mod tests {
             &[backend],
             &Registry::default(),
             &IdentityHeaders::default(),
+            "https",
             &Metrics::default(),
         );
         let id = |path: &str| table.find("app.example:443", path).map(|t| t.route_id.clone());
+        let origin = table.find("app.example:443", "/").map(|t| t.public_origin.to_string());
+        assert_eq!(origin.as_deref(), Some("https://app.example"));
         assert_eq!(id("/api/health").as_deref(), Some("exact"));
         assert_eq!(id("/api/healthz").as_deref(), Some("api"));
         assert_eq!(id("/apix").as_deref(), Some("root"));

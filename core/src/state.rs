@@ -216,12 +216,20 @@ impl Shared {
     /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
     /// very next request is refused. Returns how many were live.
     pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, StoreError> {
-        let live = self.sessions.remove_where(|s| s.user_id == user_id);
+        self.end_sessions_where(|s| s.user_id == user_id).await
+    }
+
+    /// Ends every session `which` selects, live and stored; answers how many were live.
+    pub async fn end_sessions_where(
+        &self,
+        which: impl Fn(&crate::model::Session) -> bool,
+    ) -> Result<usize, StoreError> {
+        let live = self.sessions.remove_where(&which);
         let stored: Vec<String> = self
             .store
             .all_sessions()?
             .into_iter()
-            .filter(|s| s.user_id == user_id)
+            .filter(|s| which(s))
             .map(|s| s.id)
             .collect();
         self.store.delete_sessions(&stored, true).await?;
@@ -237,6 +245,7 @@ impl Shared {
             &self.store.all_backends()?,
             &self.registry,
             &config.identity_headers,
+            config.listeners.edge.scheme(),
             &self.metrics,
         );
         self.routes.store(Arc::new(table));

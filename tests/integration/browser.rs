@@ -1,8 +1,10 @@
 //! A person signs in with a real browser: headless Chromium (Debian's), driven by
 //! playwright-core (`tests/peers/browser_login.mjs`, installed by `make test-deps`), through
-//! the example plugin loaded as a library, to a real upstream.
+//! the example plugin loaded as a library and through a real SAML IdP (pysaml2), to a real
+//! upstream.
 
-use crate::harness::{plugin_library, run_peer, tests_dir, TestGateway, Upstream, LISTENERS};
+use crate::harness::{plugin_library, run_peer, send, tests_dir, TestGateway, Upstream, LISTENERS};
+use crate::saml::Idp;
 use http::Method;
 use serde_json::json;
 
@@ -61,5 +63,48 @@ async fn a_person_signs_in_with_a_real_browser() {
         .expect("session cookie");
     assert_eq!(session["httpOnly"], true);
     assert_eq!(session["sameSite"], "Lax");
+    gw.stop().await;
+}
+
+/// SP-initiated SAML in a real browser: the route sends Chromium to the pysaml2 IdP, the person
+/// fills in the IdP's login form, the IdP's page posts the Response back to the ACS by itself.
+#[tokio::test]
+async fn a_person_signs_in_through_a_saml_idp_with_a_real_browser() {
+    let idp = Idp::start("both").await;
+    let gw = TestGateway::start("").await;
+    let upstream = Upstream::start().await;
+    let edge_host = gw.gateway.edge_addr.to_string();
+    let (edge_id, route_id) = gw.create_route_to(upstream.addr, &edge_host).await;
+    let put = gw
+        .api(
+            Method::PUT,
+            &format!("/edges/https/{edge_id}/routes/{route_id}/saml"),
+            Some(json!({"idp_metadata": idp.metadata().await, "authorized_groups": ["engineering"]})),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let metadata_url = put.json()["metadata_url"].as_str().unwrap().to_string();
+    assert_eq!(
+        metadata_url,
+        format!("http://{edge_host}/_portcullis/auth/{route_id}/metadata")
+    );
+    idp.register(&send(Method::GET, &metadata_url, &[], None).await.body)
+        .await;
+
+    let url = format!("http://{edge_host}/reports/q3?view=full");
+    let result = run_peer(
+        std::path::Path::new("node"),
+        "browser_login.mjs",
+        &[&url, "alice", "alice-password"],
+    )
+    .await;
+    assert_eq!(result["url"], url, "the browser is back on the page it asked for");
+    let seen: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["path"], "/reports/q3?view=full");
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice Liddell");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering,admins");
+    assert_eq!(idp.seen("last-request").await["signature_valid"], true);
+    idp.stop().await;
     gw.stop().await;
 }

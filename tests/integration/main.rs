@@ -13,6 +13,8 @@ mod config;
 mod ngrok_client;
 mod plugins;
 mod proxy;
+mod saml;
+mod saml_attacks;
 mod sessions;
 mod test_plugin;
 mod tls;

@@ -39,3 +39,31 @@ async fn ngrok_python_client_builds_a_working_route() {
     );
     gw.stop().await;
 }
+
+/// ngrok's client sets, reads, changes and deletes a route's SAML module (`saml_module.replace`
+/// sends the bare module; a route update carries it under `saml`).
+#[tokio::test]
+async fn ngrok_python_client_manages_a_saml_module() {
+    let python = tests_dir().join(".venv/bin/python");
+    let gw = TestGateway::start("").await;
+    let upstream = Upstream::start().await;
+    let (edge_id, route_id) = gw.create_route_to(upstream.addr, "sso.test:80").await;
+    let metadata = tests_dir().join("fixtures/saml/idp-metadata.xml");
+    let api = format!("http://{}/api", gw.gateway.console_addr);
+    let seen = run_peer(
+        &python,
+        "ngrok_saml_module.py",
+        &[&api, &gw.token, &edge_id, &route_id, metadata.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(
+        seen["entity_id"],
+        format!("http://sso.test/_portcullis/auth/{route_id}/metadata")
+    );
+    assert_eq!(seen["bad_format"]["http_status_code"], 400);
+    assert_eq!(seen["bad_format"]["error_code"], "ERR_PORTCULLIS_105");
+    assert_eq!(seen["saml_after_delete"], false);
+    // Deleted through the client: the route is open again.
+    assert_eq!(gw.edge_get("sso.test", "/").await.status, 200);
+    gw.stop().await;
+}

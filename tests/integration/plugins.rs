@@ -142,7 +142,10 @@ async fn a_library_of_another_abi_version_is_refused_naming_both_versions() {
         .to_string();
     assert!(
         err.contains("plugin[0]:")
-            && err.contains("was built for plugin ABI version 999, but this Portcullis speaks ABI version 1"),
+            && err.contains(&format!(
+                "was built for plugin ABI version 999, but this Portcullis speaks ABI version {}",
+                portcullis_plugin_sdk::ABI_VERSION
+            )),
         "{err}"
     );
 }

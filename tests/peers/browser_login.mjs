@@ -1,10 +1,12 @@
-// Signs in through a Portcullis login form in headless Chromium (Debian's /usr/bin/chromium,
-// driven by playwright-core), as a person would, and prints what the browser ended on.
+// Signs in through a login form in headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core), as a person would: the form the protected URL leads to (a Portcullis
+// plugin's, or an identity provider's on another port), then every redirect and auto-posted
+// form until the browser is back on URL. Prints what the browser ended on.
 //
 //   node browser_login.mjs URL USERNAME PASSWORD
 //
 // Prints one JSON line: {"url": final URL, "body": final page text, "cookies": [...]}.
-// Run by the integration test `browser::a_person_signs_in_with_a_real_browser`.
+// Run by the integration tests in `browser.rs`.
 import { chromium } from 'playwright-core';
 
 const [url, username, password] = process.argv.slice(2);
@@ -19,7 +21,8 @@ try {
   await page.goto(url);
   await page.fill('#username', username);
   await page.fill('#password', password);
-  await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
+  await page.click('button[type=submit]');
+  await page.waitForURL(url, { timeout: 30000 });
   const body = await page.textContent('body');
   const cookies = (await context.cookies()).map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite, path: c.path }));
   console.log(JSON.stringify({ url: page.url(), body, cookies }));

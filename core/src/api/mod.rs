@@ -25,7 +25,7 @@ pub const PREFIX: &str = "/api";
 
 /// What a handler needs about the request it serves.
 pub(crate) struct Ctx<'a> {
-    pub shared: &'a Shared,
+    pub shared: &'a Arc<Shared>,
     /// Absolute URL of the API root, for `uri` and `next_page_uri` fields.
     pub base_url: String,
     pub query: Vec<(String, String)>,
@@ -83,7 +83,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     response
 }
 
-async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let is_v2 = req
         .headers()
         .get("ngrok-version")

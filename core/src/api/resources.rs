@@ -2,6 +2,7 @@
 //! `/edges/https/{edge_id}/routes`, with ngrok's field names and JSON shapes.
 
 use super::{ApiError, Ctx};
+use crate::auth::ModuleOutputs;
 use crate::ids;
 use crate::model::{self, ApiKey, AppUser, Edge, MatchType, Route, RouteBackend, Session, Source, StaticBackend};
 use crate::store::Page;
@@ -50,18 +51,22 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             _ => not_allowed(),
         },
         ["edges", "https"] => match *method {
-            Method::GET => list_edges(ctx),
+            Method::GET => list_edges(ctx).await,
             Method::POST => create_edge(ctx).await,
             _ => not_allowed(),
         },
         ["edges", "https", id] => match *method {
-            Method::GET => ok(edge_json(ctx, &find_edge(ctx, id)?)),
+            Method::GET => {
+                let edge = find_edge(ctx, id)?;
+                let outputs = outputs_of(ctx, [&edge]).await;
+                ok(edge_json(ctx, &edge, &outputs))
+            }
             Method::PATCH => update_edge(ctx, id).await,
             Method::DELETE => delete_edge(ctx, id).await,
             _ => not_allowed(),
         },
         ["edges", "https", edge_id, "routes"] => match *method {
-            Method::GET => list_routes(ctx, edge_id),
+            Method::GET => list_routes(ctx, edge_id).await,
             Method::POST => create_route(ctx, edge_id).await,
             _ => not_allowed(),
         },
@@ -73,7 +78,8 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
                     .iter()
                     .find(|r| r.id == *id)
                     .ok_or_else(|| ApiError::not_found("route", id))?;
-                ok(route_json(ctx, &edge.id, route))
+                let outputs = outputs_of(ctx, [&edge]).await;
+                ok(route_json(ctx, &edge.id, route, &outputs))
             }
             Method::PATCH => update_route(ctx, edge_id, id).await,
             Method::DELETE => delete_route(ctx, edge_id, id).await,
@@ -89,8 +95,9 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
                     .iter()
                     .find(|r| r.id == *id)
                     .ok_or_else(|| ApiError::not_found("route", id))?;
+                let outputs = outputs_of(ctx, [&edge]).await;
                 match route.auth.as_ref().filter(|m| m.plugin == *name) {
-                    Some(module) => ok(crate::auth::module_json(module)),
+                    Some(module) => ok(crate::auth::module_json(module, outputs.get(&route.id))),
                     None => Err(ApiError::not_found(&format!("{name} module of route"), id)),
                 }
             }
@@ -412,7 +419,20 @@ struct EdgeWrite {
     hostports: Option<Vec<String>>,
 }
 
-fn edge_json(ctx: &Ctx<'_>, e: &Edge) -> Value {
+/// The read-only outputs of every auth module on `edges`, from their plugins.
+async fn outputs_of<'e>(ctx: &Ctx<'_>, edges: impl IntoIterator<Item = &'e Edge>) -> ModuleOutputs {
+    let modules = edges
+        .into_iter()
+        .flat_map(|e| {
+            e.routes
+                .iter()
+                .filter_map(|r| Some((r.id.clone(), e.hostports.clone(), r.auth.clone()?)))
+        })
+        .collect();
+    crate::auth::describe_modules(ctx.shared, modules).await
+}
+
+fn edge_json(ctx: &Ctx<'_>, e: &Edge, outputs: &ModuleOutputs) -> Value {
     json!({
         "id": e.id,
         "uri": format!("{}/edges/https/{}", ctx.base_url, e.id),
@@ -422,7 +442,7 @@ fn edge_json(ctx: &Ctx<'_>, e: &Edge) -> Value {
         "hostports": e.hostports,
         "mutual_tls": Value::Null,
         "tls_termination": Value::Null,
-        "routes": e.routes.iter().map(|r| route_json(ctx, &e.id, r)).collect::<Vec<_>>(),
+        "routes": e.routes.iter().map(|r| route_json(ctx, &e.id, r, outputs)).collect::<Vec<_>>(),
     })
 }
 
@@ -473,19 +493,20 @@ async fn create_edge(ctx: &Ctx<'_>) -> Answer {
     labels(&edge.description, &edge.metadata)?;
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
-    created(edge_json(ctx, &edge))
+    created(edge_json(ctx, &edge, &ModuleOutputs::new()))
 }
 
-fn list_edges(ctx: &Ctx<'_>) -> Answer {
+async fn list_edges(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
     let page = ctx.shared.store.list_edges(before, limit)?;
+    let outputs = outputs_of(ctx, &page.items).await;
     ok(list_json(
         ctx,
         "/edges/https",
         "https_edges",
         page,
         limit,
-        |e| edge_json(ctx, e),
+        |e| edge_json(ctx, e, &outputs),
         |e| &e.id,
     ))
 }
@@ -507,7 +528,8 @@ async fn update_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
     labels(&edge.description, &edge.metadata)?;
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
-    ok(edge_json(ctx, &edge))
+    let outputs = outputs_of(ctx, [&edge]).await;
+    ok(edge_json(ctx, &edge, &outputs))
 }
 
 async fn delete_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
@@ -547,7 +569,7 @@ struct RouteWrite {
     modules: serde_json::Map<String, Value>,
 }
 
-fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route) -> Value {
+fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route, outputs: &ModuleOutputs) -> Value {
     let mut value = json!({
         "edge_id": edge_id,
         "id": r.id,
@@ -563,7 +585,10 @@ fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route) -> Value {
         })),
     });
     if let (Some(module), Value::Object(object)) = (&r.auth, &mut value) {
-        object.insert(module.plugin.clone(), crate::auth::module_json(module));
+        object.insert(
+            module.plugin.clone(),
+            crate::auth::module_json(module, outputs.get(&r.id)),
+        );
     }
     value
 }
@@ -657,9 +682,10 @@ fn check_unique_match(edge: &Edge, route: &Route) -> Result<(), ApiError> {
     }
 }
 
-fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
+async fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
     let (limit, before) = ctx.paging()?;
     let edge = find_edge(ctx, edge_id)?;
+    let outputs = outputs_of(ctx, [&edge]).await;
     let mut routes: Vec<&Route> = edge
         .routes
         .iter()
@@ -679,7 +705,7 @@ fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
         "routes",
         page,
         limit,
-        |r| route_json(ctx, edge_id, r),
+        |r| route_json(ctx, edge_id, r, &outputs),
         |r| &r.id,
     ))
 }
@@ -714,12 +740,14 @@ async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
     edge.routes.push(route.clone());
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
-    created(route_json(ctx, edge_id, &route))
+    let outputs = outputs_of(ctx, [&edge]).await;
+    created(route_json(ctx, edge_id, &route, &outputs))
 }
 
 async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
-    let route = change_route(ctx, edge_id, id, ctx.json()?).await?;
-    ok(route_json(ctx, edge_id, &route))
+    let (edge, route) = change_route(ctx, edge_id, id, ctx.json()?).await?;
+    let outputs = outputs_of(ctx, [&edge]).await;
+    ok(route_json(ctx, edge_id, &route, &outputs))
 }
 
 /// Whether `name` is a registered browser-login plugin (a route module's field name).
@@ -753,15 +781,16 @@ async fn replace_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name: &str) -> A
         modules: [(name.to_string(), Value::Object(module))].into_iter().collect(),
         ..RouteWrite::default()
     };
-    let route = change_route(ctx, edge_id, id, change).await?;
+    let (edge, route) = change_route(ctx, edge_id, id, change).await?;
+    let outputs = outputs_of(ctx, [&edge]).await;
     match route.auth.as_ref() {
-        Some(module) => ok(crate::auth::module_json(module)),
+        Some(module) => ok(crate::auth::module_json(module, outputs.get(&route.id))),
         None => Err(ApiError::internal("the module was not stored")),
     }
 }
 
 /// Applies `body` to a route and stores it.
-async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) -> Result<Route, ApiError> {
+async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) -> Result<(Edge, Route), ApiError> {
     let _guard = ctx.shared.store.lock_writes().await;
     let mut edge = find_edge(ctx, edge_id)?;
     let index = edge
@@ -776,7 +805,7 @@ async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) 
     edge.routes[index] = route.clone();
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
-    Ok(route)
+    Ok((edge, route))
 }
 
 async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {

@@ -77,6 +77,14 @@ impl Host for PluginHost<'_> {
         }
     }
 
+    fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
+        self.shared
+            .store
+            .kv_get_or_insert(&self.namespace, key, value)
+            .map_err(|e| self.warn_store("kv_get_or_insert", e))
+            .ok()
+    }
+
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
         let now = self.shared.clock.now();
         let expires_at = ttl_secs.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
@@ -229,6 +237,9 @@ impl Host for Detached {
         None
     }
     fn kv_delete(&self, _: &str) {}
+    fn kv_get_or_insert(&self, _: &str, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
     fn kv_incr(&self, _: &str, _: Option<u64>) -> u64 {
         u64::MAX
     }

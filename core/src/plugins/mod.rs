@@ -64,9 +64,9 @@ pub struct Registry {
     plugins: BTreeMap<String, Arc<Registered>>,
 }
 
-/// The plugins linked into this binary. SAML, OIDC and SCIM register here as they arrive.
+/// The plugins linked into this binary. OIDC and SCIM register here as they arrive.
 pub fn builtins() -> Vec<Arc<dyn Plugin>> {
-    Vec::new()
+    vec![Arc::new(portcullis_saml::Saml::default())]
 }
 
 impl Registry {

@@ -376,6 +376,33 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a value without expiry unless the key holds a live one, flushed before it
+    /// returns; answers the value the key holds afterwards.
+    pub fn kv_get_or_insert(&self, namespace: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let key = kv_key(namespace, key);
+        let new = codec::encode(&KvEntry {
+            expires_at: None,
+            value: value.to_vec(),
+        })?;
+        loop {
+            let current = self.plugin_kv.get(&key)?;
+            if let Some(bytes) = &current {
+                let entry: KvEntry = codec::decode(bytes)?;
+                if entry.expires_at.is_none_or(|at| at > crate::model::now_unix()) {
+                    return Ok(entry.value);
+                }
+            }
+            if self
+                .plugin_kv
+                .compare_and_swap(&key, current, Some(new.clone()))?
+                .is_ok()
+            {
+                self.db.flush()?;
+                return Ok(value.to_vec());
+            }
+        }
+    }
+
     /// Adds one to a counter key atomically; a missing or expired counter starts at 1 and
     /// expires at `expires_at`.
     pub fn kv_incr(&self, namespace: &str, key: &str, now: i64, expires_at: Option<i64>) -> Result<u64, StoreError> {
@@ -544,7 +571,7 @@ mod tests {
             assert_eq!(second.items.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["a"]);
             assert!(!second.has_more);
         }
-        let store = Store::open(&dir).unwrap();
+        let store = open_when_released(&dir).unwrap();
         assert!(store.find_backend("c").unwrap().is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -557,9 +584,21 @@ mod tests {
             db.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let err = Store::open(&dir).err().unwrap().to_string();
+        let err = open_when_released(&dir).err().unwrap().to_string();
         assert!(err.contains("schema version 2"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Opens a store a just-dropped database may still lock for a moment (sled releases the
+    /// lock from its flusher thread).
+    fn open_when_released(dir: &Path) -> Result<Store, StoreError> {
+        for _ in 0..60 {
+            match Store::open(dir) {
+                Err(StoreError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => return other,
+            }
+        }
+        Store::open(dir)
     }
 
     fn tempdir() -> PathBuf {

@@ -215,6 +215,15 @@ impl Host for RemoteHost<'_> {
     fn kv_delete(&self, key: &str) {
         self.call(HostCall::KvDelete { key: key.into() });
     }
+    fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
+        match self.call(HostCall::KvGetOrInsert {
+            key: key.into(),
+            value: value.to_vec(),
+        }) {
+            HostReply::Bytes(bytes) => bytes,
+            _ => None,
+        }
+    }
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
         match self.call(HostCall::KvIncr {
             key: key.into(),

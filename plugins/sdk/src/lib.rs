@@ -28,7 +28,7 @@ pub use messages::*;
 
 /// The ABI and message-format version of this SDK. A library built against another version
 /// is refused at load.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// A protocol plugin. Every method has the `&dyn Host` it may use for state and I/O.
 ///
@@ -40,6 +40,9 @@ pub const ABI_VERSION: u32 = 1;
 ///    (`/_portcullis/<plugin name>/...` on the route's host): callbacks, forms, metadata; it
 ///    answers [`Outcome::LoggedIn`] when a login completes, and the gateway creates the session;
 /// 4. [`Plugin::logout`] when a session ends through the logout path.
+///
+/// [`Plugin::describe_module`] adds a module's read-only outputs (URLs to register at the
+/// identity provider, certificates) to what the API shows of it.
 pub trait Plugin: Send + Sync {
     /// Name, version and capabilities.
     fn info(&self) -> PluginInfo;
@@ -59,6 +62,14 @@ pub trait Plugin: Send + Sync {
 
     /// Handles a request under the plugin's mount path.
     fn handle(&self, host: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError>;
+
+    /// The module's read-only outputs, as a JSON object the API merges into the module it
+    /// shows (e.g. the SAML entity id and the URLs to register at the IdP). May create state
+    /// the outputs depend on (a key pair), so it has the host.
+    fn describe_module(&self, host: &dyn Host, module: &ModuleContext) -> Result<serde_json::Value, PluginError> {
+        let _ = (host, module);
+        Ok(serde_json::Value::Object(serde_json::Map::new()))
+    }
 
     /// Ends a login at the identity provider, when the protocol can; `None` when there is
     /// nothing to do beyond the gateway's own logout.
@@ -95,6 +106,9 @@ pub fn dispatch(plugin: &dyn Plugin, host: &dyn Host, call: Call) -> Result<Outc
             .map(Outcome::Respond),
         Call::Handle { module, request } => plugin.handle(host, &module, &request),
         Call::Logout { module, identity } => plugin.logout(host, &module, &identity).map(Outcome::LoggedOut),
+        Call::DescribeModule { module } => plugin.describe_module(host, &module).map(|outputs| Outcome::Described {
+            outputs_json: outputs.to_string(),
+        }),
     }
 }
 
@@ -108,6 +122,10 @@ pub trait Host {
     fn kv_take(&self, key: &str) -> Option<Vec<u8>>;
     /// Deletes a key.
     fn kv_delete(&self, key: &str);
+    /// Stores `value` under `key` durably unless the key already holds a value, and returns the
+    /// value the key holds afterwards (`None` when the store failed): of two concurrent
+    /// callers, both get the first one's value (for state made once per module: a key pair).
+    fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>>;
     /// Adds one to a counter atomically and returns the new count; a new or expired counter
     /// starts at 1 and expires `ttl_secs` later (for rate limits and lockouts).
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64;
@@ -139,6 +157,7 @@ pub fn serve_host_call(host: &dyn Host, call: HostCall) -> HostReply {
             host.kv_delete(&key);
             HostReply::Done
         }
+        HostCall::KvGetOrInsert { key, value } => HostReply::Bytes(host.kv_get_or_insert(&key, &value)),
         HostCall::KvIncr { key, ttl_secs } => HostReply::Count(host.kv_incr(&key, ttl_secs)),
         HostCall::FindUser { email } => HostReply::User(host.find_user(&email)),
         HostCall::UpsertUser(update) => HostReply::UserResult(host.upsert_user(update)),

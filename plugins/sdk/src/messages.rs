@@ -50,7 +50,9 @@ pub struct ModuleContext {
     pub module_id: String,
     /// The plugin-specific options, as JSON text (already validated).
     pub options_json: String,
-    /// The route's origin, e.g. `https://app.example.com`.
+    /// The route's public origin, e.g. `https://app.example.com`: the edge listener's scheme
+    /// and the edge's first host. URLs a plugin registers at an identity provider are built on
+    /// it, so they do not change with the `Host` a request came with.
     pub origin: String,
     /// The path the plugin's own endpoints live under, e.g. `/_portcullis/htpasswd`.
     pub mount_path: String,
@@ -179,6 +181,11 @@ pub enum Call {
         /// The request under the mount path.
         request: HttpRequest,
     },
+    /// [`crate::Plugin::describe_module`].
+    DescribeModule {
+        /// The module.
+        module: ModuleContext,
+    },
     /// [`crate::Plugin::logout`].
     Logout {
         /// The module.
@@ -208,6 +215,20 @@ pub enum Outcome {
     },
     /// Answer to [`Call::Logout`].
     LoggedOut(Option<HttpResponse>),
+    /// Answer to [`Call::DescribeModule`]: the module's read-only outputs.
+    Described {
+        /// A JSON object, as text.
+        outputs_json: String,
+    },
+    /// The identity provider ended a user's login (a SAML LogoutRequest, an OIDC back-channel
+    /// logout): the gateway ends every session of this module with this subject, then sends
+    /// `response`.
+    EndSessions {
+        /// The subject whose sessions end, as in [`Identity::subject`].
+        subject: String,
+        /// What to answer the request with.
+        response: HttpResponse,
+    },
 }
 
 /// Why a plugin call failed. The gateway shows the user a page with a request id and logs
@@ -311,6 +332,10 @@ pub enum HostCall {
     KvIncr {
         key: String,
         ttl_secs: Option<u64>,
+    },
+    KvGetOrInsert {
+        key: String,
+        value: Vec<u8>,
     },
     FindUser {
         email: String,

@@ -1,0 +1,549 @@
+//! `saml`: the Portcullis SAML 2.0 Service Provider plugin. It protects an edge route with an
+//! identity provider's single sign-on, built on samael (with xmlsec) and hardened where samael
+//! leaves the work to its caller (see `../shared`-free notes in `ARCHITECTURE.md`).
+//!
+//! Endpoints, under the route's mount path `/_portcullis/auth/<route id>` on its host:
+//! - `GET  …/metadata`: the SP metadata (also the SP's entity id);
+//! - `POST …/acs`: the Assertion Consumer Service (HTTP-POST binding);
+//! - `GET  …/slo`: Single Logout (HTTP-Redirect binding), both the IdP's answer to a logout
+//!   this SP started and a logout the IdP starts.
+//!
+//! What it checks beyond samael: a message is screened before libxml2 sees it (no DOCTYPE,
+//! comments, CDATA, foreign references, transforms or algorithms, see [`xml::screen`]); the
+//! assertion must carry an AudienceRestriction naming this SP; `InResponseTo` must name a
+//! request this module made (kept in the host's store, used once), and a Response without one
+//! (IdP-initiated) is taken only when `allow_idp_initiated` is set, with a RelayState on the
+//! route's own origin; an assertion ID is accepted once; `authorized_groups` is enforced.
+//! AuthnRequest IDs carry 128 random bits.
+
+mod module;
+pub mod xml;
+
+use module::Module;
+use portcullis_plugin_sdk::{
+    form_value, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel, ModuleContext, ModulePlan,
+    OptionError, Outcome, Plugin, PluginError, PluginInfo,
+};
+use samael::schema::Assertion;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// How long a sign-in or sign-out this SP started may take at the IdP, in seconds.
+const REQUEST_TTL: u64 = 600;
+/// Longest RelayState accepted.
+const MAX_RELAY_STATE: usize = 4096;
+const SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
+
+/// The plugin. Modules are built once per options and cached.
+#[derive(Default)]
+pub struct Saml {
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+}
+
+/// What a session keeps for Single Logout.
+#[derive(Serialize, Deserialize)]
+struct SessionData {
+    name_id: String,
+    format: Option<String>,
+    session_index: Option<String>,
+}
+
+impl Saml {
+    fn module(&self, host: &dyn Host, context: &ModuleContext) -> Result<Arc<Module>, PluginError> {
+        let cached = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&context.module_id)
+            .filter(|m| m.options_json == context.options_json && m.origin == context.origin)
+            .cloned();
+        if let Some(module) = cached {
+            return Ok(module);
+        }
+        let module = Arc::new(Module::build(host, context)?);
+        self.modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(context.module_id.clone(), module.clone());
+        Ok(module)
+    }
+
+    /// The Assertion Consumer Service: a Response over HTTP-POST.
+    fn acs(&self, host: &dyn Host, module: &Module, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        if request.method != "POST" {
+            return Err(PluginError::BadRequest(
+                "The sign-in response must be posted by the identity provider's form.".into(),
+            ));
+        }
+        let body = String::from_utf8_lossy(&request.body);
+        let encoded = form_value(&body, "SAMLResponse")
+            .ok_or_else(|| PluginError::BadRequest("The request carries no SAML response.".into()))?;
+        let relay_state = form_value(&body, "RelayState").unwrap_or_default();
+        let refuse = |why: String| {
+            host.log(LogLevel::Warn, &format!("SAML response refused: {why}"));
+            PluginError::BadRequest(
+                "The sign-in response from the identity provider was not accepted. Try signing in again.".into(),
+            )
+        };
+        let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, compact)
+            .map_err(|_| refuse("SAMLResponse is not base64".into()))?;
+        let response_xml = String::from_utf8(bytes).map_err(|_| refuse("SAMLResponse is not UTF-8".into()))?;
+        xml::screen(&response_xml, module.options.allow_sha1).map_err(refuse)?;
+        if let Some(status) = xml::status_code(&response_xml).filter(|s| s != SUCCESS) {
+            host.log(LogLevel::Warn, &format!("the IdP answered with status {status}"));
+            return Err(PluginError::Forbidden(
+                "The identity provider did not sign you in.".into(),
+            ));
+        }
+        let assertion = module
+            .sp
+            .parse_xml_response(&response_xml, None)
+            .map_err(|e| refuse(format!("{e}")))?;
+        check_audience(&assertion, &module.entity_id).map_err(refuse)?;
+
+        // Replay: an assertion is taken once, remembered until it could no longer be valid.
+        let now = host.now_unix();
+        let valid_until = assertion
+            .conditions
+            .as_ref()
+            .and_then(|c| c.not_on_or_after)
+            .map_or(now + REQUEST_TTL as i64, |t| t.timestamp());
+        let ttl = u64::try_from(valid_until - now).unwrap_or(0).clamp(60, 86_400) + 120;
+        if host.kv_incr(&format!("assertion:{}", assertion.id), Some(ttl)) > 1 {
+            return Err(refuse(format!("assertion {} was already used", assertion.id)));
+        }
+
+        // SP-initiated: InResponseTo (from the signed assertion) names a request of ours, once.
+        let in_response_to = assertion
+            .subject
+            .iter()
+            .flat_map(|s| s.subject_confirmations.iter().flatten())
+            .filter_map(|c| c.subject_confirmation_data.as_ref())
+            .find_map(|d| d.in_response_to.clone());
+        let return_to = match in_response_to {
+            Some(id) => {
+                let stored = host.kv_take(&format!("authn:{id}")).ok_or_else(|| {
+                    host.log(LogLevel::Warn, &format!("SAML response to unknown or used request {id}"));
+                    PluginError::BadRequest(
+                        "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
+                    )
+                })?;
+                String::from_utf8(stored).unwrap_or_else(|_| "/".into())
+            }
+            None if !module.options.allow_idp_initiated => {
+                host.log(
+                    LogLevel::Warn,
+                    "IdP-initiated SAML response refused: not allowed on this route",
+                );
+                return Err(PluginError::BadRequest(
+                    "Sign-in started at the identity provider is not allowed for this application. Open the application's address to sign in.".into(),
+                ));
+            }
+            None => relay_target(&relay_state, &module.origin).ok_or_else(|| {
+                host.log(
+                    LogLevel::Warn,
+                    "IdP-initiated SAML response refused: RelayState points off the route's host",
+                );
+                PluginError::BadRequest(
+                    "The identity provider asked to send you to an address outside this application.".into(),
+                )
+            })?,
+        };
+        let identity = identity_of(&assertion, module)?;
+        let authorized = &module.options.authorized_groups;
+        if !authorized.is_empty() && !identity.groups.iter().any(|g| authorized.contains(g)) {
+            host.log(
+                LogLevel::Info,
+                &format!("{} is in none of the authorized groups", identity.subject),
+            );
+            return Err(PluginError::Forbidden(
+                "You do not have access to this application.".into(),
+            ));
+        }
+        Ok(Outcome::LoggedIn { identity, return_to })
+    }
+
+    /// Single Logout over HTTP-Redirect: the IdP's answer to our LogoutRequest, or its own.
+    fn slo(&self, host: &dyn Host, module: &Module, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        let query = request.query.as_deref().unwrap_or_default();
+        let kind = if form_value(query, "SAMLRequest").is_some() {
+            "SAMLRequest"
+        } else if form_value(query, "SAMLResponse").is_some() {
+            "SAMLResponse"
+        } else {
+            return Err(PluginError::BadRequest(
+                "This sign-out address expects a SAML message (HTTP-Redirect binding).".into(),
+            ));
+        };
+        let refuse = |why: String| {
+            host.log(LogLevel::Warn, &format!("SAML logout message refused: {why}"));
+            PluginError::BadRequest("The sign-out message from the identity provider was not accepted.".into())
+        };
+        let allow_sha1 = module.options.allow_sha1;
+        xml::verify_redirect(query, kind, &module.idp.certificates, allow_sha1).map_err(refuse)?;
+        let message = xml::inflate_base64(&form_value(query, kind).unwrap_or_default()).map_err(refuse)?;
+        xml::screen(&message, allow_sha1).map_err(refuse)?;
+        if xml::element_text(&message, "Issuer").as_deref() != Some(module.idp.entity_id.as_str()) {
+            return Err(refuse("the Issuer is not the module's IdP".into()));
+        }
+        if let Some(destination) = xml::root_attribute(&message, "Destination") {
+            if destination != module.slo_url {
+                return Err(refuse(format!("Destination {destination} is not {}", module.slo_url)));
+            }
+        }
+        if kind == "SAMLResponse" {
+            let answered = xml::root_attribute(&message, "InResponseTo").unwrap_or_default();
+            if host.kv_take(&format!("logout:{answered}")).is_none() {
+                return Err(refuse(format!(
+                    "LogoutResponse to unknown or used request {answered:?}"
+                )));
+            }
+            let status = xml::status_code(&message).unwrap_or_default();
+            let note = if status == SUCCESS {
+                String::new()
+            } else {
+                format!(
+                    " The identity provider reported <code>{}</code>: you may still be signed in there.",
+                    xml::escape(&status)
+                )
+            };
+            return Ok(Outcome::Respond(page(
+                200,
+                "Signed out",
+                &format!("You are signed out of this site.{note}"),
+            )));
+        }
+        if xml::element_name(&message).as_deref() != Some("LogoutRequest") {
+            return Err(refuse("SAMLRequest is not a LogoutRequest".into()));
+        }
+        check_fresh(&message, host.now_unix()).map_err(refuse)?;
+        let id = xml::root_attribute(&message, "ID").ok_or_else(|| refuse("no ID".into()))?;
+        let name_id = xml::element_text(&message, "NameID").ok_or_else(|| refuse("no NameID".into()))?;
+        let destination = module
+            .idp
+            .slo_url
+            .clone()
+            .ok_or_else(|| refuse("the IdP's metadata has no SingleLogoutService to answer to".into()))?;
+        let answer = format!(
+            "<samlp:LogoutResponse xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" \
+xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"{}\" Version=\"2.0\" IssueInstant=\"{}\" \
+Destination=\"{}\" InResponseTo=\"{}\"><saml:Issuer>{}</saml:Issuer><samlp:Status>\
+<samlp:StatusCode Value=\"{SUCCESS}\"/></samlp:Status></samlp:LogoutResponse>",
+            new_id(host),
+            instant(host.now_unix()),
+            xml::escape(&destination),
+            xml::escape(&id),
+            xml::escape(&module.entity_id),
+        );
+        let relay_state = form_value(query, "RelayState");
+        let url = xml::signed_redirect(
+            &destination,
+            "SAMLResponse",
+            &answer,
+            relay_state.as_deref(),
+            &module.key,
+        )
+        .map_err(PluginError::Internal)?;
+        Ok(Outcome::EndSessions {
+            subject: subject_of(&module.idp.entity_id, &name_id),
+            response: HttpResponse::redirect(&url),
+        })
+    }
+}
+
+impl Plugin for Saml {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "saml".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "SAML 2.0 service provider: single sign-on with an identity provider's metadata".into(),
+            capabilities: vec![Capability::BrowserLogin],
+        }
+    }
+
+    fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
+        module::parse_options(options).map(|_| ModulePlan::default())
+    }
+
+    fn describe_module(&self, host: &dyn Host, context: &ModuleContext) -> Result<serde_json::Value, PluginError> {
+        Ok(self.module(host, context)?.outputs())
+    }
+
+    fn start_login(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        return_to: &str,
+        _request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        let module = self.module(host, context)?;
+        let mut authn = module
+            .sp
+            .make_authentication_request(&module.idp.sso_url)
+            .map_err(|e| PluginError::Internal(format!("AuthnRequest: {e}")))?;
+        // samael's own IDs carry 32 random bits.
+        authn.id = new_id(host);
+        host.kv_put(&format!("authn:{}", authn.id), return_to.as_bytes(), Some(REQUEST_TTL));
+        let url = authn
+            .signed_redirect("", &module.key)
+            .map_err(|e| PluginError::Internal(format!("signing the AuthnRequest: {e}")))?
+            .ok_or_else(|| PluginError::Internal("the AuthnRequest has no destination".into()))?;
+        Ok(HttpResponse::redirect(url.as_str()))
+    }
+
+    fn handle(&self, host: &dyn Host, context: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        let module = self.module(host, context)?;
+        let endpoint = request.path.strip_prefix(&context.mount_path).unwrap_or_default();
+        match endpoint {
+            "/metadata" => Ok(Outcome::Respond(HttpResponse {
+                status: 200,
+                headers: vec![
+                    ("content-type".into(), "application/samlmetadata+xml".into()),
+                    ("cache-control".into(), "max-age=300".into()),
+                ],
+                body: sp_metadata(&module, host.now_unix()).into_bytes(),
+            })),
+            "/acs" => self.acs(host, &module, request),
+            "/slo" => self.slo(host, &module, request),
+            _ => Ok(Outcome::Respond(page(
+                404,
+                "Not found",
+                "This sign-in module has nothing at this address.",
+            ))),
+        }
+    }
+
+    fn logout(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        identity: &Identity,
+    ) -> Result<Option<HttpResponse>, PluginError> {
+        let module = self.module(host, context)?;
+        let Some(destination) = &module.idp.slo_url else {
+            return Ok(None);
+        };
+        let Some(data) = identity
+            .plugin_data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<SessionData>(d).ok())
+        else {
+            return Ok(None);
+        };
+        let id = new_id(host);
+        let format = data
+            .format
+            .as_deref()
+            .map(|f| format!(" Format=\"{}\"", xml::escape(f)))
+            .unwrap_or_default();
+        let session_index = data
+            .session_index
+            .as_deref()
+            .map(|s| format!("<samlp:SessionIndex>{}</samlp:SessionIndex>", xml::escape(s)))
+            .unwrap_or_default();
+        let request = format!(
+            "<samlp:LogoutRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" \
+xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{}\" \
+Destination=\"{}\"><saml:Issuer>{}</saml:Issuer><saml:NameID{format}>{}</saml:NameID>{session_index}\
+</samlp:LogoutRequest>",
+            instant(host.now_unix()),
+            xml::escape(destination),
+            xml::escape(&module.entity_id),
+            xml::escape(&data.name_id),
+        );
+        host.kv_put(&format!("logout:{id}"), b"", Some(REQUEST_TTL));
+        let url = xml::signed_redirect(destination, "SAMLRequest", &request, None, &module.key)
+            .map_err(PluginError::Internal)?;
+        Ok(Some(HttpResponse::redirect(&url)))
+    }
+}
+
+/// The assertion must name this SP as its audience (samael checks only a restriction that is
+/// present).
+fn check_audience(assertion: &Assertion, entity_id: &str) -> Result<(), String> {
+    let restrictions = assertion
+        .conditions
+        .as_ref()
+        .and_then(|c| c.audience_restrictions.as_ref())
+        .filter(|r| !r.is_empty())
+        .ok_or("the assertion has no AudienceRestriction")?;
+    if restrictions.iter().all(|r| r.audience.iter().any(|a| a == entity_id)) {
+        Ok(())
+    } else {
+        Err(format!("the assertion's audience is not {entity_id}"))
+    }
+}
+
+/// An IdP-initiated LogoutRequest must be recent (a captured one cannot be replayed later).
+fn check_fresh(message: &str, now: i64) -> Result<(), String> {
+    let issued = xml::root_attribute(message, "IssueInstant").ok_or("no IssueInstant")?;
+    let issued = chrono::DateTime::parse_from_rfc3339(&issued).map_err(|_| format!("bad IssueInstant {issued}"))?;
+    if (issued.timestamp() - now).abs() > REQUEST_TTL as i64 {
+        return Err(format!("IssueInstant {issued} is not recent"));
+    }
+    Ok(())
+}
+
+/// Where an IdP-initiated login goes: the RelayState when it is a path or a URL on the
+/// route's own origin.
+fn relay_target(relay_state: &str, origin: &str) -> Option<String> {
+    if relay_state.len() > MAX_RELAY_STATE {
+        return None;
+    }
+    let path = if relay_state.is_empty() {
+        "/"
+    } else if relay_state.starts_with('/') {
+        relay_state
+    } else {
+        match relay_state.strip_prefix(origin)? {
+            "" => "/",
+            rest => rest,
+        }
+    };
+    let on_origin = path.starts_with('/') && !path.starts_with("//") && !path.contains('\\');
+    on_origin.then(|| path.to_string())
+}
+
+/// The gateway's subject for a NameID: qualified by the IdP, so that two IdPs never share one.
+fn subject_of(idp_entity_id: &str, name_id: &str) -> String {
+    format!("{idp_entity_id}!{name_id}")
+}
+
+/// Who the (verified) assertion says signed in.
+fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, PluginError> {
+    let name_id = assertion
+        .subject
+        .as_ref()
+        .and_then(|s| s.name_id.as_ref())
+        .filter(|n| !n.value.trim().is_empty())
+        .ok_or_else(|| PluginError::BadRequest("The identity provider did not say who you are (no NameID).".into()))?;
+    let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_option: HashMap<&str, Vec<String>> = HashMap::new();
+    let options = &module.options;
+    let wanted = [
+        &options.email_attribute,
+        &options.name_attribute,
+        &options.groups_attribute,
+    ];
+    for attribute in assertion
+        .attribute_statements
+        .iter()
+        .flatten()
+        .flat_map(|s| s.attributes.iter())
+    {
+        let values: Vec<String> = attribute.values.iter().filter_map(|v| v.value.clone()).collect();
+        for name in [&attribute.name, &attribute.friendly_name].into_iter().flatten() {
+            if let Some(option) = wanted.iter().find(|w| **w == name) {
+                by_option
+                    .entry(option.as_str())
+                    .or_default()
+                    .extend(values.iter().cloned());
+            }
+        }
+        if let Some(name) = attribute.name.as_ref().or(attribute.friendly_name.as_ref()) {
+            attributes.entry(name.clone()).or_default().extend(values);
+        }
+    }
+    let first = |key: &str| by_option.get(key).and_then(|v| v.first()).cloned();
+    let format = name_id.format.clone();
+    let email = first(&options.email_attribute).or_else(|| {
+        (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
+            .then(|| name_id.value.trim().to_string())
+    });
+    let session_index = assertion
+        .authn_statements
+        .iter()
+        .flatten()
+        .find_map(|s| s.session_index.clone());
+    let data = SessionData {
+        name_id: name_id.value.trim().to_string(),
+        format,
+        session_index,
+    };
+    Ok(Identity {
+        subject: subject_of(&module.idp.entity_id, name_id.value.trim()),
+        email,
+        name: first(&options.name_attribute),
+        groups: by_option.remove(options.groups_attribute.as_str()).unwrap_or_default(),
+        attributes,
+        plugin_data: serde_json::to_string(&data).ok(),
+    })
+}
+
+/// The SP metadata: one signing key, signed AuthnRequests, the ACS (HTTP-POST) and SLO
+/// (HTTP-Redirect) endpoints, valid for a week from now.
+fn sp_metadata(module: &Module, now: i64) -> String {
+    let certificate: String = module.cert_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" xmlns:ds=\"http://www.w3.org/2000/09/xmldsig#\" \
+entityID=\"{entity}\" validUntil=\"{valid_until}\">\n\
+  <md:SPSSODescriptor AuthnRequestsSigned=\"true\" WantAssertionsSigned=\"true\" \
+protocolSupportEnumeration=\"urn:oasis:names:tc:SAML:2.0:protocol\">\n\
+    <md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{certificate}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\n\
+    <md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect\" Location=\"{slo}\"/>\n\
+    <md:NameIDFormat>{format}</md:NameIDFormat>\n\
+    <md:AssertionConsumerService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\" Location=\"{acs}\" index=\"0\" isDefault=\"true\"/>\n\
+  </md:SPSSODescriptor>\n\
+</md:EntityDescriptor>\n",
+        entity = xml::escape(&module.entity_id),
+        valid_until = instant(now + 7 * 24 * 3600),
+        slo = xml::escape(&module.slo_url),
+        acs = xml::escape(&module.acs_url),
+        format = xml::escape(module.options.nameid_format()),
+    )
+}
+
+/// A message ID: `_` and 128 random bits in hex.
+fn new_id(host: &dyn Host) -> String {
+    let mut id = String::with_capacity(33);
+    id.push('_');
+    for b in host.random(16) {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
+/// An `xs:dateTime` in UTC.
+fn instant(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn page(status: u16, title: &str, html_message: &str) -> HttpResponse {
+    HttpResponse::html(
+        status,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>{title}</h1><p>{html_message}</p></body></html>\n"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_state_stays_on_the_origin() {
+        let origin = "https://app.example";
+        for (relay, expected) in [
+            ("", Some("/")),
+            ("/reports?q=1", Some("/reports?q=1")),
+            ("https://app.example", Some("/")),
+            ("https://app.example/x", Some("/x")),
+            ("https://app.example.evil.com/", None),
+            ("https://app.example@evil.com/", None),
+            ("https://evil.com/", None),
+            ("//evil.com/", None),
+            ("/\\evil.com", None),
+            ("https://app.example//evil.com", None),
+            ("javascript:alert(1)", None),
+        ] {
+            assert_eq!(relay_target(relay, origin).as_deref(), expected, "{relay}");
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! XML handling samael leaves to its caller: screening a message before libxml2 and xmlsec
+//! see it, the HTTP-Redirect binding (DEFLATE + base64, query signatures), and escaping for
+//! the XML this plugin writes.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use flate2::read::DeflateDecoder;
+use flate2::write::DeflateEncoder;
+use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
+use openssl::sign::Verifier;
+use openssl::x509::X509;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
+use std::io::{Read, Write};
+
+const RSA_SHA1: &str = "http://www.w3.org/2000/09/xmldsig#rsa-sha1";
+const SHA1: &str = "http://www.w3.org/2000/09/xmldsig#sha1";
+/// Signature algorithms accepted on messages (SHA-1 only when a module allows it).
+const SIGNATURE_ALGORITHMS: [&str; 4] = [
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384",
+    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256",
+];
+const DIGEST_ALGORITHMS: [&str; 3] = [
+    "http://www.w3.org/2001/04/xmlenc#sha256",
+    "http://www.w3.org/2001/04/xmldsig-more#sha384",
+    "http://www.w3.org/2001/04/xmlenc#sha512",
+];
+/// The transforms the SAML signature profile uses; anything else (XSLT, XPath, comments kept)
+/// is refused.
+const TRANSFORMS: [&str; 3] = [
+    "http://www.w3.org/2000/09/xmldsig#enveloped-signature",
+    "http://www.w3.org/2001/10/xml-exc-c14n#",
+    "http://www.w3.org/TR/2001/REC-xml-c14n-20010315",
+];
+/// Largest inflated Redirect-binding message.
+const MAX_INFLATED: u64 = 256 * 1024;
+
+/// Refuses what a SAML message never needs and attacks use: a DOCTYPE (entity expansion,
+/// external entities), comments and CDATA (text split so that a signed value reads as another),
+/// processing instructions, references to anything but a same-document element, transforms
+/// outside the SAML profile, and signature or digest algorithms not allowed.
+pub fn screen(xml: &str, allow_sha1: bool) -> Result<(), String> {
+    let mut reader = Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Eof) => return Ok(()),
+            Ok(Event::DocType(_)) => return Err("the message has a DOCTYPE".into()),
+            Ok(Event::Comment(_)) => return Err("the message has an XML comment".into()),
+            Ok(Event::CData(_)) => return Err("the message has a CDATA section".into()),
+            Ok(Event::PI(_)) => return Err("the message has a processing instruction".into()),
+            Ok(Event::Start(element) | Event::Empty(element)) => check_element(&element, allow_sha1)?,
+            Ok(_) => {}
+            Err(e) => return Err(format!("the message is not well-formed XML: {e}")),
+        }
+    }
+}
+
+fn check_element(element: &BytesStart<'_>, allow_sha1: bool) -> Result<(), String> {
+    let name = element.local_name();
+    let attribute = |key: &[u8]| -> Option<String> {
+        element
+            .attributes()
+            .flatten()
+            .find(|a| a.key.local_name().as_ref() == key)
+            .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+    };
+    match name.as_ref() {
+        b"Reference" => match attribute(b"URI") {
+            Some(uri) if uri.len() > 1 && uri.starts_with('#') => Ok(()),
+            other => Err(format!(
+                "a signature reference points at {other:?}, not at an element of the message"
+            )),
+        },
+        b"Transform" => match attribute(b"Algorithm") {
+            Some(a) if TRANSFORMS.contains(&a.as_str()) => Ok(()),
+            other => Err(format!("the signature transform {other:?} is not allowed")),
+        },
+        b"SignatureMethod" => match attribute(b"Algorithm") {
+            Some(a) if SIGNATURE_ALGORITHMS.contains(&a.as_str()) || (allow_sha1 && a == RSA_SHA1) => Ok(()),
+            other => Err(format!("the signature algorithm {other:?} is not allowed")),
+        },
+        b"DigestMethod" => match attribute(b"Algorithm") {
+            Some(a) if DIGEST_ALGORITHMS.contains(&a.as_str()) || (allow_sha1 && a == SHA1) => Ok(()),
+            other => Err(format!("the digest algorithm {other:?} is not allowed")),
+        },
+        b"RetrievalMethod" => Err("the message asks to fetch a key (RetrievalMethod)".into()),
+        _ => Ok(()),
+    }
+}
+
+/// The value of the first `StatusCode` element's `Value` (unverified: for error messages only).
+pub fn status_code(xml: &str) -> Option<String> {
+    let mut reader = Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == b"StatusCode" => {
+                return e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == b"Value")
+                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()));
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The attribute `name` of the root element.
+pub fn root_attribute(xml: &str, name: &str) -> Option<String> {
+    let mut reader = Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                return e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == name.as_bytes())
+                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()));
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The local name of the root element.
+pub fn element_name(xml: &str) -> Option<String> {
+    let mut reader = Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                return Some(String::from_utf8_lossy(e.local_name().as_ref()).into_owned())
+            }
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The text of the first element with local name `name` (e.g. `NameID`, `Issuer`).
+pub fn element_text(xml: &str, name: &str) -> Option<String> {
+    let mut reader = Reader::from_str(xml);
+    let mut text: Option<String> = None;
+    loop {
+        match (reader.read_event(), text.as_mut()) {
+            (Ok(Event::Start(e)), None) if e.local_name().as_ref() == name.as_bytes() => text = Some(String::new()),
+            (Ok(Event::Text(t)), Some(text)) => text.push_str(&t.xml_content(XmlVersion::Implicit1_0).ok()?),
+            (Ok(Event::GeneralRef(r)), Some(text)) => {
+                let reference = format!("&{};", r.decode().ok()?);
+                text.push_str(&quick_xml::escape::unescape(&reference).ok()?);
+            }
+            (Ok(Event::End(_)), Some(text)) => return Some(text.trim().to_string()),
+            (Ok(Event::Eof) | Err(_), _) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Escapes text for an XML attribute value or element content.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// DEFLATE + base64, as the HTTP-Redirect binding carries a message.
+pub fn deflate_base64(xml: &str) -> Result<String, String> {
+    let mut encoder = DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(xml.as_bytes()).map_err(|e| e.to_string())?;
+    let compressed = encoder.finish().map_err(|e| e.to_string())?;
+    Ok(BASE64.encode(compressed))
+}
+
+/// Decodes a HTTP-Redirect binding message (base64 + DEFLATE), bounded in size.
+pub fn inflate_base64(encoded: &str) -> Result<String, String> {
+    let compact: String = encoded.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let compressed = BASE64
+        .decode(compact)
+        .map_err(|_| "the message is not base64".to_string())?;
+    let mut xml = String::new();
+    DeflateDecoder::new(compressed.as_slice())
+        .take(MAX_INFLATED)
+        .read_to_string(&mut xml)
+        .map_err(|_| "the message is not DEFLATE-compressed UTF-8".to_string())?;
+    Ok(xml)
+}
+
+/// Builds a signed HTTP-Redirect binding URL: `destination?<kind>=…[&RelayState=…]&SigAlg=…&Signature=…`.
+pub fn signed_redirect(
+    destination: &str,
+    kind: &str,
+    xml: &str,
+    relay_state: Option<&str>,
+    key: &PKey<Private>,
+) -> Result<String, String> {
+    let mut url = url::Url::parse(destination).map_err(|e| format!("bad destination {destination}: {e}"))?;
+    url.query_pairs_mut().append_pair(kind, &deflate_base64(xml)?);
+    if let Some(relay_state) = relay_state {
+        url.query_pairs_mut().append_pair("RelayState", relay_state);
+    }
+    samael::crypto::sign_url(url, key)
+        .map(|u| u.to_string())
+        .map_err(|e| format!("signing the redirect: {e}"))
+}
+
+/// Checks the signature of an HTTP-Redirect binding message against the IdP's certificates,
+/// over the parameters exactly as they arrived (saml-bindings 3.4.4.1).
+pub fn verify_redirect(raw_query: &str, kind: &str, certs: &[X509], allow_sha1: bool) -> Result<(), String> {
+    let raw = |name: &str| {
+        raw_query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let message = raw(kind).ok_or_else(|| format!("no {kind}"))?;
+    let (Some(sig_alg), Some(signature)) = (raw("SigAlg"), raw("Signature")) else {
+        return Err("the message is not signed".into());
+    };
+    let mut signed = format!("{kind}={message}");
+    if let Some(relay_state) = raw("RelayState") {
+        signed.push_str("&RelayState=");
+        signed.push_str(relay_state);
+    }
+    signed.push_str("&SigAlg=");
+    signed.push_str(sig_alg);
+    let digest = match portcullis_plugin_sdk::percent_decode(sig_alg).as_str() {
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256" | "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256" => {
+            MessageDigest::sha256()
+        }
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha384" => MessageDigest::sha384(),
+        "http://www.w3.org/2001/04/xmldsig-more#rsa-sha512" => MessageDigest::sha512(),
+        RSA_SHA1 if allow_sha1 => MessageDigest::sha1(),
+        other => return Err(format!("the signature algorithm {other} is not allowed")),
+    };
+    let signature = BASE64
+        .decode(portcullis_plugin_sdk::percent_decode(signature).replace(' ', "+"))
+        .map_err(|_| "the signature is not base64".to_string())?;
+    for cert in certs {
+        let Ok(key) = cert.public_key() else { continue };
+        let Ok(mut verifier) = Verifier::new(digest, &key) else {
+            continue;
+        };
+        if verifier.update(signed.as_bytes()).is_ok() && verifier.verify(&signature).unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    Err("the signature does not verify with the IdP's certificate".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn screening_refuses_what_saml_never_needs() {
+        let ok = r##"<Response><ds:Reference xmlns:ds="x" URI="#_a"/><Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></Response>"##;
+        assert_eq!(screen(ok, false), Ok(()));
+        for (bad, why) in [
+            (r#"<!DOCTYPE r [<!ENTITY e "x">]><r>&e;</r>"#, "DOCTYPE"),
+            ("<r><NameID>a@x<!---->.evil</NameID></r>", "comment"),
+            ("<r><NameID>a<![CDATA[b]]></NameID></r>", "CDATA"),
+            ("<r><?xml-stylesheet href='x'?></r>", "processing instruction"),
+            (r#"<r><Reference URI="http://evil/"/></r>"#, "reference"),
+            (r#"<r><Reference URI=""/></r>"#, "reference"),
+            (
+                r#"<r><Transform Algorithm="http://www.w3.org/TR/1999/REC-xslt-19991116"/></r>"#,
+                "transform",
+            ),
+            (
+                r#"<r><SignatureMethod Algorithm="http://www.w3.org/2000/09/xmldsig#rsa-sha1"/></r>"#,
+                "signature algorithm",
+            ),
+            (
+                r#"<r><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></r>"#,
+                "digest algorithm",
+            ),
+        ] {
+            let error = screen(bad, false).expect_err(bad);
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        assert_eq!(
+            screen(
+                r#"<r><SignatureMethod Algorithm="http://www.w3.org/2000/09/xmldsig#rsa-sha1"/></r>"#,
+                true
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn redirect_messages_round_trip() {
+        let xml = "<samlp:LogoutRequest ID=\"_1\">é</samlp:LogoutRequest>";
+        assert_eq!(inflate_base64(&deflate_base64(xml).unwrap()).unwrap(), xml);
+        assert!(inflate_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn simple_reads() {
+        let xml = r#"<p:LogoutRequest xmlns:p="x" ID="_abc"><Issuer>idp</Issuer><NameID Format="f"> alice </NameID><p:Status><p:StatusCode Value="ok"/></p:Status></p:LogoutRequest>"#;
+        assert_eq!(root_attribute(xml, "ID").as_deref(), Some("_abc"));
+        assert_eq!(element_text(xml, "NameID").as_deref(), Some("alice"));
+        assert_eq!(element_text(xml, "Issuer").as_deref(), Some("idp"));
+        assert_eq!(status_code(xml).as_deref(), Some("ok"));
+        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}

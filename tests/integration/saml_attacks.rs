@@ -1,0 +1,456 @@
+//! Crafted SAML Responses against the ACS, one invariant broken per case. Responses are built
+//! from the templates in `tests/fixtures/saml/` (see its README) and signed with xmlsec (through
+//! samael) by the fixture IdP's key, with the times, IDs and URLs each case needs. A genuine
+//! Response built the same way is accepted first, so every refusal is the check under test.
+
+use crate::harness::{set_cookie, tests_dir, Reply};
+use crate::saml::{echoed, location, session_token, Loading, Site};
+use base64::Engine;
+use samael::crypto::{Crypto, CryptoProvider};
+use serde_json::{json, Value};
+
+const RSA_SHA256: &str = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256";
+const SHA256: &str = "http://www.w3.org/2001/04/xmlenc#sha256";
+const IDP: &str = "https://idp.fixture.test/metadata";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(tests_dir().join("fixtures/saml").join(name))
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+fn key(name: &str) -> Vec<u8> {
+    std::fs::read(tests_dir().join("fixtures/saml").join(name)).unwrap()
+}
+
+fn instant(offset_secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset_secs);
+    t.replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn random_id() -> String {
+    format!("_{:032x}", rand::random::<u128>())
+}
+
+/// What goes into a crafted Response; [`Claims::genuine`] is one the module must accept.
+#[derive(Clone)]
+struct Claims {
+    assertion_id: String,
+    issuer: String,
+    name_id: String,
+    email: String,
+    recipient: String,
+    destination: String,
+    audience: Option<String>,
+    in_response_to: Option<String>,
+    issued: i64,
+    not_before: i64,
+    not_on_or_after: i64,
+    signature_algorithm: &'static str,
+    digest_algorithm: &'static str,
+    /// Key that signs the Assertion (`None`: unsigned).
+    assertion_key: Option<&'static str>,
+    /// Key that signs the whole Response (`None`: unsigned).
+    response_key: Option<&'static str>,
+}
+
+impl Claims {
+    fn genuine(site: &Site, in_response_to: Option<String>) -> Claims {
+        let acs = site.module["assertion_consumer_service_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Claims {
+            assertion_id: random_id(),
+            issuer: IDP.into(),
+            name_id: "alice-pid".into(),
+            email: "alice@example.com".into(),
+            recipient: acs.clone(),
+            destination: acs,
+            audience: Some(site.module["entity_id"].as_str().unwrap().to_string()),
+            in_response_to,
+            issued: 0,
+            not_before: -30,
+            not_on_or_after: 300,
+            signature_algorithm: RSA_SHA256,
+            digest_algorithm: SHA256,
+            assertion_key: Some("idp.key.der"),
+            response_key: None,
+        }
+    }
+
+    fn fill(&self, template: &str) -> String {
+        let in_response_to = self
+            .in_response_to
+            .as_ref()
+            .map(|id| format!(" InResponseTo=\"{id}\""))
+            .unwrap_or_default();
+        let audience = self
+            .audience
+            .as_ref()
+            .map(|a| format!("<saml:AudienceRestriction><saml:Audience>{a}</saml:Audience></saml:AudienceRestriction>"))
+            .unwrap_or_default();
+        template
+            .replace("{{ISSUE_INSTANT}}", &instant(self.issued))
+            .replace("{{ISSUER}}", &self.issuer)
+            .replace("{{NAME_ID}}", &self.name_id)
+            .replace("{{EMAIL}}", &self.email)
+            .replace("{{RECIPIENT}}", &self.recipient)
+            .replace("{{DESTINATION}}", &self.destination)
+            .replace("{{AUDIENCE_RESTRICTION}}", &audience)
+            .replace("{{IN_RESPONSE_TO}}", &in_response_to)
+            .replace("{{NOT_BEFORE}}", &instant(self.not_before))
+            .replace("{{NOT_ON_OR_AFTER}}", &instant(self.not_on_or_after))
+            .replace("{{SESSION_INDEX}}", "_session1")
+    }
+
+    fn signature(&self, reference: &str) -> String {
+        fixture("signature.xml")
+            .replace("{{SIGNATURE_ALGORITHM}}", self.signature_algorithm)
+            .replace("{{DIGEST_ALGORITHM}}", self.digest_algorithm)
+            .replace("{{REFERENCE}}", reference)
+    }
+
+    /// The Assertion alone, signed when `assertion_key` is set.
+    fn assertion(&self) -> String {
+        let signature = self.assertion_key.map(|_| self.signature(&self.assertion_id));
+        let xml = self
+            .fill(&fixture("assertion.xml"))
+            .replace("{{ASSERTION_ID}}", &self.assertion_id)
+            .replace("{{ASSERTION_SIGNATURE}}", signature.as_deref().unwrap_or_default());
+        match self.assertion_key {
+            Some(k) => sign(&xml, k),
+            None => xml,
+        }
+    }
+
+    /// The whole Response around `assertion`.
+    fn response_with(&self, assertion: &str) -> String {
+        let response_id = random_id();
+        let signature = self.response_key.map(|_| self.signature(&response_id));
+        let xml = self
+            .fill(&fixture("response.xml"))
+            .replace("{{RESPONSE_ID}}", &response_id)
+            .replace("{{RESPONSE_SIGNATURE}}", signature.as_deref().unwrap_or_default())
+            .replace("{{ASSERTION}}", assertion);
+        match self.response_key {
+            Some(k) => sign(&xml, k),
+            None => xml,
+        }
+    }
+
+    fn response(&self) -> String {
+        self.response_with(&self.assertion())
+    }
+}
+
+/// Signs the first Signature template of `xml` with a fixture key; drops the XML declaration.
+fn sign(xml: &str, key_file: &str) -> String {
+    let signed = Crypto::sign_xml(xml, &key(key_file)).unwrap();
+    match signed.strip_prefix("<?xml") {
+        Some(rest) => rest[rest.find("?>").unwrap() + 2..].trim().to_string(),
+        None => signed,
+    }
+}
+
+async fn site(options: Value) -> Site {
+    Site::create(&fixture("idp-metadata.xml"), Loading::Linked, options).await
+}
+
+/// Starts a login as a browser would and returns the AuthnRequest's ID.
+async fn request_id(site: &Site) -> String {
+    let start = site.get("/", &[]).await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let url = location(&start);
+    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
+    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
+    portcullis_saml::xml::root_attribute(&xml, "ID").unwrap()
+}
+
+async fn post(site: &Site, response_xml: &str, relay_state: Option<&str>) -> Reply {
+    let mut fields = vec![(
+        "SAMLResponse",
+        base64::engine::general_purpose::STANDARD.encode(response_xml),
+    )];
+    if let Some(relay_state) = relay_state {
+        fields.push(("RelayState", relay_state.to_string()));
+    }
+    site.post_acs(&fields).await
+}
+
+#[track_caller]
+fn assert_refused(reply: &Reply, case: &str) {
+    assert_eq!(reply.status, 400, "{case}: {}", reply.body);
+    assert!(set_cookie(reply, "portcullis.session").is_none(), "{case}");
+    assert!(
+        reply.body.contains("request id"),
+        "{case}: a readable page: {}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn a_genuine_response_is_taken_once_and_answers_one_request_once() {
+    let site = site(json!({})).await;
+    let claims = Claims::genuine(&site, Some(request_id(&site).await));
+    let response = claims.response();
+    let accepted = post(&site, &response, None).await;
+    assert_eq!(accepted.status, 303, "{}", accepted.body);
+    let seen = echoed(&site.with_session("/", &session_token(&accepted)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+
+    assert_refused(&post(&site, &response, None).await, "replayed Response");
+    let again = Claims {
+        assertion_id: random_id(),
+        ..claims.clone()
+    };
+    assert_refused(&post(&site, &again.response(), None).await, "reused InResponseTo");
+    let unknown = Claims {
+        in_response_to: Some(random_id()),
+        ..Claims::genuine(&site, None)
+    };
+    assert_refused(&post(&site, &unknown.response(), None).await, "unknown InResponseTo");
+    let unsolicited = Claims::genuine(&site, None);
+    let reply = post(&site, &unsolicited.response(), Some("/")).await;
+    assert_refused(&reply, "IdP-initiated when not allowed");
+    assert!(reply.body.contains("not allowed"), "{}", reply.body);
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_unsigned_and_foreign_signed_responses_are_refused() {
+    let site = site(json!({})).await;
+    let genuine = Claims::genuine(&site, Some(request_id(&site).await));
+
+    let tampered = genuine.response().replace("alice@example.com", "mallory@example.com");
+    assert_refused(&post(&site, &tampered, None).await, "tampered attribute");
+
+    let unsigned = Claims {
+        assertion_key: None,
+        ..genuine.clone()
+    };
+    assert_refused(
+        &post(&site, &unsigned.response(), None).await,
+        "unsigned Response and Assertion",
+    );
+
+    for (assertion_key, response_key) in [
+        (Some("other.key.der"), None),
+        (None, Some("other.key.der")),
+        (Some("other.key.der"), Some("other.key.der")),
+    ] {
+        let foreign = Claims {
+            assertion_key,
+            response_key,
+            ..genuine.clone()
+        };
+        assert_refused(&post(&site, &foreign.response(), None).await, "signed by another key");
+    }
+
+    // The genuine one still works: the refusals above were the signatures.
+    assert_eq!(post(&site, &genuine.response(), None).await.status, 303);
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn sha1_is_refused_unless_the_module_allows_it() {
+    let sha1 = |claims: Claims| Claims {
+        signature_algorithm: "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+        digest_algorithm: "http://www.w3.org/2000/09/xmldsig#sha1",
+        ..claims
+    };
+    let strict = site(json!({})).await;
+    let claims = sha1(Claims::genuine(&strict, Some(request_id(&strict).await)));
+    assert_refused(&post(&strict, &claims.response(), None).await, "SHA-1 signature");
+    let digest_only = Claims {
+        signature_algorithm: RSA_SHA256,
+        ..claims.clone()
+    };
+    assert_refused(&post(&strict, &digest_only.response(), None).await, "SHA-1 digest");
+    strict.stop().await;
+
+    let lenient = site(json!({"allow_sha1": true})).await;
+    let claims = sha1(Claims::genuine(&lenient, Some(request_id(&lenient).await)));
+    assert_eq!(post(&lenient, &claims.response(), None).await.status, 303);
+    lenient.stop().await;
+}
+
+#[tokio::test]
+async fn times_audience_recipient_destination_and_issuer_are_checked() {
+    let site = site(json!({})).await;
+    let id = request_id(&site).await;
+    let genuine = Claims::genuine(&site, Some(id));
+    let cases: Vec<(&str, Claims)> = vec![
+        (
+            "expired",
+            Claims {
+                issued: -900,
+                not_before: -900,
+                not_on_or_after: -600,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "not yet valid",
+            Claims {
+                not_before: 3600,
+                not_on_or_after: 7200,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "issued too long ago",
+            Claims {
+                issued: -3600,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "wrong audience",
+            Claims {
+                audience: Some("https://other-sp.example/metadata".into()),
+                ..genuine.clone()
+            },
+        ),
+        (
+            "no audience",
+            Claims {
+                audience: None,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "wrong Recipient",
+            Claims {
+                recipient: "https://other-sp.example/acs".into(),
+                ..genuine.clone()
+            },
+        ),
+        (
+            "wrong Destination on a signed Response",
+            Claims {
+                destination: "https://other-sp.example/acs".into(),
+                response_key: Some("idp.key.der"),
+                ..genuine.clone()
+            },
+        ),
+        (
+            "another issuer",
+            Claims {
+                issuer: "https://evil.example/metadata".into(),
+                ..genuine.clone()
+            },
+        ),
+    ];
+    for (case, claims) in cases {
+        assert_refused(&post(&site, &claims.response(), None).await, case);
+    }
+    // Each case changed one thing: the genuine claims, signed both ways, are still taken.
+    let both = Claims {
+        response_key: Some("idp.key.der"),
+        ..genuine
+    };
+    assert_eq!(post(&site, &both.response(), None).await.status, 303);
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn signature_wrapping_never_yields_the_attacker_s_identity() {
+    let site = site(json!({})).await;
+    for variant in 0..4 {
+        let genuine = Claims::genuine(&site, Some(request_id(&site).await));
+        let signed = genuine.assertion();
+        let evil = Claims {
+            assertion_key: None,
+            name_id: "mallory-pid".into(),
+            email: "mallory@example.com".into(),
+            ..genuine.clone()
+        };
+        let evil_unsigned = evil.assertion();
+        let wrapped = match variant {
+            // An unsigned evil Assertion before the signed one.
+            0 => genuine.response_with(&format!("{evil_unsigned}{signed}")),
+            // The same, after it.
+            1 => genuine.response_with(&format!("{signed}{evil_unsigned}")),
+            // The evil Assertion takes the signed one's ID; the signed one hides in its Advice.
+            2 => {
+                let evil_same_id = evil_unsigned.replace(&evil.assertion_id, &genuine.assertion_id);
+                let hidden = evil_same_id.replace(
+                    "<saml:AttributeStatement>",
+                    &format!("<saml:Advice>{signed}</saml:Advice><saml:AttributeStatement>"),
+                );
+                genuine.response_with(&hidden)
+            }
+            // A signed Response whose signed Assertion is swapped for the evil one, the
+            // original kept in an Extensions element.
+            _ => {
+                let response = Claims {
+                    response_key: Some("idp.key.der"),
+                    ..genuine.clone()
+                }
+                .response();
+                let start = response.find("<saml:Assertion").unwrap();
+                let end = response.find("</saml:Assertion>").unwrap() + "</saml:Assertion>".len();
+                let original = &response[start..end];
+                let mut forged = response.replacen(original, &evil_unsigned, 1);
+                let status = forged.find("<samlp:Status>").unwrap();
+                forged.insert_str(status, &format!("<samlp:Extensions>{response}</samlp:Extensions>"));
+                forged
+            }
+        };
+        let reply = post(&site, &wrapped, None).await;
+        if reply.status == 303 {
+            let seen = echoed(&site.with_session("/", &session_token(&reply)).await);
+            assert_eq!(
+                seen["headers"]["x-portcullis-user-email"], "alice@example.com",
+                "variant {variant} signed in as the attacker"
+            );
+        } else {
+            assert_refused(&reply, &format!("wrapping variant {variant}"));
+        }
+    }
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_responses_are_refused() {
+    let site = site(json!({"allow_idp_initiated": true})).await;
+    // A comment splits the NameID after signing: exclusive c14n drops comments, so the
+    // signature still verifies, and a naive reader would see only `alice-pid`.
+    let claims = Claims {
+        name_id: "alice-pid.evil".into(),
+        ..Claims::genuine(&site, None)
+    };
+    let split = claims.response().replace("alice-pid.evil", "alice-pid<!---->.evil");
+    assert_refused(&post(&site, &split, Some("/")).await, "comment in NameID");
+
+    let doctype = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY x SYSTEM \"file:///etc/passwd\">]>{}",
+        Claims::genuine(&site, None).response().replace("Alice Liddell", "&b;&x;")
+    );
+    assert_refused(&post(&site, &doctype, Some("/")).await, "DOCTYPE and entities");
+
+    for relay in [
+        "https://evil.example/",
+        "//evil.example",
+        "http://app.test.evil.example/",
+    ] {
+        let reply = post(&site, &Claims::genuine(&site, None).response(), Some(relay)).await;
+        assert_refused(&reply, relay);
+        assert!(reply.body.contains("outside this application"), "{}", reply.body);
+    }
+    let unsolicited = Claims::genuine(&site, None).response();
+    let fine = post(&site, &unsolicited, Some("/reports")).await;
+    assert_eq!(fine.status, 303, "{}", fine.body);
+    assert_eq!(location(&fine), "/reports");
+    // With no request to answer, only the assertion-ID cache stops a replay.
+    assert_refused(
+        &post(&site, &unsolicited, Some("/reports")).await,
+        "replayed unsolicited Response",
+    );
+    site.stop().await;
+}
