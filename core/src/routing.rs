@@ -215,15 +215,19 @@ impl RouteTable {
 }
 
 /// An edge's public origin: the edge listener's scheme (`http`/`https`) and the edge's first
-/// `host:port`, without the scheme's default port. An identity provider knows a route's sign-in
-/// URLs by this origin, whatever `Host` a request arrives with.
+/// `host:port`, without a default port. An identity provider knows a route's sign-in URLs by
+/// this origin, whatever `Host` a request arrives with. Behind a TLS-terminating proxy (an
+/// https `public_url` on a plain listener) the edge sees `host:80` where browsers use `host`.
 pub fn public_origin(scheme: &str, hostports: &[String]) -> String {
     let hostport = hostports
         .first()
         .map_or("localhost", String::as_str)
         .to_ascii_lowercase();
-    let default_port = if scheme == "https" { ":443" } else { ":80" };
-    let host = hostport.strip_suffix(default_port).unwrap_or(&hostport);
+    let default_ports: &[&str] = if scheme == "https" { &[":443", ":80"] } else { &[":80"] };
+    let host = default_ports
+        .iter()
+        .find_map(|port| hostport.strip_suffix(port))
+        .unwrap_or(&hostport);
     format!("{scheme}://{host}")
 }
 
@@ -364,6 +368,13 @@ mod tests {
         let id = |path: &str| table.find("app.example:443", path).map(|t| t.route_id.clone());
         let origin = table.find("app.example:443", "/").map(|t| t.public_origin.to_string());
         assert_eq!(origin.as_deref(), Some("https://app.example"));
+        let hosts = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(public_origin("https", &hosts(&["a.test:80"])), "https://a.test");
+        assert_eq!(
+            public_origin("http", &hosts(&["a.test:8080", "b.test:80"])),
+            "http://a.test:8080"
+        );
+        assert_eq!(public_origin("http", &hosts(&["a.test:443"])), "http://a.test:443");
         assert_eq!(id("/api/health").as_deref(), Some("exact"));
         assert_eq!(id("/api/healthz").as_deref(), Some("api"));
         assert_eq!(id("/apix").as_deref(), Some("root"));

@@ -114,7 +114,11 @@ impl Site {
                 plugin_library("portcullis_saml_plugin").display()
             ),
         };
-        let gw = TestGateway::start(&plugin).await;
+        Site::create_on(TestGateway::start(&plugin).await, idp_metadata, options).await
+    }
+
+    /// A site on the gateway `gw`.
+    pub async fn create_on(gw: TestGateway, idp_metadata: &str, options: Value) -> Site {
         let upstream = Upstream::start().await;
         let (edge_id, route_id) = gw.create_route_to(upstream.addr, &format!("{HOST}:80")).await;
         let mut module = options;
@@ -174,26 +178,28 @@ impl Site {
         if let Some(relay_state) = input_value(idp_page, "RelayState") {
             fields.push(("RelayState", relay_state));
         }
-        self.post_acs_at(path, &fields).await
+        self.post_acs_at(path, &fields, &[]).await
     }
 
     pub async fn post_acs(&self, fields: &[(&str, String)]) -> Reply {
-        self.post_acs_at("/_portcullis/auth/{route}/acs", fields).await
+        self.post_acs_at("/_portcullis/auth/{route}/acs", fields, &[]).await
     }
 
-    async fn post_acs_at(&self, path: &str, fields: &[(&str, String)]) -> Reply {
+    /// Posts to the ACS as a browser holding `cookie`.
+    pub async fn post_acs_with_cookie(&self, fields: &[(&str, String)], cookie: &str) -> Reply {
+        self.post_acs_at("/_portcullis/auth/{route}/acs", fields, &[("cookie", cookie)])
+            .await
+    }
+
+    async fn post_acs_at(&self, path: &str, fields: &[(&str, String)], headers: &[(&str, &str)]) -> Reply {
         let body = fields
             .iter()
             .map(|(k, v)| format!("{k}={}", form_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
-        send(
-            Method::POST,
-            &self.url(path),
-            &[("host", HOST), ("content-type", "application/x-www-form-urlencoded")],
-            Some(body.into_bytes()),
-        )
-        .await
+        let mut all = vec![("host", HOST), ("content-type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        send(Method::POST, &self.url(path), &all, Some(body.into_bytes())).await
     }
 
     /// An SP-initiated login over HTTP, as a browser does it: the route redirects to the IdP,
@@ -504,6 +510,34 @@ async fn single_logout(loading: Loading) {
     assert_eq!(response["signature_valid"], true, "{response}");
     assert_eq!(response["status"], "urn:oasis:names:tc:SAML:2.0:status:Success");
 
+    // The IdP's signed LogoutRequest is taken once.
+    let token = session_token(&site.login(&idp, "/", "alice").await);
+    let to_sp = location(&idp.get("/initiate-logout?user=alice").await);
+    assert_eq!(site.follow(&to_sp, &[]).await.status, 303);
+    let token2 = session_token(&site.login(&idp, "/", "alice").await);
+    assert_eq!(site.follow(&to_sp, &[]).await.status, 400, "a replayed LogoutRequest");
+    echoed(&site.with_session("/", &token2).await);
+    assert_eq!(site.with_session("/", &token).await.status, 303);
+
+    // A forged LogoutRequest rides on a genuine signature only if the plugin reads other
+    // parameters than it verified: a percent-encoded or repeated name is refused.
+    let bob_logout = location(&idp.get("/initiate-logout?user=bob").await);
+    let (slo, signed_query) = bob_logout.split_once('?').unwrap();
+    let forged_xml = format!(
+        "<samlp:LogoutRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"_forged\" Version=\"2.0\" IssueInstant=\"{}\" Destination=\"{}\"><saml:Issuer>{}/metadata</saml:Issuer><saml:NameID>alice-pid</saml:NameID></samlp:LogoutRequest>",
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+        site.module["single_logout_url"].as_str().unwrap(),
+        idp.base_url,
+    );
+    let forged = form_encode(&portcullis_saml::xml::deflate_base64(&forged_xml).unwrap());
+    for query in [
+        format!("SAML%52equest={forged}&{signed_query}"),
+        format!("SAMLRequest={forged}&{signed_query}"),
+    ] {
+        assert_eq!(site.follow(&format!("{slo}?{query}"), &[]).await.status, 400, "{query}");
+    }
+    echoed(&site.with_session("/", &token2).await);
+
     // A LogoutRequest whose signature does not verify ends nothing.
     let token = session_token(&site.login(&idp, "/", "alice").await);
     let forged = location(&idp.get("/initiate-logout?user=alice").await).replacen("Signature=", "Signature=AAAA", 1);
@@ -663,4 +697,18 @@ async fn a_module_in_config_toml_reads_the_idp_metadata_from_a_file() {
     );
     idp.stop().await;
     site.stop().await;
+}
+
+#[tokio::test]
+async fn the_sp_key_pair_survives_a_restart() {
+    let metadata = std::fs::read_to_string(tests_dir().join("fixtures/saml/idp-metadata.xml")).unwrap();
+    let site = Site::create(&metadata, Loading::Linked, json!({})).await;
+    let path = format!("/edges/https/{}/routes/{}/saml", site.edge_id, site.route_id);
+    let before = site.module["request_signing_certificate_pem"].clone();
+    let TestGateway { gateway, dir, .. } = site.gw;
+    gateway.shutdown().await;
+    let gw = TestGateway::start_in(dir).await;
+    let after = gw.api(Method::GET, &path, None).await.json();
+    assert_eq!(after["request_signing_certificate_pem"], before);
+    gw.stop().await;
 }

@@ -3,7 +3,7 @@
 //! samael) by the fixture IdP's key, with the times, IDs and URLs each case needs. A genuine
 //! Response built the same way is accepted first, so every refusal is the check under test.
 
-use crate::harness::{set_cookie, tests_dir, Reply};
+use crate::harness::{set_cookie, tests_dir, Reply, TestGateway, LISTENERS};
 use crate::saml::{echoed, location, session_token, Loading, Site};
 use base64::Engine;
 use samael::crypto::{Crypto, CryptoProvider};
@@ -339,6 +339,15 @@ async fn times_audience_recipient_destination_and_issuer_are_checked() {
             },
         ),
         (
+            "issued in the future",
+            Claims {
+                issued: 3600,
+                not_before: 3500,
+                not_on_or_after: 7200,
+                ..genuine.clone()
+            },
+        ),
+        (
             "another issuer",
             Claims {
                 issuer: "https://evil.example/metadata".into(),
@@ -452,5 +461,83 @@ async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_resp
         &post(&site, &unsolicited, Some("/reports")).await,
         "replayed unsolicited Response",
     );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_declared_encoding_cannot_smuggle_a_remote_reference_past_the_screen() {
+    let site = site(json!({})).await;
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.set_nonblocking(true).unwrap();
+    let genuine = Claims::genuine(&site, Some(request_id(&site).await)).response();
+    // In UTF-7 `+AFI-` is `R`: libxml2 would read a Reference to the probe that a UTF-8
+    // reader does not see.
+    let start = genuine.find("<ds:Reference URI=\"").unwrap();
+    let end = genuine[start..].find('>').unwrap() + start + 1;
+    let smuggled = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-7\"?>{}<ds:+AFI-eference URI=\"http://{}/probe\">{}",
+        &genuine[..start],
+        probe.local_addr().unwrap(),
+        &genuine[end..]
+    )
+    .replace("</ds:Reference>", "</ds:+AFI-eference>");
+    assert_refused(&post(&site, &smuggled, None).await, "UTF-7 declaration");
+    assert!(
+        matches!(probe.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the gateway fetched the smuggled reference"
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign_in() {
+    let config = LISTENERS.replace(
+        "[listeners.console]",
+        "public_url = \"https://app.test\"\n[listeners.console]",
+    );
+    let gw = TestGateway::start_with(&config).await;
+    let site = Site::create_on(gw, &fixture("idp-metadata.xml"), json!({})).await;
+    assert!(site.module["entity_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://app.test/"));
+    let start = site.get("/", &[]).await;
+    let cookie = start
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-portcullis-saml-"))
+        .expect("a binding cookie");
+    assert!(cookie.contains("; Secure") && cookie.contains("SameSite=None") && cookie.contains("HttpOnly"));
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let url = location(&start);
+    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
+    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
+    let id = portcullis_saml::xml::root_attribute(&xml, "ID").unwrap();
+    let fields = |claims: &Claims| {
+        vec![(
+            "SAMLResponse",
+            base64::engine::general_purpose::STANDARD.encode(claims.response()),
+        )]
+    };
+    let claims = Claims::genuine(&site, Some(id.clone()));
+    // Posted from another browser (an attacker's captured Response in the victim's browser).
+    let elsewhere = site
+        .post_acs_with_cookie(&fields(&claims), "__Host-portcullis-saml-0=_0")
+        .await;
+    assert_refused(&elsewhere, "Response posted from another browser");
+    assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
+    // The refusal used up the request; the browser that started a new one completes it.
+    let start = site.get("/", &[("cookie", &pair)]).await;
+    let url = location(&start);
+    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
+    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
+    let id = portcullis_saml::xml::root_attribute(&xml, "ID").unwrap();
+    let done = site
+        .post_acs_with_cookie(&fields(&Claims::genuine(&site, Some(id))), &pair)
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(set_cookie(&done, "portcullis.session").unwrap().contains("; Secure"));
     site.stop().await;
 }

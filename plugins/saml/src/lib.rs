@@ -41,6 +41,25 @@ pub struct Saml {
     modules: Mutex<HashMap<String, Arc<Module>>>,
 }
 
+/// Sign-ins started from one address per minute (per module) before further ones are refused.
+const MAX_STARTS_PER_MINUTE: u64 = 300;
+
+/// A sign-in this SP started, kept under its request ID until the IdP answers.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    return_to: String,
+    /// The value of the browser's binding cookie (https origins).
+    binding: Option<String>,
+}
+
+/// The name of the cookie that binds a sign-in to its browser (`__Host-`: host-only, Secure,
+/// path `/`), distinct per module.
+fn binding_cookie(entity_id: &str) -> String {
+    let digest = openssl::sha::sha256(entity_id.as_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("__Host-portcullis-saml-{short}")
+}
+
 /// What a session keeps for Single Logout.
 #[derive(Serialize, Deserialize)]
 struct SessionData {
@@ -103,25 +122,45 @@ impl Saml {
             .map_err(|e| refuse(format!("{e}")))?;
         check_audience(&assertion, &module.entity_id).map_err(refuse)?;
 
-        // Replay: an assertion is taken once, remembered until it could no longer be valid.
+        // samael refuses old assertions, not ones from the future.
         let now = host.now_unix();
-        let valid_until = assertion
-            .conditions
-            .as_ref()
-            .and_then(|c| c.not_on_or_after)
-            .map_or(now + REQUEST_TTL as i64, |t| t.timestamp());
-        let ttl = u64::try_from(valid_until - now).unwrap_or(0).clamp(60, 86_400) + 120;
+        if assertion.issue_instant.timestamp() > now + module::CLOCK_SKEW {
+            return Err(refuse(format!(
+                "the assertion is issued in the future ({})",
+                assertion.issue_instant
+            )));
+        }
+        // The bearer confirmation samael checked: the one addressed to this ACS.
+        let confirmation = assertion
+            .subject
+            .iter()
+            .flat_map(|s| s.subject_confirmations.iter().flatten())
+            .filter(|c| c.method.as_deref() == Some("urn:oasis:names:tc:SAML:2.0:cm:bearer"))
+            .filter_map(|c| c.subject_confirmation_data.as_ref())
+            .find(|d| d.recipient.as_deref() == Some(module.acs_url.as_str()))
+            .ok_or_else(|| refuse("no bearer confirmation for this ACS".into()))?;
+
+        // Replay: an assertion is taken once, remembered for as long as any check would still
+        // let it through.
+        let valid_until = [
+            assertion.conditions.as_ref().and_then(|c| c.not_on_or_after),
+            confirmation.not_on_or_after,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| t.timestamp())
+        .chain([assertion.issue_instant.timestamp() + module::MAX_ISSUE_DELAY])
+        .max()
+        .unwrap_or(now);
+        let ttl = u64::try_from(valid_until + module::CLOCK_SKEW - now)
+            .unwrap_or(0)
+            .clamp(60, 7 * 86_400);
         if host.kv_incr(&format!("assertion:{}", assertion.id), Some(ttl)) > 1 {
             return Err(refuse(format!("assertion {} was already used", assertion.id)));
         }
 
-        // SP-initiated: InResponseTo (from the signed assertion) names a request of ours, once.
-        let in_response_to = assertion
-            .subject
-            .iter()
-            .flat_map(|s| s.subject_confirmations.iter().flatten())
-            .filter_map(|c| c.subject_confirmation_data.as_ref())
-            .find_map(|d| d.in_response_to.clone());
+        // SP-initiated: InResponseTo names a request of ours, once, made by this browser.
+        let in_response_to = confirmation.in_response_to.clone();
         let return_to = match in_response_to {
             Some(id) => {
                 let stored = host.kv_take(&format!("authn:{id}")).ok_or_else(|| {
@@ -130,7 +169,20 @@ impl Saml {
                         "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
                     )
                 })?;
-                String::from_utf8(stored).unwrap_or_else(|_| "/".into())
+                let pending: Pending =
+                    serde_json::from_slice(&stored).map_err(|e| PluginError::Internal(e.to_string()))?;
+                if let Some(binding) = &pending.binding {
+                    if request.cookie(&binding_cookie(&module.entity_id)) != Some(binding.as_str()) {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!("SAML response to request {id} came from another browser"),
+                        );
+                        return Err(PluginError::BadRequest(
+                            "This sign-in response belongs to a sign-in started in another browser. Try signing in again.".into(),
+                        ));
+                    }
+                }
+                pending.return_to
             }
             None if !module.options.allow_idp_initiated => {
                 host.log(
@@ -168,30 +220,27 @@ impl Saml {
     /// Single Logout over HTTP-Redirect: the IdP's answer to our LogoutRequest, or its own.
     fn slo(&self, host: &dyn Host, module: &Module, request: &HttpRequest) -> Result<Outcome, PluginError> {
         let query = request.query.as_deref().unwrap_or_default();
-        let kind = if form_value(query, "SAMLRequest").is_some() {
-            "SAMLRequest"
-        } else if form_value(query, "SAMLResponse").is_some() {
-            "SAMLResponse"
-        } else {
+        if form_value(query, "SAMLRequest").is_none() && form_value(query, "SAMLResponse").is_none() {
             return Err(PluginError::BadRequest(
                 "This sign-out address expects a SAML message (HTTP-Redirect binding).".into(),
             ));
-        };
+        }
         let refuse = |why: String| {
             host.log(LogLevel::Warn, &format!("SAML logout message refused: {why}"));
             PluginError::BadRequest("The sign-out message from the identity provider was not accepted.".into())
         };
         let allow_sha1 = module.options.allow_sha1;
-        xml::verify_redirect(query, kind, &module.idp.certificates, allow_sha1).map_err(refuse)?;
-        let message = xml::inflate_base64(&form_value(query, kind).unwrap_or_default()).map_err(refuse)?;
+        let verified = xml::verify_redirect(query, &module.idp.certificates, allow_sha1).map_err(refuse)?;
+        let kind = verified.kind;
+        let message = xml::inflate_base64(&verified.message).map_err(refuse)?;
         xml::screen(&message, allow_sha1).map_err(refuse)?;
         if xml::element_text(&message, "Issuer").as_deref() != Some(module.idp.entity_id.as_str()) {
             return Err(refuse("the Issuer is not the module's IdP".into()));
         }
-        if let Some(destination) = xml::root_attribute(&message, "Destination") {
-            if destination != module.slo_url {
-                return Err(refuse(format!("Destination {destination} is not {}", module.slo_url)));
-            }
+        // The binding requires a Destination on signed messages: it must be this SP's SLO.
+        let destination = xml::root_attribute(&message, "Destination").unwrap_or_default();
+        if destination != module.slo_url {
+            return Err(refuse(format!("Destination {destination:?} is not {}", module.slo_url)));
         }
         if kind == "SAMLResponse" {
             let answered = xml::root_attribute(&message, "InResponseTo").unwrap_or_default();
@@ -220,8 +269,11 @@ impl Saml {
         }
         check_fresh(&message, host.now_unix()).map_err(refuse)?;
         let id = xml::root_attribute(&message, "ID").ok_or_else(|| refuse("no ID".into()))?;
+        if host.kv_incr(&format!("logout-request:{id}"), Some(2 * REQUEST_TTL)) > 1 {
+            return Err(refuse(format!("LogoutRequest {id} was already used")));
+        }
         let name_id = xml::element_text(&message, "NameID").ok_or_else(|| refuse("no NameID".into()))?;
-        let destination = module
+        let idp_slo = module
             .idp
             .slo_url
             .clone()
@@ -233,16 +285,15 @@ Destination=\"{}\" InResponseTo=\"{}\"><saml:Issuer>{}</saml:Issuer><samlp:Statu
 <samlp:StatusCode Value=\"{SUCCESS}\"/></samlp:Status></samlp:LogoutResponse>",
             new_id(host),
             instant(host.now_unix()),
-            xml::escape(&destination),
+            xml::escape(&idp_slo),
             xml::escape(&id),
             xml::escape(&module.entity_id),
         );
-        let relay_state = form_value(query, "RelayState");
         let url = xml::signed_redirect(
-            &destination,
+            &idp_slo,
             "SAMLResponse",
             &answer,
-            relay_state.as_deref(),
+            verified.relay_state.as_deref(),
             &module.key,
         )
         .map_err(PluginError::Internal)?;
@@ -276,21 +327,48 @@ impl Plugin for Saml {
         host: &dyn Host,
         context: &ModuleContext,
         return_to: &str,
-        _request: &HttpRequest,
+        request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
         let module = self.module(host, context)?;
+        if host.kv_incr(&format!("starts:{}", request.remote_addr), Some(60)) > MAX_STARTS_PER_MINUTE {
+            return Err(PluginError::BadRequest(
+                "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
+            ));
+        }
         let mut authn = module
             .sp
             .make_authentication_request(&module.idp.sso_url)
             .map_err(|e| PluginError::Internal(format!("AuthnRequest: {e}")))?;
         // samael's own IDs carry 32 random bits.
         authn.id = new_id(host);
-        host.kv_put(&format!("authn:{}", authn.id), return_to.as_bytes(), Some(REQUEST_TTL));
+        // On https the request is bound to this browser by a cookie the IdP's form post carries
+        // back (SameSite=None: that post is cross-site). One value per browser, so that sign-ins
+        // started in several tabs all complete.
+        let cookie = binding_cookie(&module.entity_id);
+        let binding = module.origin.starts_with("https://").then(|| {
+            request
+                .cookie(&cookie)
+                .filter(|v| v.len() == 33 && v.starts_with('_'))
+                .map_or_else(|| new_id(host), str::to_string)
+        });
+        let pending = Pending {
+            return_to: return_to.to_string(),
+            binding: binding.clone(),
+        };
+        let stored = serde_json::to_vec(&pending).map_err(|e| PluginError::Internal(e.to_string()))?;
+        host.kv_put(&format!("authn:{}", authn.id), &stored, Some(REQUEST_TTL));
         let url = authn
             .signed_redirect("", &module.key)
             .map_err(|e| PluginError::Internal(format!("signing the AuthnRequest: {e}")))?
             .ok_or_else(|| PluginError::Internal("the AuthnRequest has no destination".into()))?;
-        Ok(HttpResponse::redirect(url.as_str()))
+        let mut response = HttpResponse::redirect(url.as_str());
+        if let Some(binding) = binding {
+            response.headers.push((
+                "set-cookie".into(),
+                format!("{cookie}={binding}; Path=/; Max-Age={REQUEST_TTL}; HttpOnly; Secure; SameSite=None"),
+            ));
+        }
+        Ok(response)
     }
 
     fn handle(&self, host: &dyn Host, context: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {

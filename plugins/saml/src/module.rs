@@ -33,9 +33,9 @@ pub const OUTPUTS: [&str; 5] = [
     "metadata_url",
 ];
 /// Tolerated clock difference with the IdP, in seconds.
-const CLOCK_SKEW: i64 = 60;
+pub const CLOCK_SKEW: i64 = 60;
 /// How old a Response may be when it arrives, in seconds.
-const MAX_ISSUE_DELAY: i64 = 120;
+pub const MAX_ISSUE_DELAY: i64 = 120;
 /// Key of the module's SP key pair in the host's store.
 const KEYPAIR_KEY: &str = "sp-keypair";
 

@@ -44,14 +44,46 @@ const MAX_INFLATED: u64 = 256 * 1024;
 /// outside the SAML profile, and signature or digest algorithms not allowed.
 pub fn screen(xml: &str, allow_sha1: bool) -> Result<(), String> {
     let mut reader = Reader::from_str(xml);
+    let mut depth = 0usize;
+    let mut seen_root = false;
     loop {
         match reader.read_event() {
             Ok(Event::Eof) => return Ok(()),
+            // libxml2 decodes by the declared encoding, this screen by UTF-8: they must agree,
+            // or a UTF-7 message would hide from the screen what libxml2 then sees.
+            Ok(Event::Decl(declaration)) => {
+                let encoding = declaration.encoding().transpose().map_err(|e| e.to_string())?;
+                if let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case(b"utf-8")) {
+                    return Err(format!(
+                        "the message declares the encoding {}",
+                        String::from_utf8_lossy(&encoding)
+                    ));
+                }
+            }
+            Ok(Event::Start(element)) => {
+                check_element(&element, allow_sha1)?;
+                if depth == 0 && std::mem::replace(&mut seen_root, true) {
+                    return Err("the message has more than one root element".into());
+                }
+                depth += 1;
+            }
+            Ok(Event::Empty(element)) => {
+                check_element(&element, allow_sha1)?;
+                if depth == 0 && std::mem::replace(&mut seen_root, true) {
+                    return Err("the message has more than one root element".into());
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Text(text)) if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) => {
+                return Err("the message has text outside its root element".into());
+            }
+            Ok(Event::GeneralRef(_)) if depth == 0 => {
+                return Err("the message has a reference outside its root element".into());
+            }
             Ok(Event::DocType(_)) => return Err("the message has a DOCTYPE".into()),
             Ok(Event::Comment(_)) => return Err("the message has an XML comment".into()),
             Ok(Event::CData(_)) => return Err("the message has a CDATA section".into()),
             Ok(Event::PI(_)) => return Err("the message has a processing instruction".into()),
-            Ok(Event::Start(element) | Event::Empty(element)) => check_element(&element, allow_sha1)?,
             Ok(_) => {}
             Err(e) => return Err(format!("the message is not well-formed XML: {e}")),
         }
@@ -216,17 +248,48 @@ pub fn signed_redirect(
         .map_err(|e| format!("signing the redirect: {e}"))
 }
 
+/// An HTTP-Redirect binding message whose signature verified: the values the signature covers,
+/// decoded. Use only these.
+pub struct VerifiedRedirect {
+    /// `SAMLRequest` or `SAMLResponse`.
+    pub kind: &'static str,
+    /// The message, base64 + DEFLATE (see [`inflate_base64`]).
+    pub message: String,
+    pub relay_state: Option<String>,
+}
+
+/// The SAML parameters of a Redirect-binding query, raw: each name written exactly (never
+/// percent-encoded) and at most once, so that what is verified is what is read.
+fn redirect_parameters(raw_query: &str) -> Result<Vec<(&str, &str)>, String> {
+    const NAMES: [&str; 5] = ["SAMLRequest", "SAMLResponse", "RelayState", "SigAlg", "Signature"];
+    let mut found: Vec<(&str, &str)> = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = portcullis_plugin_sdk::percent_decode(&name.replace('+', " "));
+        if NAMES.contains(&decoded.as_str()) && decoded != name {
+            return Err(format!("the parameter name {name} is percent-encoded"));
+        }
+        if NAMES.contains(&name) {
+            if found.iter().any(|(n, _)| *n == name) {
+                return Err(format!("the parameter {name} appears twice"));
+            }
+            found.push((name, value));
+        }
+    }
+    Ok(found)
+}
+
 /// Checks the signature of an HTTP-Redirect binding message against the IdP's certificates,
-/// over the parameters exactly as they arrived (saml-bindings 3.4.4.1).
-pub fn verify_redirect(raw_query: &str, kind: &str, certs: &[X509], allow_sha1: bool) -> Result<(), String> {
-    let raw = |name: &str| {
-        raw_query
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+/// over the parameters exactly as they arrived (saml-bindings 3.4.4.1), and returns what it
+/// covers.
+pub fn verify_redirect(raw_query: &str, certs: &[X509], allow_sha1: bool) -> Result<VerifiedRedirect, String> {
+    let parameters = redirect_parameters(raw_query)?;
+    let raw = |name: &str| parameters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let (kind, message) = match (raw("SAMLRequest"), raw("SAMLResponse")) {
+        (Some(m), None) => ("SAMLRequest", m),
+        (None, Some(m)) => ("SAMLResponse", m),
+        _ => return Err("exactly one of SAMLRequest and SAMLResponse is expected".into()),
     };
-    let message = raw(kind).ok_or_else(|| format!("no {kind}"))?;
     let (Some(sig_alg), Some(signature)) = (raw("SigAlg"), raw("Signature")) else {
         return Err("the message is not signed".into());
     };
@@ -246,6 +309,7 @@ pub fn verify_redirect(raw_query: &str, kind: &str, certs: &[X509], allow_sha1: 
         RSA_SHA1 if allow_sha1 => MessageDigest::sha1(),
         other => return Err(format!("the signature algorithm {other} is not allowed")),
     };
+    let form_decoded = |v: &str| portcullis_plugin_sdk::percent_decode(&v.replace('+', " "));
     let signature = BASE64
         .decode(portcullis_plugin_sdk::percent_decode(signature).replace(' ', "+"))
         .map_err(|_| "the signature is not base64".to_string())?;
@@ -255,7 +319,12 @@ pub fn verify_redirect(raw_query: &str, kind: &str, certs: &[X509], allow_sha1: 
             continue;
         };
         if verifier.update(signed.as_bytes()).is_ok() && verifier.verify(&signature).unwrap_or(false) {
-            return Ok(());
+            return Ok(VerifiedRedirect {
+                kind,
+                // base64 has `+`, which a form decoder would read as a space.
+                message: portcullis_plugin_sdk::percent_decode(message),
+                relay_state: raw("RelayState").map(form_decoded),
+            });
         }
     }
     Err("the signature does not verify with the IdP's certificate".into())
@@ -274,6 +343,12 @@ mod tests {
             ("<r><NameID>a@x<!---->.evil</NameID></r>", "comment"),
             ("<r><NameID>a<![CDATA[b]]></NameID></r>", "CDATA"),
             ("<r><?xml-stylesheet href='x'?></r>", "processing instruction"),
+            (
+                "<?xml version=\"1.0\" encoding=\"UTF-7\"?><r><ds:+AFI-eference URI=\"http://evil/\"/></r>",
+                "encoding",
+            ),
+            ("<r/><r/>", "more than one root"),
+            ("<r/>+ADw-x", "text outside"),
             (r#"<r><Reference URI="http://evil/"/></r>"#, "reference"),
             (r#"<r><Reference URI=""/></r>"#, "reference"),
             (
@@ -299,6 +374,23 @@ mod tests {
             ),
             Ok(())
         );
+        assert_eq!(
+            screen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<r/>\n", false),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn redirect_parameters_are_written_plainly_and_once() {
+        assert!(redirect_parameters("SAMLRequest=a&SigAlg=b&Signature=c&other=%53").is_ok());
+        for bad in [
+            "SAML%52equest=evil&SAMLRequest=a&SigAlg=b&Signature=c",
+            "SAMLRequest=a&SAMLRequest=b&SigAlg=b&Signature=c",
+            "SAMLRequest=a&Relay%53tate=x&SigAlg=b&Signature=c",
+        ] {
+            assert!(redirect_parameters(bad).is_err(), "{bad}");
+        }
+        assert!(verify_redirect("SAMLRequest=a&SAMLResponse=b&SigAlg=x&Signature=y", &[], false).is_err());
     }
 
     #[test]
