@@ -145,42 +145,70 @@ pub async fn describe_modules(shared: &Arc<Shared>, modules: Vec<(String, Vec<St
     }
     let shared = shared.clone();
     let runtime = tokio::runtime::Handle::current();
-    let scheme = shared.config.load().listeners.edge.scheme();
     let task = tokio::task::spawn_blocking(move || {
         let mut outputs = ModuleOutputs::new();
         for (route_id, hostports, module) in modules {
-            let Some(plugin) = shared.registry.get(&module.plugin) else {
-                continue;
-            };
-            let host = PluginHost {
-                shared: &shared,
-                namespace: format!("{}/{route_id}", module.plugin),
-                plugin: &plugin.info.name,
-                egress_hosts: &module.egress_hosts,
-                runtime: runtime.clone(),
-            };
-            let call = Call::DescribeModule {
-                module: ModuleContext {
-                    module_id: route_id.clone(),
-                    options_json: module.options_json.clone(),
-                    origin: crate::routing::public_origin(scheme, &hostports),
-                    mount_path: mount_path(&route_id),
-                },
-            };
-            match plugin.call(&host, call) {
-                Ok(Outcome::Described { outputs_json }) => match serde_json::from_str(&outputs_json) {
-                    Ok(Value::Object(object)) => {
-                        outputs.insert(route_id, object);
-                    }
-                    _ => tracing::error!(plugin = %module.plugin, "module outputs are not a JSON object"),
-                },
-                Ok(other) => tracing::error!(plugin = %module.plugin, "describe_module answered {other:?}"),
+            match describe_one(&shared, &runtime, &route_id, &hostports, &module) {
+                Ok(object) => {
+                    outputs.insert(route_id, object);
+                }
                 Err(e) => tracing::error!(plugin = %module.plugin, route = %route_id, "describe_module: {e}"),
             }
         }
         outputs
     });
     task.await.unwrap_or_default()
+}
+
+/// Asks a module's plugin for its outputs, and so whether the module can work (a provider it
+/// must reach, state it must make): the API refuses a module whose plugin fails here.
+pub async fn check_module(
+    shared: &Arc<Shared>,
+    route_id: &str,
+    hostports: &[String],
+    module: &AuthModule,
+) -> Result<(), PluginError> {
+    let (shared, runtime) = (shared.clone(), tokio::runtime::Handle::current());
+    let (route_id, hostports, module) = (route_id.to_string(), hostports.to_vec(), module.clone());
+    tokio::task::spawn_blocking(move || describe_one(&shared, &runtime, &route_id, &hostports, &module).map(|_| ()))
+        .await
+        .unwrap_or_else(|e| Err(PluginError::Internal(format!("the check did not finish: {e}"))))
+}
+
+fn describe_one(
+    shared: &Arc<Shared>,
+    runtime: &tokio::runtime::Handle,
+    route_id: &str,
+    hostports: &[String],
+    module: &AuthModule,
+) -> Result<Map<String, Value>, PluginError> {
+    let plugin = shared
+        .registry
+        .get(&module.plugin)
+        .ok_or_else(|| PluginError::Internal(format!("no plugin `{}` is registered", module.plugin)))?;
+    let host = PluginHost {
+        shared,
+        namespace: format!("{}/{route_id}", module.plugin),
+        plugin: &plugin.info.name,
+        egress_hosts: &module.egress_hosts,
+        runtime: runtime.clone(),
+    };
+    let scheme = shared.config.load().listeners.edge.scheme();
+    let call = Call::DescribeModule {
+        module: ModuleContext {
+            module_id: route_id.to_string(),
+            options_json: module.options_json.clone(),
+            origin: crate::routing::public_origin(scheme, hostports),
+            mount_path: mount_path(route_id),
+        },
+    };
+    match plugin.call(&host, call)? {
+        Outcome::Described { outputs_json } => match serde_json::from_str(&outputs_json) {
+            Ok(Value::Object(object)) => Ok(object),
+            _ => Err(PluginError::Internal("module outputs are not a JSON object".into())),
+        },
+        other => Err(PluginError::Internal(format!("describe_module answered {other:?}"))),
+    }
 }
 
 // ----- the per-request gate -----
@@ -295,6 +323,9 @@ pub fn set_identity_headers(
     }
     if let Some(assertion) = assertion_for(shared, entry) {
         headers.insert(names.assertion.clone(), assertion);
+    }
+    if let Some(token) = &entry.access_token {
+        headers.insert(names.access_token.clone(), token.clone());
     }
 }
 
@@ -518,6 +549,9 @@ fn complete_login(
         name: user.name.clone(),
         groups: identity.groups,
         plugin_data: identity.plugin_data,
+        access_token: identity.access_token,
+        recheck_interval: i64::try_from(identity.recheck_interval_secs).unwrap_or(i64::MAX),
+        checked_at: now,
         created_at: now,
         last_active: now,
         expires_at: now + i64::from(auth.module.maximum_duration),
@@ -575,6 +609,42 @@ fn complete_login(
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Asks each session's plugin whether its user still has access, for the sessions whose
+/// re-check is due (their module asked for re-checks at login); ends those whose plugin says
+/// no. Run by the background upkeep; tests call it after moving the clock.
+pub async fn recheck_sessions(shared: &Arc<Shared>) {
+    let now = shared.clock.now();
+    let table = shared.routes.load_full();
+    for entry in shared.sessions.due_for_recheck(now) {
+        let s = &entry.session;
+        let Some(target) = table.route(&s.route_id) else {
+            continue;
+        };
+        let Some(auth) = &target.auth else { continue };
+        let Some(plugin) = &auth.plugin else { continue };
+        let call = Call::Recheck {
+            module: module_context(&target, auth),
+            identity: identity_of(s),
+        };
+        match call_plugin(shared, plugin, auth, &target.route_id, call).await {
+            Ok(Outcome::Rechecked(true)) => {}
+            Ok(Outcome::Rechecked(false)) => {
+                let id = s.id.clone();
+                match shared.end_sessions_where(|other| other.id == id).await {
+                    Ok(_) => {
+                        tracing::info!(target: "portcullis::audit", event = "access_revoked", session = %s.id, user = %s.user_id, route = %s.route_id, plugin = %auth.module.plugin, "the identity provider no longer grants access")
+                    }
+                    Err(e) => tracing::error!(session = %s.id, "ending a revoked session: {e}"),
+                }
+            }
+            Ok(other) => tracing::error!(plugin = %auth.module.plugin, "recheck answered {other:?}"),
+            Err(e) => {
+                tracing::warn!(plugin = %auth.module.plugin, session = %s.id, "re-check failed, session kept: {e}")
+            }
+        }
+    }
 }
 
 /// A page asking the user to confirm signing out (for requests that came from another site).
@@ -636,15 +706,7 @@ async fn logout(
         tracing::info!(target: "portcullis::audit", request_id, event = "logout", session = %entry.session.id, user = %entry.session.user_id, "logout");
         let Some(auth) = &target.auth else { continue };
         let Some(plugin) = &auth.plugin else { continue };
-        let s = &entry.session;
-        let identity = Identity {
-            subject: s.subject.clone(),
-            email: Some(s.email.clone()),
-            name: Some(s.name.clone()),
-            groups: s.groups.clone(),
-            attributes: Default::default(),
-            plugin_data: s.plugin_data.clone(),
-        };
+        let identity = identity_of(&entry.session);
         let call = Call::Logout {
             module: module_context(target, auth),
             identity,
@@ -674,6 +736,20 @@ async fn logout(
 }
 
 // ----- helpers -----
+
+/// The identity a session holds, as its plugin gave it at login (attributes aside).
+fn identity_of(s: &Session) -> Identity {
+    Identity {
+        subject: s.subject.clone(),
+        email: Some(s.email.clone()),
+        name: Some(s.name.clone()),
+        groups: s.groups.clone(),
+        attributes: Default::default(),
+        plugin_data: s.plugin_data.clone(),
+        access_token: s.access_token.clone(),
+        recheck_interval_secs: u64::try_from(s.recheck_interval).unwrap_or(0),
+    }
+}
 
 /// A return URL the gateway will redirect to: a path on the same origin, and nothing that a
 /// browser could read as another host (`//evil`, `/\evil`, encoded variants, schemes).

@@ -260,6 +260,8 @@ pub struct IdentityHeaders {
     pub groups: String,
     /// A signed JWT (ES256) verifiable against `/_portcullis/jwks.json`.
     pub assertion: String,
+    /// The identity provider's access token, for modules that forward it (opt-in).
+    pub access_token: String,
 }
 
 impl Default for IdentityHeaders {
@@ -270,6 +272,7 @@ impl Default for IdentityHeaders {
             name: "X-Portcullis-User-Name".into(),
             groups: "X-Portcullis-User-Groups".into(),
             assertion: "X-Portcullis-Assertion".into(),
+            access_token: "X-Portcullis-Access-Token".into(),
         }
     }
 }
@@ -509,6 +512,7 @@ impl Config {
             ("name", &h.name),
             ("groups", &h.groups),
             ("assertion", &h.assertion),
+            ("access_token", &h.access_token),
         ] {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err((

@@ -182,6 +182,12 @@ pub struct Session {
     pub inactivity_timeout: i64,
     pub ip: String,
     pub user_agent: String,
+    /// An access token the module forwards to the upstream (opt-in, OIDC).
+    pub access_token: Option<String>,
+    /// Seconds between checks with the identity provider that the user still has access
+    /// (0: never); the last check was at `checked_at`.
+    pub recheck_interval: i64,
+    pub checked_at: i64,
 }
 
 /// The backend module of a route.

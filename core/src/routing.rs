@@ -56,6 +56,7 @@ pub struct IdentityHeaderNames {
     pub name: HeaderName,
     pub groups: HeaderName,
     pub assertion: HeaderName,
+    pub access_token: HeaderName,
 }
 
 impl IdentityHeaderNames {
@@ -74,12 +75,20 @@ impl IdentityHeaderNames {
             name: parse(&config.name, &defaults.name),
             groups: parse(&config.groups, &defaults.groups),
             assertion: parse(&config.assertion, &defaults.assertion),
+            access_token: parse(&config.access_token, &defaults.access_token),
         }
     }
 
     /// Every name.
-    pub fn all(&self) -> [&HeaderName; 5] {
-        [&self.user_id, &self.email, &self.name, &self.groups, &self.assertion]
+    pub fn all(&self) -> [&HeaderName; 6] {
+        [
+            &self.user_id,
+            &self.email,
+            &self.name,
+            &self.groups,
+            &self.assertion,
+            &self.access_token,
+        ]
     }
 }
 
@@ -187,6 +196,11 @@ impl RouteTable {
     /// The route `route_id` of the edge serving `hostport`.
     pub fn find_route(&self, hostport: &str, route_id: &str) -> Option<Arc<RouteTarget>> {
         self.by_hostport.get(hostport)?.by_id.get(route_id).cloned()
+    }
+
+    /// The route `route_id`, on whichever edge it is.
+    pub fn route(&self, route_id: &str) -> Option<Arc<RouteTarget>> {
+        self.by_hostport.values().find_map(|e| e.by_id.get(route_id).cloned())
     }
 
     /// Every route of the edge serving `hostport`.

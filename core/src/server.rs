@@ -284,12 +284,14 @@ impl Gateway {
     }
 }
 
-/// Background upkeep: persist session activity (batched off the hot path) and, when `sweep`,
+/// Background upkeep: persist session activity (batched off the hot path), re-check sessions
+/// whose identity provider should confirm access again, and, when `sweep`,
 /// end expired sessions and purge expired plugin state.
-async fn maintain(shared: &Shared, sweep: bool) {
+async fn maintain(shared: &Arc<Shared>, sweep: bool) {
     if let Err(e) = shared.sessions.persist_activity(&shared.store) {
         tracing::error!("persisting session activity: {e}");
     }
+    crate::auth::recheck_sessions(shared).await;
     if sweep {
         let now = shared.clock.now();
         let expired = shared.sessions.remove_expired(now);

@@ -26,12 +26,16 @@ pub struct Assertion {
 pub struct SessionEntry {
     pub session: Session,
     last_active: AtomicI64,
+    /// When the identity provider last confirmed the user's access (see `Session::recheck_interval`).
+    pub checked_at: AtomicI64,
     dirty: AtomicBool,
     /// The last assertion signed for this session.
     pub assertion: ArcSwapOption<Assertion>,
     /// User id, email, name and groups as header values, made once: `None` where a value
     /// cannot be sent as a header.
     pub identity_values: [Option<http::HeaderValue>; 4],
+    /// The access token the module forwards, as a header value.
+    pub access_token: Option<http::HeaderValue>,
 }
 
 impl SessionEntry {
@@ -39,6 +43,7 @@ impl SessionEntry {
         let value = |text: &str| http::HeaderValue::from_bytes(text.as_bytes()).ok();
         SessionEntry {
             last_active: AtomicI64::new(session.last_active),
+            checked_at: AtomicI64::new(session.checked_at),
             dirty: AtomicBool::new(false),
             assertion: ArcSwapOption::empty(),
             identity_values: [
@@ -47,6 +52,7 @@ impl SessionEntry {
                 value(&session.name),
                 value(&session.groups.join(",")),
             ],
+            access_token: session.access_token.as_deref().and_then(value),
             session,
         }
     }
@@ -145,6 +151,22 @@ impl Sessions {
             !expired
         });
         removed
+    }
+
+    /// Live sessions whose re-check is due at `now`; each is marked checked, so a slow check
+    /// is not started twice.
+    pub fn due_for_recheck(&self, now: i64) -> Vec<Arc<SessionEntry>> {
+        self.by_hash
+            .iter()
+            .filter(|e| {
+                let interval = e.session.recheck_interval;
+                interval > 0 && now - e.checked_at.load(Ordering::Relaxed) >= interval && !e.is_expired(now)
+            })
+            .map(|e| {
+                e.checked_at.store(now, Ordering::Relaxed);
+                e.value().clone()
+            })
+            .collect()
     }
 
     /// The last-active time of every live session, by session id (one pass).

@@ -111,6 +111,8 @@ impl Plugin for TestLogin {
                 groups,
                 attributes: Default::default(),
                 plugin_data: None,
+                access_token: None,
+                recheck_interval_secs: 0,
             },
             return_to: query_param(&query, "return_to").unwrap_or_else(|| "/".into()),
         })

@@ -7,7 +7,7 @@ use crate::ids;
 use crate::model::{self, ApiKey, AppUser, Edge, MatchType, Route, RouteBackend, Session, Source, StaticBackend};
 use crate::store::Page;
 use http::{Method, StatusCode};
-use portcullis_plugin_sdk::Capability;
+use portcullis_plugin_sdk::{Capability, PluginError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -737,6 +737,7 @@ async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
     };
     apply_route_write(ctx, &mut route, body).await?;
     check_unique_match(&edge, &route)?;
+    check_route_module(ctx, &edge, &route).await?;
     edge.routes.push(route.clone());
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;
@@ -789,6 +790,22 @@ async fn replace_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name: &str) -> A
     }
 }
 
+/// Lets a route's new module's plugin check it can work (reach its provider, make its keys)
+/// before it is stored.
+async fn check_route_module(ctx: &Ctx<'_>, edge: &Edge, route: &Route) -> Result<(), ApiError> {
+    let Some(module) = &route.auth else { return Ok(()) };
+    match crate::auth::check_module(ctx.shared, &route.id, &edge.hostports, module).await {
+        Ok(()) => Ok(()),
+        Err(PluginError::BadRequest(m) | PluginError::Upstream(m) | PluginError::Forbidden(m)) => {
+            Err(ApiError::invalid(&module.plugin, m))
+        }
+        Err(e) => Err(ApiError::internal(format!(
+            "the `{}` plugin failed to check the module: {e}",
+            module.plugin
+        ))),
+    }
+}
+
 /// Applies `body` to a route and stores it.
 async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) -> Result<(Edge, Route), ApiError> {
     let _guard = ctx.shared.store.lock_writes().await;
@@ -802,6 +819,9 @@ async fn change_route(ctx: &Ctx<'_>, edge_id: &str, id: &str, body: RouteWrite) 
     let mut route = edge.routes[index].clone();
     apply_route_write(ctx, &mut route, body).await?;
     check_unique_match(&edge, &route)?;
+    if route.auth != edge.routes[index].auth {
+        check_route_module(ctx, &edge, &route).await?;
+    }
     edge.routes[index] = route.clone();
     ctx.shared.store.put_edge(&edge).await?;
     ctx.shared.rebuild_routes()?;

@@ -6,6 +6,7 @@
 //! written by a newer schema is refused rather than misread.
 
 mod codec;
+mod migrate;
 
 pub use codec::CodecError;
 
@@ -16,7 +17,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
 /// Why a store operation failed.
@@ -144,6 +145,11 @@ impl Store {
                         dir: dir.to_path_buf(),
                         found,
                     });
+                }
+                if found < SCHEMA_VERSION {
+                    migrate::run(&db, found)?;
+                    db.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    db.flush()?;
                 }
             }
         }
@@ -585,7 +591,7 @@ mod tests {
             db.flush().unwrap();
         }
         let err = open_when_released(&dir).err().unwrap().to_string();
-        assert!(err.contains("schema version 2"), "{err}");
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

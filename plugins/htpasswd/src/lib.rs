@@ -197,6 +197,8 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
                 groups: profile.map(|p| p.groups.clone()).unwrap_or_default(),
                 attributes: BTreeMap::new(),
                 plugin_data: None,
+                access_token: None,
+                recheck_interval_secs: 0,
             },
             return_to: login.return_to,
         })

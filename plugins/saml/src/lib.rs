@@ -547,6 +547,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
         groups: by_option.remove(options.groups_attribute.as_str()).unwrap_or_default(),
         attributes,
         plugin_data: serde_json::to_string(&data).ok(),
+        access_token: None,
+        recheck_interval_secs: 0,
     })
 }
 

@@ -71,6 +71,15 @@ pub trait Plugin: Send + Sync {
         Ok(serde_json::Value::Object(serde_json::Map::new()))
     }
 
+    /// Asks the identity provider whether the user of a session (whose identity asked for
+    /// re-checks with `recheck_interval_secs`) still has access; `false` ends the session.
+    /// Called off the request path, about every `recheck_interval_secs`. An error keeps the
+    /// session (an unreachable provider does not sign everybody out) and is logged.
+    fn recheck(&self, host: &dyn Host, module: &ModuleContext, identity: &Identity) -> Result<bool, PluginError> {
+        let _ = (host, module, identity);
+        Ok(true)
+    }
+
     /// Ends a login at the identity provider, when the protocol can; `None` when there is
     /// nothing to do beyond the gateway's own logout.
     fn logout(
@@ -106,6 +115,7 @@ pub fn dispatch(plugin: &dyn Plugin, host: &dyn Host, call: Call) -> Result<Outc
             .map(Outcome::Respond),
         Call::Handle { module, request } => plugin.handle(host, &module, &request),
         Call::Logout { module, identity } => plugin.logout(host, &module, &identity).map(Outcome::LoggedOut),
+        Call::Recheck { module, identity } => plugin.recheck(host, &module, &identity).map(Outcome::Rechecked),
         Call::DescribeModule { module } => plugin.describe_module(host, &module).map(|outputs| Outcome::Described {
             outputs_json: outputs.to_string(),
         }),

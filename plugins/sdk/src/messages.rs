@@ -153,6 +153,11 @@ pub struct Identity {
     pub attributes: BTreeMap<String, Vec<String>>,
     /// Opaque data the plugin wants back at logout (a SAML session index, an OIDC ID token).
     pub plugin_data: Option<String>,
+    /// An access token for the upstream: sent in the configured access-token header on every
+    /// request of the session (set only when the module opts in).
+    pub access_token: Option<String>,
+    /// Seconds between re-checks of the user's access ([`crate::Plugin::recheck`]); 0: never.
+    pub recheck_interval_secs: u64,
 }
 
 /// A call from the gateway to a plugin.
@@ -186,6 +191,13 @@ pub enum Call {
         /// The module.
         module: ModuleContext,
     },
+    /// [`crate::Plugin::recheck`].
+    Recheck {
+        /// The module.
+        module: ModuleContext,
+        /// The identity of the session being checked.
+        identity: Identity,
+    },
     /// [`crate::Plugin::logout`].
     Logout {
         /// The module.
@@ -215,6 +227,8 @@ pub enum Outcome {
     },
     /// Answer to [`Call::Logout`].
     LoggedOut(Option<HttpResponse>),
+    /// Answer to [`Call::Recheck`]: whether the user still has access.
+    Rechecked(bool),
     /// Answer to [`Call::DescribeModule`]: the module's read-only outputs.
     Described {
         /// A JSON object, as text.
