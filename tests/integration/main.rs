@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod config;
 mod ngrok_client;
+mod oidc;
 mod plugins;
 mod proxy;
 mod saml;

@@ -64,9 +64,12 @@ pub struct Registry {
     plugins: BTreeMap<String, Arc<Registered>>,
 }
 
-/// The plugins linked into this binary. OIDC and SCIM register here as they arrive.
+/// The plugins linked into this binary. SCIM registers here when it arrives.
 pub fn builtins() -> Vec<Arc<dyn Plugin>> {
-    vec![Arc::new(portcullis_saml::Saml::default())]
+    vec![
+        Arc::new(portcullis_saml::Saml::default()),
+        Arc::new(portcullis_oidc::Oidc::default()),
+    ]
 }
 
 impl Registry {

@@ -1,0 +1,945 @@
+//! `oidc`: the Portcullis OpenID Connect relying-party plugin. It protects an edge route with an
+//! OpenID Provider's sign-in (authorization code flow with PKCE S256, `state` and `nonce`),
+//! built on the openidconnect crate with the gateway's own HTTP client (`Host::http`: its
+//! timeouts, its egress allow-list, no redirects followed).
+//!
+//! Endpoints, under the route's mount path `/_portcullis/auth/<route id>` on its host:
+//! - `GET  …/callback`: the redirect URI the provider sends the browser back to;
+//! - `POST …/backchannel-logout`: OIDC Back-Channel Logout 1.0 (a signed `logout_token`);
+//! - `GET  …/logged-out`: where the provider's RP-initiated logout returns the browser.
+//!
+//! Discovery and the JWKS are fetched through the host and cached per module; an ID token
+//! signed with an unknown `kid` refetches the JWKS (at most once a minute). ID tokens are
+//! checked for signature (asymmetric algorithms only: `none` and HMAC are refused), `iss`,
+//! `aud` (and `azp` with several audiences), `exp`, `iat` (not in the future), `nonce`.
+//! Access rules (`allow_emails`, `allow_domains`, `authorized_groups`) are checked at sign-in
+//! and, with `recheck_interval`, again against the provider's userinfo endpoint.
+
+mod jwt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId,
+    ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
+    ProviderMetadata, RedirectUrl, Scope, SignatureVerificationError, TokenResponse,
+};
+use portcullis_plugin_sdk::{
+    form_value, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel, ModuleContext, ModulePlan,
+    OptionError, OutboundRequest, Outcome, Plugin, PluginError, PluginInfo,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// How long a sign-in may take at the provider, in seconds.
+const LOGIN_TTL: u64 = 600;
+/// How long discovery and the JWKS are kept before they are fetched again, in seconds.
+const METADATA_TTL: i64 = 3600;
+/// The least time between two JWKS fetches caused by unknown key ids, in seconds.
+const JWKS_REFRESH_INTERVAL: i64 = 60;
+/// Tolerated clock difference with the provider, in seconds.
+const CLOCK_SKEW: i64 = 60;
+/// Sign-ins started from one address per minute (per module) before further ones are refused.
+const MAX_STARTS_PER_MINUTE: u64 = 300;
+/// The read-only fields the gateway computes; writing them is refused.
+const OUTPUTS: [&str; 3] = ["redirect_uri", "post_logout_redirect_uri", "backchannel_logout_uri"];
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Provider metadata fields openidconnect leaves to the caller.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+struct LogoutMetadata {
+    end_session_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for LogoutMetadata {}
+
+type Metadata = ProviderMetadata<
+    LogoutMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The module's options: ngrok's (`issuer`, `client_id`, `client_secret`, `scopes`) and what
+/// users of oauth2-proxy and Pomerium ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    issuer: String,
+    client_id: String,
+    client_secret: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    /// Only these email addresses may sign in (with `allow_domains`: either list).
+    #[serde(default)]
+    allow_emails: Vec<String>,
+    /// Only addresses in these email domains may sign in.
+    #[serde(default)]
+    allow_domains: Vec<String>,
+    /// Only members of one of these groups may sign in.
+    #[serde(default)]
+    authorized_groups: Vec<String>,
+    /// The claim that lists the user's groups.
+    #[serde(default = "default_groups_claim")]
+    groups_claim: String,
+    /// Seconds between checks at the provider's userinfo endpoint that the user still has
+    /// access (0: never).
+    #[serde(default)]
+    recheck_interval: u64,
+    /// Sends the access token to the upstream (in the identity headers' `access_token` header).
+    #[serde(default)]
+    forward_access_token: bool,
+    /// Further `host:port`s the provider's endpoints live on, beyond the issuer's.
+    #[serde(default)]
+    provider_hosts: Vec<String>,
+    /// `client_secret_basic` or `client_secret_post`, as the client is registered at the
+    /// provider; by default basic when the provider advertises it, else post.
+    #[serde(default)]
+    token_auth_method: Option<String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+impl Options {
+    fn scopes(&self) -> Vec<String> {
+        if self.scopes.is_empty() {
+            vec!["openid".into(), "profile".into(), "email".into()]
+        } else {
+            self.scopes.clone()
+        }
+    }
+
+    /// Whether a user with this email and these groups may sign in.
+    fn admits(&self, email: Option<&str>, email_verified: bool, groups: &[String]) -> bool {
+        let by_address = self.allow_emails.is_empty() && self.allow_domains.is_empty()
+            || email.filter(|_| email_verified).is_some_and(|email| {
+                let email = email.to_ascii_lowercase();
+                let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+                self.allow_emails.iter().any(|e| e.eq_ignore_ascii_case(&email))
+                    || self.allow_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+            });
+        let by_group = self.authorized_groups.is_empty() || groups.iter().any(|g| self.authorized_groups.contains(g));
+        by_address && by_group
+    }
+}
+
+fn option_error(key: &str, message: impl Into<String>) -> Vec<OptionError> {
+    vec![OptionError {
+        key: key.into(),
+        message: message.into(),
+    }]
+}
+
+fn parse_options(value: &serde_json::Value) -> Result<Options, Vec<OptionError>> {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+        if let Some(output) = OUTPUTS.iter().find(|k| object.contains_key(**k)) {
+            return Err(option_error(output, "is read-only: the gateway computes it"));
+        }
+        for key in ["issuer", "client_id", "client_secret"] {
+            if object.get(key).and_then(|v| v.as_str()).is_none_or(str::is_empty) {
+                return Err(option_error(key, "is required"));
+            }
+        }
+    }
+    let options: Options = serde_json::from_value(value).map_err(|e| {
+        let message = e.to_string();
+        let key = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.starts_with("unknown field"))
+            .unwrap_or("");
+        option_error(key, message.clone())
+    })?;
+    let issuer = url::Url::parse(&options.issuer).map_err(|e| option_error("issuer", format!("is not a URL: {e}")))?;
+    if !matches!(issuer.scheme(), "https" | "http") || issuer.host_str().is_none() {
+        return Err(option_error("issuer", "must be an http(s) URL"));
+    }
+    if !options.scopes.is_empty() && !options.scopes.iter().any(|s| s == "openid") {
+        return Err(option_error("scopes", "must include `openid`"));
+    }
+    if options.groups_claim.trim().is_empty() {
+        return Err(option_error("groups_claim", "must not be empty"));
+    }
+    if let Some(method) = options.token_auth_method.as_deref() {
+        if !matches!(method, "client_secret_basic" | "client_secret_post") {
+            return Err(option_error(
+                "token_auth_method",
+                format!("`{method}` is not client_secret_basic or client_secret_post"),
+            ));
+        }
+    }
+    Ok(options)
+}
+
+/// `host:port` of a URL, as the egress allow-list names hosts.
+fn host_port(url: &url::Url) -> Option<String> {
+    Some(format!("{}:{}", url.host_str()?, url.port_or_known_default()?))
+}
+
+/// The gateway's HTTP client as openidconnect's: one blocking call through the host.
+struct HostHttp<'a>(&'a dyn Host);
+
+#[derive(Debug)]
+struct HttpError(String);
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for HttpError {}
+
+impl HostHttp<'_> {
+    fn call(&self, request: openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse, HttpError> {
+        let (parts, body) = request.into_parts();
+        let outbound = OutboundRequest {
+            method: parts.method.to_string(),
+            url: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        };
+        let answer = self.0.http(outbound).map_err(HttpError)?;
+        let mut response = openidconnect::http::Response::builder().status(answer.status);
+        for (name, value) in &answer.headers {
+            response = response.header(name.as_str(), value.as_str());
+        }
+        response.body(answer.body).map_err(|e| HttpError(e.to_string()))
+    }
+}
+
+/// A module, ready to serve: options, the provider's metadata, URLs.
+struct Module {
+    options_json: String,
+    origin: String,
+    options: Options,
+    metadata: Metadata,
+    fetched_at: i64,
+    jwks_refreshed_at: i64,
+    redirect_uri: String,
+    base: String,
+}
+
+impl Module {
+    fn client(&self) -> Result<OidcClient, PluginError> {
+        let client = CoreClient::from_provider_metadata(
+            self.metadata.clone(),
+            ClientId::new(self.options.client_id.clone()),
+            Some(ClientSecret::new(self.options.client_secret.clone())),
+        )
+        .set_redirect_uri(RedirectUrl::new(self.redirect_uri.clone()).map_err(internal)?);
+        // As configured; else client_secret_basic unless the provider only takes client_secret_post.
+        let methods = self.metadata.token_endpoint_auth_methods_supported();
+        let basic = methods.is_none_or(|m| m.contains(&CoreClientAuthMethod::ClientSecretBasic));
+        let post = methods.is_some_and(|m| m.contains(&CoreClientAuthMethod::ClientSecretPost));
+        let use_post = match self.options.token_auth_method.as_deref() {
+            Some(method) => method == "client_secret_post",
+            None => !basic && post,
+        };
+        Ok(client.set_auth_type(if use_post {
+            AuthType::RequestBody
+        } else {
+            AuthType::BasicAuth
+        }))
+    }
+
+    fn outputs(&self) -> serde_json::Value {
+        let o = &self.options;
+        serde_json::json!({
+            "scopes": o.scopes(),
+            "allow_emails": o.allow_emails,
+            "allow_domains": o.allow_domains,
+            "authorized_groups": o.authorized_groups,
+            "groups_claim": o.groups_claim,
+            "recheck_interval": o.recheck_interval,
+            "forward_access_token": o.forward_access_token,
+            "provider_hosts": o.provider_hosts,
+            "token_auth_method": o.token_auth_method,
+            "redirect_uri": self.redirect_uri,
+            "post_logout_redirect_uri": format!("{}/logged-out", self.base),
+            "backchannel_logout_uri": format!("{}/backchannel-logout", self.base),
+        })
+    }
+}
+
+type OidcClient = openidconnect::Client<
+    openidconnect::EmptyAdditionalClaims,
+    CoreAuthDisplay,
+    openidconnect::core::CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    openidconnect::core::CoreAuthPrompt,
+    openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+    openidconnect::core::CoreTokenResponse,
+    openidconnect::core::CoreTokenIntrospectionResponse,
+    openidconnect::core::CoreRevocableToken,
+    openidconnect::core::CoreRevocationErrorResponse,
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+fn internal(e: impl std::fmt::Display) -> PluginError {
+    PluginError::Internal(e.to_string())
+}
+
+/// A sign-in this RP started, kept under its `state` until the provider sends the browser back.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    nonce: String,
+    pkce_verifier: String,
+    return_to: String,
+    /// The value of the browser's binding cookie.
+    binding: String,
+}
+
+/// What a session keeps for logout and re-checks.
+#[derive(Serialize, Deserialize)]
+struct SessionData {
+    id_token: String,
+    sid: Option<String>,
+    access_token: String,
+}
+
+/// The plugin. Modules (with their provider's metadata) are cached per options.
+#[derive(Default)]
+pub struct Oidc {
+    modules: Mutex<HashMap<String, Arc<Module>>>,
+}
+
+impl Oidc {
+    fn module(&self, host: &dyn Host, context: &ModuleContext) -> Result<Arc<Module>, PluginError> {
+        let now = host.now_unix();
+        let cached = self
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&context.module_id)
+            .filter(|m| {
+                m.options_json == context.options_json
+                    && m.origin == context.origin
+                    && now - m.fetched_at < METADATA_TTL
+            })
+            .cloned();
+        if let Some(module) = cached {
+            return Ok(module);
+        }
+        let value: serde_json::Value = serde_json::from_str(&context.options_json).map_err(internal)?;
+        let options = parse_options(&value).map_err(|e| internal(format!("stored options do not validate: {e:?}")))?;
+        let issuer = IssuerUrl::new(options.issuer.clone()).map_err(internal)?;
+        let http = |r| HostHttp(host).call(r);
+        let metadata = Metadata::discover(&issuer, &http).map_err(|e| {
+            PluginError::Upstream(format!("discovery at {} failed: {}", options.issuer, error_chain(&e)))
+        })?;
+        let base = format!("{}{}", context.origin, context.mount_path);
+        let module = Arc::new(Module {
+            options_json: context.options_json.clone(),
+            origin: context.origin.clone(),
+            options,
+            metadata,
+            fetched_at: now,
+            jwks_refreshed_at: now,
+            redirect_uri: format!("{base}/callback"),
+            base,
+        });
+        self.store(context, module.clone());
+        Ok(module)
+    }
+
+    fn store(&self, context: &ModuleContext, module: Arc<Module>) {
+        self.modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(context.module_id.clone(), module);
+    }
+
+    /// Fetches the provider's JWKS again (a key id it did not have), at most once a minute.
+    fn refresh_jwks(&self, host: &dyn Host, context: &ModuleContext, module: &Module) -> Option<Arc<Module>> {
+        let now = host.now_unix();
+        if now - module.jwks_refreshed_at < JWKS_REFRESH_INTERVAL {
+            return None;
+        }
+        let http = |r| HostHttp(host).call(r);
+        let jwks = match CoreJsonWebKeySet::fetch(module.metadata.jwks_uri(), &http) {
+            Ok(jwks) => jwks,
+            Err(e) => {
+                host.log(LogLevel::Warn, &format!("JWKS refresh failed: {}", error_chain(&e)));
+                return None;
+            }
+        };
+        let fresh = Arc::new(Module {
+            options_json: module.options_json.clone(),
+            origin: module.origin.clone(),
+            options: module.options.clone(),
+            metadata: module.metadata.clone().set_jwks(jwks),
+            fetched_at: module.fetched_at,
+            jwks_refreshed_at: now,
+            redirect_uri: module.redirect_uri.clone(),
+            base: module.base.clone(),
+        });
+        self.store(context, fresh.clone());
+        Some(fresh)
+    }
+
+    fn callback(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        request: &HttpRequest,
+    ) -> Result<Outcome, PluginError> {
+        let module = self.module(host, context)?;
+        let query = request.query.as_deref().unwrap_or_default();
+        let state = form_value(query, "state").unwrap_or_default();
+        let pending = host
+            .kv_take(&format!("state:{state}"))
+            .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok())
+            .ok_or_else(|| {
+                host.log(LogLevel::Warn, "OIDC callback with an unknown or used state");
+                PluginError::BadRequest(
+                    "This sign-in answer does not match a sign-in started here, or was already used. Try signing in again.".into(),
+                )
+            })?;
+        if request.cookie(&binding_cookie(&module.redirect_uri)) != Some(pending.binding.as_str()) {
+            host.log(
+                LogLevel::Warn,
+                "OIDC callback from another browser than the one that started the sign-in",
+            );
+            return Err(PluginError::BadRequest(
+                "This sign-in answer belongs to a sign-in started in another browser. Try signing in again.".into(),
+            ));
+        }
+        if let Some(error) = form_value(query, "error") {
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "the provider answered {error}: {}",
+                    form_value(query, "error_description").unwrap_or_default()
+                ),
+            );
+            return Err(PluginError::Forbidden(
+                "The identity provider did not sign you in.".into(),
+            ));
+        }
+        // RFC 9207: when the provider names itself, it must be the module's issuer.
+        if let Some(iss) = form_value(query, "iss") {
+            if iss != module.options.issuer {
+                return Err(PluginError::BadRequest(
+                    "The sign-in answer came from another provider.".into(),
+                ));
+            }
+        }
+        let code = form_value(query, "code")
+            .ok_or_else(|| PluginError::BadRequest("The sign-in answer has no code.".into()))?;
+        let http = |r| HostHttp(host).call(r);
+        let client = module.client()?;
+        let token = client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(internal)?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.pkce_verifier.clone()))
+            .request(&http)
+            .map_err(|e| {
+                let message = error_chain(&e);
+                if matches!(e, openidconnect::RequestTokenError::ServerResponse(_)) {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("the token endpoint refused the code: {message}"),
+                    );
+                    PluginError::BadRequest(
+                        "The identity provider did not accept this sign-in. Try signing in again.".into(),
+                    )
+                } else {
+                    PluginError::Upstream(format!("token endpoint: {message}"))
+                }
+            })?;
+        let id_token = token
+            .id_token()
+            .ok_or_else(|| PluginError::Upstream("the token response has no ID token".into()))?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let now = host.now_unix();
+        let verify = |module: &Module| -> Result<(), ClaimsVerificationError> {
+            let client = module
+                .client()
+                .map_err(|e| ClaimsVerificationError::Other(e.to_string()))?;
+            let verifier = client
+                .id_token_verifier()
+                .set_allowed_algs(ASYMMETRIC_ALGS.iter().cloned())
+                .set_issue_time_verifier_fn(move |iat| {
+                    if iat.timestamp() > now + CLOCK_SKEW {
+                        Err(format!("issued in the future ({iat})"))
+                    } else {
+                        Ok(())
+                    }
+                });
+            id_token.claims(&verifier, &nonce).map(|_| ())
+        };
+        let checked = match verify(&module) {
+            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey)) => {
+                match self.refresh_jwks(host, context, &module) {
+                    Some(fresh) => verify(&fresh),
+                    None => Err(ClaimsVerificationError::SignatureVerification(
+                        SignatureVerificationError::NoMatchingKey,
+                    )),
+                }
+            }
+            other => other,
+        };
+        if let Err(e) = checked {
+            host.log(LogLevel::Warn, &format!("ID token refused: {e}"));
+            return Err(PluginError::BadRequest(
+                "The identity provider's answer was not accepted. Try signing in again.".into(),
+            ));
+        }
+        // Verified: read every claim (the groups claim is not a standard one) from the payload.
+        let claims = jwt::payload(&id_token.to_string()).map_err(PluginError::BadRequest)?;
+        let sub = claims["sub"].as_str().unwrap_or_default().to_string();
+        let email = claims["email"].as_str().map(str::to_string);
+        let email_verified = claims["email_verified"].as_bool().unwrap_or(true);
+        let groups = string_list(&claims[module.options.groups_claim.as_str()]);
+        if !module.options.admits(email.as_deref(), email_verified, &groups) {
+            host.log(LogLevel::Info, &format!("{sub} is not admitted by the module's rules"));
+            return Err(PluginError::Forbidden(
+                "You do not have access to this application.".into(),
+            ));
+        }
+        let sid = claims["sid"].as_str().map(str::to_string);
+        if let Some(sid) = &sid {
+            host.kv_put(&format!("sid:{sid}"), sub.as_bytes(), Some(30 * 86_400));
+        }
+        let access_token = token.access_token().secret().clone();
+        let data = SessionData {
+            id_token: id_token.to_string(),
+            sid,
+            access_token: access_token.clone(),
+        };
+        let mut attributes = BTreeMap::new();
+        if let serde_json::Value::Object(object) = &claims {
+            for (key, value) in object {
+                let values = string_list(value);
+                if !values.is_empty() {
+                    attributes.insert(key.clone(), values);
+                }
+            }
+        }
+        Ok(Outcome::LoggedIn {
+            identity: Identity {
+                subject: subject_of(&module.options.issuer, &sub),
+                email,
+                name: claims["name"].as_str().map(str::to_string),
+                groups,
+                attributes,
+                plugin_data: serde_json::to_string(&data).ok(),
+                access_token: module.options.forward_access_token.then_some(access_token),
+                recheck_interval_secs: module.options.recheck_interval,
+            },
+            return_to: pending.return_to,
+        })
+    }
+
+    /// OIDC Back-Channel Logout: the provider posts a signed `logout_token`.
+    fn backchannel(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        request: &HttpRequest,
+    ) -> Result<Outcome, PluginError> {
+        let module = self.module(host, context)?;
+        if request.method != "POST" {
+            return Err(PluginError::BadRequest(
+                "The back-channel logout endpoint takes POST.".into(),
+            ));
+        }
+        let body = String::from_utf8_lossy(&request.body);
+        let token =
+            form_value(&body, "logout_token").ok_or_else(|| PluginError::BadRequest("no logout_token".into()))?;
+        let refuse = |why: String| {
+            host.log(LogLevel::Warn, &format!("logout_token refused: {why}"));
+            PluginError::BadRequest("The logout token was not accepted.".into())
+        };
+        let keys = |module: &Module| module.metadata.jwks().keys().clone();
+        let claims = match jwt::verify(&token, &keys(&module), ASYMMETRIC_ALGS) {
+            Err(jwt::Error::UnknownKey) => match self.refresh_jwks(host, context, &module) {
+                Some(fresh) => jwt::verify(&token, &keys(&fresh), ASYMMETRIC_ALGS),
+                None => Err(jwt::Error::UnknownKey),
+            },
+            other => other,
+        }
+        .map_err(|e| refuse(e.to_string()))?;
+        let now = host.now_unix();
+        if claims["iss"].as_str() != Some(module.options.issuer.as_str()) {
+            return Err(refuse(format!("iss {}", claims["iss"])));
+        }
+        let audience_ok = match &claims["aud"] {
+            serde_json::Value::String(aud) => *aud == module.options.client_id,
+            serde_json::Value::Array(auds) => auds
+                .iter()
+                .any(|a| a.as_str() == Some(module.options.client_id.as_str())),
+            _ => false,
+        };
+        if !audience_ok {
+            return Err(refuse(format!("aud {}", claims["aud"])));
+        }
+        let iat = claims["iat"].as_i64().ok_or_else(|| refuse("no iat".into()))?;
+        if iat > now + CLOCK_SKEW || iat < now - LOGIN_TTL as i64 {
+            return Err(refuse(format!("iat {iat} is not recent")));
+        }
+        if claims["exp"].as_i64().is_some_and(|exp| exp + CLOCK_SKEW < now) {
+            return Err(refuse("expired".into()));
+        }
+        if claims.get("nonce").is_some() {
+            return Err(refuse("has a nonce".into()));
+        }
+        if claims["events"].get(BACKCHANNEL_EVENT).is_none() {
+            return Err(refuse("no back-channel logout event".into()));
+        }
+        let jti = claims["jti"].as_str().ok_or_else(|| refuse("no jti".into()))?;
+        if host.kv_incr(&format!("jti:{jti}"), Some(2 * LOGIN_TTL)) > 1 {
+            return Err(refuse(format!("jti {jti} was already used")));
+        }
+        let sub = match (claims["sub"].as_str(), claims["sid"].as_str()) {
+            (Some(sub), _) => sub.to_string(),
+            (None, Some(sid)) => host
+                .kv_get(&format!("sid:{sid}"))
+                .and_then(|s| String::from_utf8(s).ok())
+                .ok_or_else(|| refuse(format!("unknown sid {sid}")))?,
+            (None, None) => return Err(refuse("neither sub nor sid".into())),
+        };
+        Ok(Outcome::EndSessions {
+            subject: subject_of(&module.options.issuer, &sub),
+            response: HttpResponse {
+                status: 200,
+                headers: vec![("cache-control".into(), "no-store".into())],
+                body: Vec::new(),
+            },
+        })
+    }
+}
+
+/// Signature algorithms accepted on ID and logout tokens: asymmetric ones only, so neither
+/// `none` nor an HMAC keyed with a public key can pass.
+const ASYMMETRIC_ALGS: &[CoreJwsSigningAlgorithm] = &[
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+    CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+    CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+    CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+    CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+    CoreJwsSigningAlgorithm::EdDsa,
+];
+
+impl Plugin for Oidc {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "oidc".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "OpenID Connect relying party: sign-in with an OpenID Provider (code flow, PKCE)".into(),
+            capabilities: vec![Capability::BrowserLogin],
+        }
+    }
+
+    fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
+        let options = parse_options(options)?;
+        let mut egress_hosts = Vec::new();
+        if let Some(issuer) = url::Url::parse(&options.issuer).ok().as_ref().and_then(host_port) {
+            egress_hosts.push(issuer);
+        }
+        egress_hosts.extend(options.provider_hosts.iter().cloned());
+        Ok(ModulePlan { egress_hosts })
+    }
+
+    fn describe_module(&self, host: &dyn Host, context: &ModuleContext) -> Result<serde_json::Value, PluginError> {
+        // Discovery happens here, so the API refuses an issuer whose discovery fails.
+        let module = self.module(host, context).map_err(|e| match e {
+            PluginError::Upstream(m) => PluginError::BadRequest(m),
+            other => other,
+        })?;
+        Ok(module.outputs())
+    }
+
+    fn start_login(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        return_to: &str,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        let module = self.module(host, context)?;
+        if host.kv_incr(&format!("starts:{}", request.remote_addr), Some(60)) > MAX_STARTS_PER_MINUTE {
+            return Err(PluginError::BadRequest(
+                "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
+            ));
+        }
+        let random = |n: usize| B64URL.encode(host.random(n));
+        let state = random(32);
+        let nonce = random(32);
+        let verifier = PkceCodeVerifier::new(random(32));
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+        // One binding value per browser (SameSite=Lax: the provider's redirect back is a
+        // top-level GET), so that sign-ins started in several tabs all complete.
+        let cookie = binding_cookie(&module.redirect_uri);
+        let binding = request
+            .cookie(&cookie)
+            .filter(|v| v.len() == 43)
+            .map_or_else(|| random(32), str::to_string);
+        let pending = Pending {
+            nonce: nonce.clone(),
+            pkce_verifier: verifier.secret().clone(),
+            return_to: return_to.to_string(),
+            binding: binding.clone(),
+        };
+        host.kv_put(
+            &format!("state:{state}"),
+            &serde_json::to_vec(&pending).map_err(internal)?,
+            Some(LOGIN_TTL),
+        );
+        let client = module.client()?;
+        let (state_value, nonce_value) = (state.clone(), nonce.clone());
+        let mut authorize = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                move || CsrfToken::new(state_value),
+                move || Nonce::new(nonce_value),
+            )
+            .set_pkce_challenge(challenge);
+        for scope in module.options.scopes().into_iter().filter(|s| s != "openid") {
+            authorize = authorize.add_scope(Scope::new(scope));
+        }
+        let (url, _, _) = authorize.url();
+        let secure = if module.origin.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        let mut response = HttpResponse::redirect(url.as_str());
+        response.headers.push((
+            "set-cookie".into(),
+            format!("{cookie}={binding}; Path=/; Max-Age={LOGIN_TTL}; HttpOnly; SameSite=Lax{secure}"),
+        ));
+        Ok(response)
+    }
+
+    fn handle(&self, host: &dyn Host, context: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        match request.path.strip_prefix(&context.mount_path).unwrap_or_default() {
+            "/callback" => self.callback(host, context, request),
+            "/backchannel-logout" => self.backchannel(host, context, request),
+            "/logged-out" => Ok(Outcome::Respond(page(
+                200,
+                "Signed out",
+                "You are signed out of this site and of the identity provider.",
+            ))),
+            _ => Ok(Outcome::Respond(page(
+                404,
+                "Not found",
+                "This sign-in module has nothing at this address.",
+            ))),
+        }
+    }
+
+    fn recheck(&self, host: &dyn Host, context: &ModuleContext, identity: &Identity) -> Result<bool, PluginError> {
+        let module = self.module(host, context)?;
+        let Some(data) = identity
+            .plugin_data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<SessionData>(d).ok())
+        else {
+            return Ok(false);
+        };
+        let endpoint = module
+            .metadata
+            .userinfo_endpoint()
+            .ok_or_else(|| PluginError::Internal("the provider has no userinfo endpoint to re-check with".into()))?;
+        let answer = host
+            .http(OutboundRequest {
+                method: "GET".into(),
+                url: endpoint.url().to_string(),
+                headers: vec![
+                    ("authorization".into(), format!("Bearer {}", data.access_token)),
+                    ("accept".into(), "application/json".into()),
+                ],
+                body: Vec::new(),
+            })
+            .map_err(PluginError::Upstream)?;
+        match answer.status {
+            200 => {
+                let claims: serde_json::Value = serde_json::from_slice(&answer.body)
+                    .map_err(|e| PluginError::Upstream(format!("userinfo is not JSON: {e}")))?;
+                let subject_matches = claims["sub"]
+                    .as_str()
+                    .map(|s| subject_of(&module.options.issuer, s))
+                    .as_deref()
+                    == Some(identity.subject.as_str());
+                let email = claims["email"].as_str().or(identity.email.as_deref());
+                let verified = claims["email_verified"].as_bool().unwrap_or(true);
+                let groups = match claims.get(module.options.groups_claim.as_str()) {
+                    Some(value) => string_list(value),
+                    None => identity.groups.clone(),
+                };
+                Ok(subject_matches && module.options.admits(email, verified, &groups))
+            }
+            401 | 403 => Ok(false),
+            status => Err(PluginError::Upstream(format!("userinfo answered {status}"))),
+        }
+    }
+
+    fn logout(
+        &self,
+        host: &dyn Host,
+        context: &ModuleContext,
+        identity: &Identity,
+    ) -> Result<Option<HttpResponse>, PluginError> {
+        let module = self.module(host, context)?;
+        let Some(end_session) = &module.metadata.additional_metadata().end_session_endpoint else {
+            return Ok(None);
+        };
+        let mut url = url::Url::parse(end_session).map_err(internal)?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(data) = identity
+                .plugin_data
+                .as_deref()
+                .and_then(|d| serde_json::from_str::<SessionData>(d).ok())
+            {
+                query.append_pair("id_token_hint", &data.id_token);
+            }
+            query.append_pair("client_id", &module.options.client_id);
+            query.append_pair("post_logout_redirect_uri", &format!("{}/logged-out", module.base));
+        }
+        Ok(Some(HttpResponse::redirect(url.as_str())))
+    }
+}
+
+/// The gateway's subject for a provider's `sub`: qualified by the issuer.
+fn subject_of(issuer: &str, sub: &str) -> String {
+    format!("{issuer}!{sub}")
+}
+
+/// The cookie that binds a sign-in to its browser, distinct per module.
+fn binding_cookie(redirect_uri: &str) -> String {
+    let digest = jwt::sha256(redirect_uri.as_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("portcullis-oidc-{short}")
+}
+
+/// A claim as a list of strings (a string is a list of one).
+fn string_list(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An error with its sources, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn page(status: u16, title: &str, message: &str) -> HttpResponse {
+    HttpResponse::html(
+        status,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>{title}</h1><p>{message}</p></body></html>\n"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(extra: serde_json::Value) -> Options {
+        let mut value = serde_json::json!({"issuer": "https://op.example", "client_id": "c", "client_secret": "s"});
+        for (k, v) in extra.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        parse_options(&value).unwrap()
+    }
+
+    #[test]
+    fn options_need_issuer_client_and_secret() {
+        for (missing, key) in [
+            (serde_json::json!({"client_id": "c", "client_secret": "s"}), "issuer"),
+            (
+                serde_json::json!({"issuer": "https://op", "client_secret": "s"}),
+                "client_id",
+            ),
+            (
+                serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": ""}),
+                "client_secret",
+            ),
+            (
+                serde_json::json!({"issuer": "ftp://op", "client_id": "c", "client_secret": "s"}),
+                "issuer",
+            ),
+            (
+                serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "scopes": ["email"]}),
+                "scopes",
+            ),
+            (
+                serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "redirect_uri": "x"}),
+                "redirect_uri",
+            ),
+        ] {
+            assert_eq!(parse_options(&missing).unwrap_err()[0].key, key, "{missing}");
+        }
+        assert_eq!(options(serde_json::json!({})).scopes(), ["openid", "profile", "email"]);
+    }
+
+    #[test]
+    fn access_rules_combine_addresses_and_groups() {
+        let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let open = options(serde_json::json!({}));
+        assert!(open.admits(None, true, &[]));
+        let by_domain =
+            options(serde_json::json!({"allow_domains": ["Example.com"], "allow_emails": ["bob@corp.example"]}));
+        assert!(by_domain.admits(Some("alice@example.com"), true, &[]));
+        assert!(by_domain.admits(Some("BOB@corp.example"), true, &[]));
+        assert!(!by_domain.admits(Some("alice@example.com.evil"), true, &[]));
+        assert!(
+            !by_domain.admits(Some("alice@example.com"), false, &[]),
+            "an unverified email"
+        );
+        assert!(!by_domain.admits(None, true, &[]));
+        let by_group = options(serde_json::json!({"authorized_groups": ["eng"], "allow_domains": ["example.com"]}));
+        assert!(by_group.admits(Some("a@example.com"), true, &groups(&["eng"])));
+        assert!(!by_group.admits(Some("a@example.com"), true, &groups(&["sales"])));
+        assert!(!by_group.admits(Some("a@other.com"), true, &groups(&["eng"])));
+    }
+}

@@ -1,0 +1,564 @@
+//! The OIDC module against a certified OpenID Provider: npm `oidc-provider`
+//! (`tests/peers/oidc_provider.mjs`, installed by `make test-deps`), started on loopback by each
+//! test and stopped by its pid. Sign-in through its login and consent forms (over HTTP with a
+//! cookie jar, and in headless Chromium), email/domain/group rules, RP-initiated and
+//! back-channel logout, re-checks, access-token forwarding, the module's API and config forms.
+
+use crate::harness::{run_peer, send, set_cookie, tests_dir, Reply, TestGateway, Upstream};
+use http::Method;
+use portcullis::server::StartOptions;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use tokio::io::AsyncBufReadExt;
+
+const COOKIE: &str = "portcullis.session";
+
+/// A running Node peer that prints `{"issuer": ...}` when ready (the provider or the forge).
+pub struct Op {
+    child: tokio::process::Child,
+    pub issuer: String,
+}
+
+impl Op {
+    pub async fn start(script: &str) -> Op {
+        assert!(
+            tests_dir().join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is missing: run `make test-deps`"
+        );
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = tokio::process::Command::new("node")
+            .arg(tests_dir().join("peers").join(script))
+            .args(["--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the provider printed its issuer");
+        let ready: Value = serde_json::from_str(&line).unwrap();
+        Op {
+            child,
+            issuer: ready["issuer"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        send(Method::GET, &format!("{}{path}", self.issuer), &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        send(
+            Method::POST,
+            &format!("{}{path}", self.issuer),
+            &[("content-type", "application/json")],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Cookies of one host, with their paths, as a browser keeps them.
+#[derive(Default)]
+pub struct Jar(Vec<(String, String, String)>);
+
+impl Jar {
+    pub fn take(&mut self, reply: &Reply) {
+        for header in reply.headers.get_all("set-cookie") {
+            let text = header.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            let path = attributes
+                .split(';')
+                .filter_map(|a| {
+                    a.trim()
+                        .strip_prefix("path=")
+                        .or_else(|| a.trim().strip_prefix("Path="))
+                })
+                .next()
+                .unwrap_or("/")
+                .to_string();
+            self.0.retain(|(n, _, p)| !(n == name && *p == path));
+            if !value.is_empty() && !attributes.to_ascii_lowercase().contains("max-age=0") {
+                self.0.push((name.to_string(), value.to_string(), path));
+            }
+        }
+    }
+
+    pub fn header(&self, path: &str) -> String {
+        self.0
+            .iter()
+            .filter(|(_, _, p)| path.starts_with(p.as_str()))
+            .map(|(n, v, _)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn location(reply: &Reply) -> String {
+    reply.headers["location"].to_str().unwrap().to_string()
+}
+
+fn path_of(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// A browser's visit: a GET or form POST with the jar's cookies for that path; takes the answer's.
+async fn visit(jar: &mut Jar, method: Method, url: &str, form: Option<String>) -> Reply {
+    let cookie = jar.header(path_of(url));
+    let mut headers = vec![("cookie", cookie.as_str())];
+    if form.is_some() {
+        headers.push(("content-type", "application/x-www-form-urlencoded"));
+    }
+    let reply = send(method, url, &headers, form.map(String::into_bytes)).await;
+    jar.take(&reply);
+    reply
+}
+
+/// A gateway whose edge answers on its own address (the provider calls its back-channel
+/// endpoint there), with `/` protected by an OIDC module.
+pub struct Site {
+    pub gw: TestGateway,
+    _upstream: Upstream,
+    pub edge_id: String,
+    pub route_id: String,
+    pub module: Value,
+    pub origin: String,
+    /// The gateway's cookies (session, sign-in binding), as the browser holds them.
+    pub jar: Jar,
+}
+
+impl Site {
+    pub async fn start(op: &Op, options: Value, start: StartOptions) -> Site {
+        let gw = TestGateway::start_full(crate::harness::LISTENERS, start).await;
+        let upstream = Upstream::start().await;
+        let edge_host = gw.gateway.edge_addr.to_string();
+        let (edge_id, route_id) = gw.create_route_to(upstream.addr, &edge_host).await;
+        let mut module = json!({"issuer": op.issuer, "client_id": "portcullis", "client_secret": "s3cret-for-tests"});
+        for (k, v) in options.as_object().unwrap() {
+            module[k] = v.clone();
+        }
+        let put = gw
+            .api(
+                Method::PUT,
+                &format!("/edges/https/{edge_id}/routes/{route_id}/oidc"),
+                Some(json!({"module": module})),
+            )
+            .await;
+        assert_eq!(put.status, 200, "{}", put.body);
+        Site {
+            gw,
+            _upstream: upstream,
+            edge_id,
+            route_id,
+            module: put.json(),
+            origin: format!("http://{edge_host}"),
+            jar: Jar::default(),
+        }
+    }
+
+    /// Registers the module's client at the real provider.
+    pub async fn register(&self, op: &Op, auth_method: &str) {
+        let m = &self.module;
+        let reply = op
+            .post(
+                "/test/clients",
+                json!({
+                    "client_id": "portcullis", "client_secret": "s3cret-for-tests",
+                    "redirect_uris": [m["redirect_uri"]],
+                    "post_logout_redirect_uris": [m["post_logout_redirect_uri"]],
+                    "backchannel_logout_uri": m["backchannel_logout_uri"],
+                    "token_endpoint_auth_method": auth_method,
+                }),
+            )
+            .await;
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let url = format!("{}{path}", self.origin);
+        visit(&mut self.jar, Method::GET, &url, None).await
+    }
+
+    /// A request with only this session token (another browser, or after the jar changed).
+    pub async fn with_session(&self, path: &str, token: &str) -> Reply {
+        let cookie = format!("{COOKIE}={token}");
+        send(
+            Method::GET,
+            &format!("{}{path}", self.origin),
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await
+    }
+
+    /// Signs `user` in through the provider's login (and, the first time, consent) forms;
+    /// returns the gateway's answer to the callback.
+    pub async fn login(&mut self, op_jar: &mut Jar, path: &str, user: &str) -> Reply {
+        let start = self.get(path).await;
+        assert_eq!(start.status, 303, "{}", start.body);
+        let mut url = location(&start);
+        assert!(url.starts_with(&op_jar_issuer(&url)), "{url}");
+        for _ in 0..10 {
+            if url.starts_with(&self.origin) {
+                return self.get(path_of(&url)).await;
+            }
+            let reply = visit(op_jar, Method::GET, &url, None).await;
+            if reply.status == 303 || reply.status == 302 {
+                url = location(&reply);
+                continue;
+            }
+            assert_eq!(reply.status, 200, "{url}: {}", reply.body);
+            let form = if reply.body.contains("name=\"login\"") {
+                format!("prompt=login&login={user}&password={user}-password")
+            } else {
+                assert!(reply.body.contains("value=\"consent\""), "{}", reply.body);
+                "prompt=consent".to_string()
+            };
+            let posted = visit(op_jar, Method::POST, &url, Some(form)).await;
+            assert_eq!(posted.status, 303, "{}", posted.body);
+            url = location(&posted);
+        }
+        panic!("the sign-in did not come back to the gateway");
+    }
+
+    pub async fn stop(self) {
+        self.gw.stop().await;
+    }
+}
+
+fn op_jar_issuer(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    format!("http://{}", rest.split('/').next().unwrap())
+}
+
+pub fn session_token(reply: &Reply) -> String {
+    let cookie = set_cookie(reply, COOKIE).unwrap_or_else(|| panic!("no session cookie: {reply:?}"));
+    cookie[COOKIE.len() + 1..].split(';').next().unwrap().to_string()
+}
+
+pub fn echoed(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+#[tokio::test]
+async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({"forward_access_token": true}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+
+    // The authorization request: code flow, PKCE S256, state, nonce, the default scopes.
+    let start = site.get("/reports?q=1").await;
+    let authorize = url::Url::parse(&location(&start)).unwrap();
+    let query: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(query["response_type"], "code");
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["scope"], "openid profile email");
+    assert_eq!(query["redirect_uri"], site.module["redirect_uri"]);
+    assert!(query["state"].len() >= 43 && query["nonce"].len() >= 43);
+
+    let mut op_jar = Jar::default();
+    let done = site.login(&mut op_jar, "/reports?q=1", "alice").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(location(&done), "/reports?q=1");
+    let token = session_token(&done);
+    let seen = echoed(&site.with_session("/reports?q=1", &token).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice Liddell");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering,admins");
+    let access_token = seen["headers"]["x-portcullis-access-token"].as_str().unwrap();
+    assert!(access_token.len() > 20, "{access_token}");
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["auth_method"], "client_secret_basic");
+    assert_eq!(token_request["code_verifier_present"], true);
+
+    // A spoofed access-token header never reaches the upstream.
+    let spoofed = send(
+        Method::GET,
+        &format!("{}/x", site.origin),
+        &[
+            ("cookie", &format!("{COOKIE}={token}")),
+            ("x-portcullis-access-token", "forged"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(echoed(&spoofed)["headers"]["x-portcullis-access-token"], access_token);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn client_secret_post_is_used_when_the_module_says_so() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(
+        &op,
+        json!({"token_auth_method": "client_secret_post", "scopes": ["openid", "email", "groups"]}),
+        StartOptions::default(),
+    )
+    .await;
+    site.register(&op, "client_secret_post").await;
+    let done = site.login(&mut Jar::default(), "/", "alice").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["auth_method"], "client_secret_post");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn email_domain_and_group_rules_allow_and_deny() {
+    let op = Op::start("oidc_provider.mjs").await;
+    for (rules, alice, bob) in [
+        (json!({"allow_domains": ["example.com"]}), 303, 403),
+        (json!({"allow_emails": ["bob@corp.example"]}), 403, 403), // bob's email is not verified
+        (json!({"authorized_groups": ["sales"]}), 403, 303),
+        (
+            json!({"allow_domains": ["example.com"], "authorized_groups": ["admins"]}),
+            303,
+            403,
+        ),
+    ] {
+        let mut site = Site::start(&op, rules.clone(), StartOptions::default()).await;
+        site.register(&op, "client_secret_basic").await;
+        for (user, expected) in [("alice", alice), ("bob", bob)] {
+            site.jar = Jar::default();
+            let reply = site.login(&mut Jar::default(), "/", user).await;
+            assert_eq!(reply.status, expected, "{rules} {user}: {}", reply.body);
+            if expected == 403 {
+                assert!(reply.body.contains("You do not have access to this application."));
+                assert!(
+                    !reply.body.contains(user) && !reply.body.contains("sales"),
+                    "{}",
+                    reply.body
+                );
+                assert!(set_cookie(&reply, COOKIE).is_none());
+            }
+        }
+        site.stop().await;
+    }
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn rp_initiated_and_back_channel_logout_end_the_session() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+
+    // RP-initiated: the gateway ends the session and sends the browser to the provider's
+    // end_session_endpoint with id_token_hint; the provider logs out and comes back.
+    let mut op_jar = Jar::default();
+    let token = session_token(&site.login(&mut op_jar, "/", "alice").await);
+    let out = site.get("/_portcullis/logout").await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    let end_session = location(&out);
+    assert!(
+        end_session.starts_with(&format!("{}/session/end?", op.issuer)),
+        "{end_session}"
+    );
+    assert!(end_session.contains("id_token_hint="));
+    assert_eq!(site.with_session("/", &token).await.status, 303, "ended at once");
+    let confirm = visit(&mut op_jar, Method::GET, &end_session, None).await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    let xsrf = confirm
+        .body
+        .split("name=\"xsrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let confirmed = visit(
+        &mut op_jar,
+        Method::POST,
+        &format!("{}/session/end/confirm", op.issuer),
+        Some(format!("xsrf={xsrf}&logout=yes")),
+    )
+    .await;
+    assert_eq!(confirmed.status, 303, "{}", confirmed.body);
+    let back = site.get(path_of(&location(&confirmed))).await;
+    assert_eq!(back.status, 200);
+    assert!(back.body.contains("signed out"), "{}", back.body);
+
+    // Back-channel: the provider ends alice's sessions (two browsers) and tells the gateway.
+    let first = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    site.jar = Jar::default();
+    let second = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    site.jar = Jar::default();
+    let bob = session_token(&site.login(&mut Jar::default(), "/", "bob").await);
+    let sent: Value = serde_json::from_str(&op.post("/test/logout/alice", json!({})).await.body).unwrap();
+    assert!(
+        sent["sent"].as_array().unwrap().iter().all(|s| s["status"] == 200),
+        "{sent}"
+    );
+    for ended in [&first, &second] {
+        assert_eq!(site.with_session("/", ended).await.status, 303);
+    }
+    echoed(&site.with_session("/", &bob).await);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let clock = portcullis::clock::ManualClock::new();
+    let options = StartOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..StartOptions::default()
+    };
+    let mut site = Site::start(&op, json!({"recheck_interval": 300}), options).await;
+    site.register(&op, "client_secret_basic").await;
+    let alice = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    site.jar = Jar::default();
+    let bob = session_token(&site.login(&mut Jar::default(), "/", "bob").await);
+    assert_eq!(op.post("/test/users/alice/remove", json!({})).await.status, 204);
+
+    // Not yet due: nothing is asked, both stay.
+    let shared = site.gw.gateway.shared().clone();
+    portcullis::auth::recheck_sessions(&shared).await;
+    echoed(&site.with_session("/", &alice).await);
+    clock.advance(301);
+    portcullis::auth::recheck_sessions(&shared).await;
+    assert_eq!(
+        site.with_session("/", &alice).await.status,
+        303,
+        "removed at the provider"
+    );
+    echoed(&site.with_session("/", &bob).await);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_person_signs_in_through_the_provider_s_forms_in_a_real_browser() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let url = format!("{}/wiki/page?x=1", site.origin);
+    let result = run_peer(
+        std::path::Path::new("node"),
+        "browser_login.mjs",
+        &[&url, "alice", "alice-password", "consent"],
+    )
+    .await;
+    assert_eq!(result["url"], url);
+    let seen: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering,admins");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn the_module_api_answers_in_ngrok_s_shape_and_refuses_what_cannot_work() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let site = Site::start(&op, json!({"scopes": ["openid", "email"]}), StartOptions::default()).await;
+    let m = &site.module;
+    let base = format!("{}/_portcullis/auth/{}", site.origin, site.route_id);
+    assert_eq!(m["redirect_uri"], format!("{base}/callback"));
+    assert_eq!(m["backchannel_logout_uri"], format!("{base}/backchannel-logout"));
+    assert_eq!(m["issuer"], op.issuer);
+    assert_eq!(m["scopes"], json!(["openid", "email"]));
+    assert_eq!(m["enabled"], true);
+    let path = format!("/edges/https/{}/routes/{}/oidc", site.edge_id, site.route_id);
+    assert_eq!(site.gw.api(Method::GET, &path, None).await.json(), *m);
+
+    let dead = crate::harness::dead_address().await;
+    for (module, field, says) in [
+        (
+            json!({"client_id": "c", "client_secret": "s"}),
+            "oidc.issuer",
+            "is required",
+        ),
+        (
+            json!({"issuer": op.issuer, "client_secret": "s"}),
+            "oidc.client_id",
+            "is required",
+        ),
+        (
+            json!({"issuer": op.issuer, "client_id": "c"}),
+            "oidc.client_secret",
+            "is required",
+        ),
+        (
+            json!({"issuer": format!("http://{dead}"), "client_id": "c", "client_secret": "s"}),
+            "oidc",
+            "discovery",
+        ),
+        (
+            json!({"issuer": op.issuer, "client_id": "c", "client_secret": "s", "redirect_uri": "x"}),
+            "oidc.redirect_uri",
+            "read-only",
+        ),
+    ] {
+        let reply = site.gw.api(Method::PUT, &path, Some(module)).await;
+        let msg = reply.assert_api_error(400, 105);
+        assert!(msg.contains(&format!("`{field}`")) && msg.contains(says), "{msg}");
+    }
+    assert_eq!(
+        site.gw.api(Method::GET, &path, None).await.json(),
+        *m,
+        "refused writes change nothing"
+    );
+    let deleted = site.gw.api(Method::DELETE, &path, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    let route = site
+        .gw
+        .api(
+            Method::GET,
+            &format!("/edges/https/{}/routes/{}", site.edge_id, site.route_id),
+            None,
+        )
+        .await;
+    assert!(route.json().get("oidc").is_none_or(Value::is_null), "{}", route.body);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_module_in_config_toml_signs_people_in() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let upstream = Upstream::start().await;
+    // The edge must answer on its own address, known only once it listens: bind a port first.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let edge = probe.local_addr().unwrap();
+    drop(probe);
+    let config = format!(
+        "version = 1\n[listeners.edge]\naddress = \"{edge}\"\n[listeners.console]\naddress = \"127.0.0.1:0\"\n\
+         [backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"{edge}\"]\n\
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n\
+         [edges.app.routes.auth]\nplugin = \"oidc\"\nissuer = \"{}\"\nclient_id = \"portcullis\"\nclient_secret = \"s3cret-for-tests\"\n",
+        upstream.addr, op.issuer
+    );
+    let gw = TestGateway::start_with(&config).await;
+    let edges = gw.api(Method::GET, "/edges/https", None).await.json();
+    let route = &edges["https_edges"][0]["routes"][0];
+    let mut site = Site {
+        edge_id: edges["https_edges"][0]["id"].as_str().unwrap().to_string(),
+        route_id: route["id"].as_str().unwrap().to_string(),
+        module: route["oidc"].clone(),
+        origin: format!("http://{edge}"),
+        jar: Jar::default(),
+        gw,
+        _upstream: upstream,
+    };
+    site.register(&op, "client_secret_basic").await;
+    let done = site.login(&mut Jar::default(), "/", "bob").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let seen = echoed(&site.with_session("/", &session_token(&done)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "bob@corp.example");
+    op.stop().await;
+    site.stop().await;
+}

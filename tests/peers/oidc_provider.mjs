@@ -1,0 +1,699 @@
+// A real OpenID Provider for Portcullis's integration tests: npm `oidc-provider` 9.x (panva's
+// certified OP) on loopback, with in-memory accounts, clients registered at run time by the test,
+// and test-control endpoints under /test/. Run by the Rust integration tests (and a headless
+// browser drives its login and consent forms):
+//
+//   node oidc_provider.mjs [--port 0]
+//
+// It listens on 127.0.0.1 only (port 0 picks a free one); the issuer is http://127.0.0.1:PORT. It
+// makes a fresh RS256 signing key (and fresh cookie-signing keys) at every start, keeps sessions,
+// grants and tokens in memory, logs to stderr, exits 0 on SIGTERM/SIGINT, and when ready prints
+// exactly one JSON line on stdout:
+//
+//   {"issuer":"http://127.0.0.1:PORT","pid":PID}
+//
+// OpenID endpoints (from /.well-known/openid-configuration): /auth, /token, /me (userinfo), /jwks,
+// /session/end (+ /session/end/confirm), /token/revocation. Access tokens are opaque. Every Host
+// header is rewritten to 127.0.0.1:PORT, so discovery and redirects always name the issuer.
+//
+// Accounts (login / password -> claims):
+//   alice / alice-password  sub alice, email alice@example.com, email_verified true,
+//                           name "Alice Liddell", groups ["engineering","admins"]
+//   bob   / bob-password    sub bob, email bob@corp.example, email_verified false,
+//                           name "Bob Builder", groups ["sales"]
+// Scopes -> claims: openid: sub; email: email, email_verified; profile: name, groups;
+// groups: groups. The claims go into the ID token too (conformIdTokenClaims: false) and userinfo.
+//
+// Login and consent are this file's own interaction pages (oidc-provider's devInteractions accept
+// any password and pull a web font from the internet): the same markup and field names as
+// devInteractions, but the password is checked.
+//   login   GET  /interaction/<uid>   form[method=post] with input[name=login] (id username),
+//                                     input[name=password] (id password), hidden prompt=login,
+//                                     button[type=submit] "Sign-in". Wrong password or removed
+//                                     account: 401 and the form again, p.error "Invalid login or
+//                                     password". (#username/#password/button[type=submit] are what
+//                                     browser_login.mjs fills in, with skip_consent below.)
+//   consent GET  /interaction/<uid>   form with hidden prompt=consent, button[type=submit] "Continue".
+//   both    POST /interaction/<uid>   303 to /auth/<uid> (fetch that resume URL once only).
+//   cancel  GET  /interaction/<uid>/abort   303 to /auth/<uid>, which ends in error=access_denied.
+// RP-initiated logout: GET /session/end?id_token_hint=..&post_logout_redirect_uri=..&state=.. shows
+// form#op.logoutForm (hidden xsrf) with button[name=logout][value=yes] "Yes, sign me out" and
+// "No, stay signed in"; it POSTs to /session/end/confirm, which sends the back-channel logouts and
+// answers 303 to post_logout_redirect_uri?state=.. .
+//
+// Login without a browser (plain HTTP, redirects not followed, a cookie jar that honours Path;
+// every Location is absolute):
+//   1. GET /auth?client_id&redirect_uri&response_type=code&scope&state&nonce&code_challenge
+//      &code_challenge_method=S256 -> 303 /interaction/<uid>; sets _interaction + _interaction.sig
+//      (Path=/interaction/<uid>) and _interaction_resume + _interaction_resume.sig (Path=/auth/<uid>).
+//   2. GET /interaction/<uid> (send _interaction*) -> 200 login form. Optional; sets nothing.
+//   3. POST /interaction/<uid> (send _interaction*) prompt=login&login=alice&password=alice-password
+//      -> 303 /auth/<uid>.
+//   4. GET /auth/<uid> (send _interaction_resume*) -> sets _session + _session.sig (Path=/), clears
+//      the resume cookies, 303 /interaction/<uid2> with new _interaction* and _interaction_resume*.
+//   5. GET /interaction/<uid2> -> 200 consent form; POST /interaction/<uid2> prompt=consent
+//      -> 303 /auth/<uid2>.
+//   6. GET /auth/<uid2> (send _interaction_resume* and _session*) -> 303
+//      redirect_uri?code=..&state=..&iss=<issuer>.
+// With a live _session and an existing grant for the client, step 1 answers the final 303 at once;
+// for a new client of the same session only the consent steps remain.
+//
+// Test control (JSON):
+//   POST /test/clients               {"client_id","client_secret","redirect_uris":[..],
+//                                     "post_logout_redirect_uris":[..],"backchannel_logout_uri":"..",
+//                                     "token_endpoint_auth_method":"client_secret_basic"|"client_secret_post",
+//                                     "require_pkce": false, "skip_consent": false}
+//                                     -> 204 (400 + error JSON if invalid).
+//                                     Re-posting a client_id replaces it. Grant types
+//                                     authorization_code + refresh_token, response type code,
+//                                     backchannel_logout_session_required true. PKCE is S256 only
+//                                     and optional unless require_pkce is true. The registered
+//                                     token_endpoint_auth_method is enforced strictly at /token (401
+//                                     invalid_client for the other one; plain oidc-provider takes both).
+//                                     skip_consent: true grants every scope without the consent page.
+//   POST /test/users/<login>/remove  the account disappears: login fails, findAccount gives
+//                                     undefined, userinfo answers 401 invalid_token. 204.
+//   POST /test/users/<login>/restore 204.
+//   POST /test/logout/<login>        ends every provider session of <login> server-side, as
+//                                     /session/end/confirm with logout=yes does: a back-channel
+//                                     logout_token to each client of the session that has a
+//                                     backchannel_logout_uri, its grants and tokens revoked, the
+//                                     session destroyed. 200 {"sessions":N,"sent":[..]}.
+//   GET  /test/last-backchannel      the last back-channel logout sent: {"uri","status" (the RP's
+//                                     answer, null if unreachable),"error","logout_token",
+//                                     "header","claims"}; 404 before any.
+//   GET  /test/backchannels          all of them, oldest first.
+//   GET  /test/last-token-request    {"client_id","grant_type","auth_method":"client_secret_basic"|
+//                                     "client_secret_post"|"none","code_verifier_present","status",
+//                                     "error"}; 404 before any.
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+import * as querystring from 'node:querystring';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+// stdout carries the ready line only; oidc-provider prints its notices with console.info.
+console.log = console.error;
+console.info = console.error;
+const log = (...args) => console.error('[oidc_provider]', ...args);
+
+const { values: args } = parseArgs({ options: { port: { type: 'string', default: '0' } } });
+const HOST = '127.0.0.1';
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+
+const ACCOUNTS = {
+  alice: {
+    password: 'alice-password',
+    claims: {
+      sub: 'alice', email: 'alice@example.com', email_verified: true, name: 'Alice Liddell', groups: ['engineering', 'admins'],
+    },
+  },
+  bob: {
+    password: 'bob-password',
+    claims: {
+      sub: 'bob', email: 'bob@corp.example', email_verified: false, name: 'Bob Builder', groups: ['sales'],
+    },
+  },
+};
+const removed = new Set();
+
+function liveAccount(login) {
+  return Object.hasOwn(ACCOUNTS, login) && !removed.has(login) ? ACCOUNTS[login] : undefined;
+}
+
+async function findAccount(_ctx, id) {
+  const account = liveAccount(id);
+  if (!account) return undefined;
+  return {
+    accountId: id,
+    // oidc-provider filters these by the granted scopes/claims.
+    async claims() { return structuredClone(account.claims); },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage: one in-memory map for every model (sessions, grants, tokens, interactions, clients),
+// so /test/logout can find a user's sessions and /test/clients can add clients at run time.
+
+const store = new Map(); // "Model:id" -> { payload, expiresAt (ms) | undefined }
+const grantMembers = new Map(); // grantId -> Set of "Model:id" keys of tokens of that grant
+
+function live(key) {
+  const entry = store.get(key);
+  if (entry && entry.expiresAt !== undefined && entry.expiresAt <= Date.now()) {
+    store.delete(key);
+    return undefined;
+  }
+  return entry;
+}
+
+class MemoryAdapter {
+  constructor(model) { this.model = model; }
+
+  key(id) { return `${this.model}:${id}`; }
+
+  async upsert(id, payload, expiresIn) {
+    const key = this.key(id);
+    const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : undefined;
+    store.set(key, { payload, expiresAt });
+    if (payload.grantId) {
+      if (!grantMembers.has(payload.grantId)) grantMembers.set(payload.grantId, new Set());
+      grantMembers.get(payload.grantId).add(key);
+    }
+  }
+
+  async find(id) { return live(this.key(id))?.payload; }
+
+  async findByUid(uid) {
+    for (const key of store.keys()) {
+      if (key.startsWith(`${this.model}:`) && live(key)?.payload.uid === uid) return store.get(key).payload;
+    }
+    return undefined;
+  }
+
+  async findByUserCode(userCode) {
+    for (const key of store.keys()) {
+      if (key.startsWith(`${this.model}:`) && live(key)?.payload.userCode === userCode) return store.get(key).payload;
+    }
+    return undefined;
+  }
+
+  async consume(id) {
+    const entry = live(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) { store.delete(this.key(id)); }
+
+  async revokeByGrantId(grantId) {
+    for (const key of grantMembers.get(grantId) ?? []) store.delete(key);
+    grantMembers.delete(grantId);
+  }
+}
+
+const clientOptions = new Map(); // client_id -> { requirePkce, skipConsent, authMethod }
+
+// ---------------------------------------------------------------------------------------------
+// What the tests read back
+
+const backchannels = [];
+let lastTokenRequest;
+
+// oidc-provider sends back-channel logouts through `fetch`. Its own dispatcher refuses loopback
+// addresses (SSRF protection), so drop it: the RPs of these tests are all on 127.0.0.1.
+async function recordingFetch(url, { dispatcher, ...options }) {
+  const record = {
+    uri: String(url), status: null, error: null, logout_token: null, header: null, claims: null,
+  };
+  try {
+    const token = new URLSearchParams(String(options.body ?? '')).get('logout_token');
+    if (token) {
+      const [header, payload] = token.split('.');
+      record.logout_token = token;
+      record.header = JSON.parse(Buffer.from(header, 'base64url'));
+      record.claims = JSON.parse(Buffer.from(payload, 'base64url'));
+    }
+  } catch (err) {
+    record.error = `could not decode the request body: ${err.message}`;
+  }
+  const isLogout = record.logout_token !== null;
+  try {
+    const response = await globalThis.fetch(url, options);
+    record.status = response.status;
+    return response;
+  } catch (err) {
+    record.error = String(err.cause ?? err);
+    throw err;
+  } finally {
+    if (isLogout) {
+      backchannels.push(record);
+      log('back-channel logout', record.uri, 'status', record.status, record.error ?? '');
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages (self-contained: no fonts or scripts from elsewhere)
+
+const esc = (value) => String(value).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+function page(title, body) {
+  return `<!DOCTYPE html>
+<html>
+  <head>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>${esc(title)}</title>
+    <style>
+      body { font-family: sans-serif; margin: 25px 0; }
+      .login-card { padding: 0 40px 10px; width: 274px; background: #f7f7f7; margin: 0 auto 10px;
+        border-radius: 2px; box-shadow: 0 2px 2px rgba(0,0,0,.3); overflow: hidden; }
+      .login-card h1 { font-weight: 100; text-align: center; font-size: 2.3em; }
+      .login-card input[type=text], .login-card input[type=password] { height: 44px; font-size: 16px;
+        width: 100%; margin-bottom: 10px; box-sizing: border-box; padding: 0 8px; }
+      button { width: 100%; display: block; margin-bottom: 10px; height: 36px; font-weight: 700;
+        border: 0; color: #fff; background: #4d90fe; cursor: pointer; }
+      .error { color: #d50000; text-align: center; }
+      .login-help { text-align: center; font-size: 12px; }
+    </style>
+  </head>
+  <body>
+    <div class="login-card">
+      <h1>${esc(title)}</h1>
+${body}
+    </div>
+  </body>
+</html>`;
+}
+
+function loginPage(uid, params, error) {
+  const hint = params.login_hint ? ` value="${esc(params.login_hint)}"` : '';
+  return page('Sign-in', `      ${error ? `<p class="error">${esc(error)}</p>` : ''}
+      <form autocomplete="off" action="/interaction/${esc(uid)}" method="post">
+        <input type="hidden" name="prompt" value="login"/>
+        <input required type="text" id="username" name="login" placeholder="Enter your login" autofocus${hint}>
+        <input required type="password" id="password" name="password" placeholder="and password">
+        <button type="submit" class="login login-submit">Sign-in</button>
+      </form>
+      <div class="login-help"><a href="/interaction/${esc(uid)}/abort">[ Cancel ]</a></div>`);
+}
+
+function consentPage(uid, client, details) {
+  const scopes = (details.missingOIDCScope ?? []).filter((s) => s !== 'openid' && s !== 'offline_access');
+  const claims = (details.missingOIDCClaims ?? []).filter((c) => !['sub', 'sid', 'auth_time', 'acr', 'amr', 'iss'].includes(c));
+  const list = (label, items) => (items.length ? `<li>${label}:<ul>${items.map((i) => `<li>${esc(i)}</li>`).join('')}</ul></li>` : '');
+  return page('Authorize', `      <p><strong>${esc(client?.clientName ?? client?.clientId ?? '')}</strong> asks for access.</p>
+      <ul>${list('scopes', scopes)}${list('claims', claims)}</ul>
+      <form autocomplete="off" action="/interaction/${esc(uid)}" method="post">
+        <input type="hidden" name="prompt" value="consent"/>
+        <button autofocus type="submit" class="login login-submit">Continue</button>
+      </form>
+      <div class="login-help"><a href="/interaction/${esc(uid)}/abort">[ Cancel ]</a></div>`);
+}
+
+async function logoutSource(ctx, form) {
+  ctx.body = page('Sign-out', `      <p>Do you want to sign-out from ${esc(ctx.host)}?</p>
+      ${form}
+      <button autofocus type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+      <button type="submit" form="op.logoutForm">No, stay signed in</button>`);
+}
+
+async function postLogoutSuccessSource(ctx) {
+  ctx.body = page('Sign-out Success', '      <p>Your sign-out was successful.</p>');
+}
+
+async function renderError(ctx, out) {
+  ctx.type = 'html';
+  ctx.body = page('Error', Object.entries(out)
+    .map(([key, value]) => `      <pre><strong>${esc(key)}</strong>: ${esc(value)}</pre>`).join('\n'));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provider
+
+// oidc-provider's default, plus: a client registered with skip_consent gets every scope and claim
+// granted without the consent page (login is still asked for).
+async function loadExistingGrant(ctx) {
+  const { client, session, provider } = ctx.oidc;
+  const grantId = ctx.oidc.result?.consent?.grantId || session.grantIdFor(client.clientId);
+  if (grantId) return provider.Grant.find(grantId);
+  if (!clientOptions.get(client.clientId)?.skipConsent || !session.accountId) return undefined;
+  const grant = new provider.Grant({ clientId: client.clientId, accountId: session.accountId });
+  grant.addOIDCScope('openid offline_access email profile groups');
+  grant.addOIDCClaims(['sub', 'email', 'email_verified', 'name', 'groups']);
+  await grant.save();
+  return grant;
+}
+
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = {
+  ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig',
+};
+
+const configuration = {
+  adapter: MemoryAdapter,
+  findAccount,
+  jwks: { keys: [signingKey] },
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'groups'],
+    groups: ['groups'],
+  },
+  conformIdTokenClaims: false,
+  responseTypes: ['code'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientDefaults: {
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: 'RS256',
+  },
+  features: {
+    devInteractions: { enabled: false },
+    rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
+    backchannelLogout: { enabled: true },
+    revocation: { enabled: true },
+    userinfo: { enabled: true },
+  },
+  loadExistingGrant,
+  // A refresh token with every code exchange (plain oidc-provider wants offline_access + prompt=consent).
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  pkce: {
+    required: (_ctx, client) => client.clientAuthMethod === 'none' || clientOptions.get(client.clientId)?.requirePkce === true,
+  },
+  interactions: { url: (_ctx, interaction) => `${issuer}/interaction/${interaction.uid}` },
+  renderError,
+  fetch: recordingFetch,
+  ttl: {
+    AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 3600, Session: 86400, Grant: 86400, RefreshToken: 86400,
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// HTTP helpers for the routes below (Koa context)
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > 64 * 1024) reject(new Error('request body too large'));
+      else chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function json(ctx, status, body) {
+  ctx.status = status;
+  ctx.set('cache-control', 'no-store');
+  if (body !== undefined) ctx.body = body;
+}
+
+function html(ctx, status, body) {
+  ctx.status = status;
+  ctx.set('cache-control', 'no-store');
+  ctx.type = 'html';
+  ctx.body = body;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login and consent
+
+async function interactionRoutes(provider, ctx) {
+  const match = /^\/interaction\/([^/]+)(\/abort)?$/.exec(ctx.path);
+  if (!match) return false;
+  const [, uid, abort] = match;
+
+  let details;
+  try {
+    details = await provider.interactionDetails(ctx.req, ctx.res);
+  } catch (err) {
+    html(ctx, 400, page('Error', `      <p>${esc(err.message)}</p>`));
+    return true;
+  }
+  if (details.uid !== uid) {
+    html(ctx, 400, page('Error', '      <p>interaction cookie does not match this URL</p>'));
+    return true;
+  }
+  const { prompt, params } = details;
+
+  const finish = async (result, mergeWithLastSubmission) => {
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission });
+    ctx.set('cache-control', 'no-store');
+    ctx.status = 303;
+    ctx.redirect(returnTo);
+  };
+
+  if (abort && ctx.method === 'GET') {
+    await finish({ error: 'access_denied', error_description: 'End-User aborted interaction' }, false);
+    return true;
+  }
+
+  if (ctx.method === 'GET') {
+    if (prompt.name === 'login') html(ctx, 200, loginPage(uid, params));
+    else if (prompt.name === 'consent') html(ctx, 200, consentPage(uid, await provider.Client.find(params.client_id), prompt.details));
+    else html(ctx, 501, page('Error', `      <p>prompt ${esc(prompt.name)} not implemented</p>`));
+    return true;
+  }
+
+  if (ctx.method !== 'POST') return false;
+  const form = querystring.parse(await readBody(ctx.req));
+
+  if (form.prompt === 'login' && prompt.name === 'login') {
+    const login = String(form.login ?? '');
+    const account = liveAccount(login);
+    if (!account || account.password !== String(form.password ?? '')) {
+      log('login failed for', JSON.stringify(login));
+      html(ctx, 401, loginPage(uid, { ...params, login_hint: login }, 'Invalid login or password'));
+      return true;
+    }
+    log('login ok for', login);
+    await finish({ login: { accountId: login } }, false);
+    return true;
+  }
+
+  if (form.prompt === 'consent' && prompt.name === 'consent') {
+    const { grantId, session } = details;
+    const grant = grantId
+      ? await provider.Grant.find(grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    const { missingOIDCScope, missingOIDCClaims, missingResourceScopes } = prompt.details;
+    if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
+    if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
+    for (const [indicator, scope] of Object.entries(missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scope.join(' '));
+    }
+    await finish({ consent: { grantId: await grant.save() } }, true);
+    return true;
+  }
+
+  html(ctx, 400, page('Error', `      <p>this interaction expects the ${esc(prompt.name)} form</p>`));
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token requests: record (and enforce) the client authentication method
+
+function tokenAuth(ctx, body) {
+  const header = ctx.get('authorization');
+  if (/^basic /i.test(header)) {
+    const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+    const clientId = decodeURIComponent(decoded.slice(0, decoded.indexOf(':')).replace(/\+/g, '%20'));
+    return { method: 'client_secret_basic', clientId };
+  }
+  if (body.client_secret !== undefined) return { method: 'client_secret_post', clientId: body.client_id };
+  if (body.client_assertion !== undefined) return { method: 'jwt', clientId: body.client_id };
+  return { method: 'none', clientId: body.client_id };
+}
+
+async function tokenRoute(ctx, next) {
+  const text = await readBody(ctx.req);
+  ctx.req.body = text; // oidc-provider then reads req.body (and warns once on stderr that it does)
+  const body = querystring.parse(text);
+  let auth;
+  try {
+    auth = tokenAuth(ctx, body);
+  } catch {
+    auth = { method: 'client_secret_basic', clientId: undefined };
+  }
+  const record = {
+    client_id: auth.clientId ?? null,
+    grant_type: body.grant_type ?? null,
+    auth_method: auth.method,
+    code_verifier_present: typeof body.code_verifier === 'string' && body.code_verifier.length > 0,
+    status: null,
+    error: null,
+  };
+  lastTokenRequest = record;
+
+  const registered = clientOptions.get(auth.clientId)?.authMethod;
+  if (registered && registered !== auth.method) {
+    json(ctx, 401, {
+      error: 'invalid_client',
+      error_description: `client is registered for ${registered} but authenticated with ${auth.method}`,
+    });
+  } else {
+    await next();
+  }
+  record.status = ctx.status;
+  if (ctx.status >= 400) record.error = ctx.body?.error ?? null;
+  log('token request', JSON.stringify(record));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-side logout of one user (what /session/end/confirm does with logout=yes, for every
+// session of the account)
+
+async function logoutUser(provider, login) {
+  const sessionIds = [...store.keys()]
+    .filter((key) => key.startsWith('Session:') && live(key)?.payload.accountId === login)
+    .map((key) => key.slice('Session:'.length));
+  const sent = [];
+  for (const id of sessionIds) {
+    const session = await provider.Session.find(id);
+    if (!session) continue;
+    for (const [clientId, { sid, grantId }] of Object.entries(session.authorizations ?? {})) {
+      const client = await provider.Client.find(clientId);
+      if (client?.backchannelLogoutUri) {
+        const before = backchannels.length;
+        try {
+          await client.backchannelLogout(login, sid);
+          sent.push({ client_id: clientId, sid, ok: true, status: backchannels[before]?.status ?? null });
+        } catch (err) {
+          const error = err.cause ? `${err.message}: ${err.cause.message ?? err.cause}` : err.message;
+          log('back-channel logout to', client.backchannelLogoutUri, 'failed:', error);
+          sent.push({
+            client_id: clientId, sid, ok: false, status: backchannels[before]?.status ?? null, error,
+          });
+        }
+      }
+      if (grantId) {
+        await Promise.all([provider.AccessToken, provider.RefreshToken, provider.AuthorizationCode]
+          .map((model) => model.revokeByGrantId(grantId)));
+        await provider.Grant.adapter.destroy(grantId);
+      }
+    }
+    await session.destroy();
+  }
+  return { sessions: sessionIds.length, sent };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test control
+
+async function registerClient(provider, body) {
+  const authMethod = body.token_endpoint_auth_method ?? 'client_secret_basic';
+  const metadata = {
+    client_id: body.client_id,
+    client_secret: body.client_secret,
+    redirect_uris: body.redirect_uris ?? [],
+    post_logout_redirect_uris: body.post_logout_redirect_uris ?? [],
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: authMethod,
+    id_token_signed_response_alg: 'RS256',
+  };
+  if (body.backchannel_logout_uri) {
+    metadata.backchannel_logout_uri = body.backchannel_logout_uri;
+    metadata.backchannel_logout_session_required = true;
+  }
+  if (body.client_name) metadata.client_name = body.client_name;
+  await provider.Client.validate(metadata); // throws InvalidClientMetadata
+  await provider.Client.adapter.upsert(metadata.client_id, metadata);
+  clientOptions.set(metadata.client_id, {
+    requirePkce: body.require_pkce === true, skipConsent: body.skip_consent === true, authMethod,
+  });
+  log('client registered', JSON.stringify(metadata));
+}
+
+async function testRoutes(provider, ctx) {
+  const { path, method } = ctx;
+  let m;
+  if (method === 'POST' && path === '/test/clients') {
+    let body;
+    try {
+      body = JSON.parse(await readBody(ctx.req));
+    } catch (err) {
+      json(ctx, 400, { error: 'invalid_request', error_description: `body is not JSON: ${err.message}` });
+      return;
+    }
+    if (typeof body?.client_id !== 'string' || typeof body.client_secret !== 'string') {
+      json(ctx, 400, { error: 'invalid_request', error_description: 'client_id and client_secret are required strings' });
+      return;
+    }
+    try {
+      await registerClient(provider, body);
+    } catch (err) {
+      json(ctx, 400, { error: err.error ?? 'invalid_client_metadata', error_description: err.error_description ?? err.message });
+      return;
+    }
+    json(ctx, 204);
+  } else if (method === 'POST' && (m = /^\/test\/users\/([^/]+)\/(remove|restore)$/.exec(path))) {
+    const login = decodeURIComponent(m[1]);
+    if (!Object.hasOwn(ACCOUNTS, login)) {
+      json(ctx, 404, { error: 'no such account' });
+      return;
+    }
+    if (m[2] === 'remove') removed.add(login);
+    else removed.delete(login);
+    log('account', login, m[2] === 'remove' ? 'removed' : 'restored');
+    json(ctx, 204);
+  } else if (method === 'POST' && (m = /^\/test\/logout\/([^/]+)$/.exec(path))) {
+    const result = await logoutUser(provider, decodeURIComponent(m[1]));
+    log('server-side logout', m[1], JSON.stringify(result));
+    json(ctx, 200, result);
+  } else if (method === 'GET' && path === '/test/last-backchannel') {
+    if (backchannels.length) json(ctx, 200, backchannels.at(-1));
+    else json(ctx, 404, { error: 'no back-channel logout sent yet' });
+  } else if (method === 'GET' && path === '/test/backchannels') {
+    json(ctx, 200, backchannels);
+  } else if (method === 'GET' && path === '/test/last-token-request') {
+    if (lastTokenRequest) json(ctx, 200, lastTokenRequest);
+    else json(ctx, 404, { error: 'no token request yet' });
+  } else {
+    json(ctx, 404, { error: `no test route ${method} ${path}` });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(Number(args.port), HOST, resolve);
+});
+const { port } = server.address();
+const issuer = `http://${HOST}:${port}`;
+const provider = new Provider(issuer, configuration);
+
+provider.on('server_error', (_ctx, err) => log('server_error', err));
+provider.on('backchannel.error', (_ctx, err, client) => log('backchannel.error', client.clientId, err.message));
+// Why a request was refused (the HTTP answers keep their error_description generic).
+for (const event of ['authorization.error', 'grant.error', 'userinfo.error', 'end_session.error', 'revocation.error']) {
+  provider.on(event, (_ctx, err) => log(event, err.error ?? err.message, err.error_description ?? '', err.error_detail ?? ''));
+}
+provider.on('end_session.success', () => log('end_session.success'));
+
+provider.use(async (ctx, next) => {
+  // Discovery and every URL the provider builds come from the Host header: pin it to the issuer.
+  ctx.req.headers.host = `${HOST}:${port}`;
+  const started = Date.now();
+  try {
+    if (ctx.path.startsWith('/test/')) {
+      await testRoutes(provider, ctx);
+    } else if (ctx.path.startsWith('/interaction/')) {
+      if (!(await interactionRoutes(provider, ctx))) await next();
+    } else if (ctx.method === 'POST' && ctx.path === '/token') {
+      await tokenRoute(ctx, next);
+    } else {
+      await next();
+    }
+  } catch (err) {
+    log('error in', ctx.method, ctx.path, err);
+    json(ctx, 500, { error: 'server_error', error_description: err.message });
+  }
+  log(ctx.method, ctx.url, '->', ctx.status, `${Date.now() - started}ms`);
+});
+
+server.on('request', provider.callback());
+
+function stop(signal) {
+  log(`${signal}: stopping`);
+  server.close();
+  server.closeAllConnections();
+  process.exit(0);
+}
+process.on('SIGTERM', () => stop('SIGTERM'));
+process.on('SIGINT', () => stop('SIGINT'));
+
+process.stdout.write(`${JSON.stringify({ issuer, pid: process.pid })}\n`);
+log('ready at', issuer);
