@@ -12,6 +12,7 @@ mod cli;
 mod config;
 mod ngrok_client;
 mod oidc;
+mod oidc_attacks;
 mod plugins;
 mod proxy;
 mod saml;

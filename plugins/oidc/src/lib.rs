@@ -366,7 +366,8 @@ impl Oidc {
             options,
             metadata,
             fetched_at: now,
-            jwks_refreshed_at: now,
+            // The first unknown key id after discovery may refetch at once.
+            jwks_refreshed_at: i64::MIN / 2,
             redirect_uri: format!("{base}/callback"),
             base,
         });
@@ -467,7 +468,12 @@ impl Oidc {
             .request(&http)
             .map_err(|e| {
                 let message = error_chain(&e);
-                if matches!(e, openidconnect::RequestTokenError::ServerResponse(_)) {
+                // A code that is unknown, used or not this browser's: the person may try again.
+                // Anything else (the provider failing, refusing this client) is the provider's
+                // or the operator's to fix.
+                let refused_code = matches!(&e, openidconnect::RequestTokenError::ServerResponse(r)
+                    if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant);
+                if refused_code {
                     host.log(
                         LogLevel::Warn,
                         &format!("the token endpoint refused the code: {message}"),

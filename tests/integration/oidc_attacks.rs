@@ -1,0 +1,288 @@
+//! Crafted provider answers against the OIDC module: a test-controlled provider
+//! (`tests/peers/oidc_forge.mjs`) signs wrong ID tokens, replays codes, mismatches state and
+//! nonce, goes down or answers garbage, and sends bad back-channel logout tokens. The same
+//! flow with the forge's normal answers signs in first, so each refusal is the check under test.
+
+use crate::harness::{dead_address, set_cookie, Reply, TestGateway};
+use crate::oidc::{echoed, session_token, Jar, Op, Site};
+use http::Method;
+use portcullis::server::StartOptions;
+use serde_json::{json, Value};
+
+async fn forge_site(op: &Op) -> Site {
+    let site = Site::start(op, json!({}), StartOptions::default()).await;
+    let registered = op
+        .post(
+            "/test/client",
+            json!({"client_id": "portcullis", "client_secret": "s3cret-for-tests", "redirect_uri": site.module["redirect_uri"]}),
+        )
+        .await;
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    site
+}
+
+async fn mode(op: &Op, mode: &str) {
+    assert_eq!(op.post("/test/mode", json!({"mode": mode})).await.status, 200, "{mode}");
+}
+
+/// A sign-in against the forge (it answers the authorization request at once): the gateway's
+/// answer to the callback, and the callback URL itself.
+async fn sign_in(site: &mut Site) -> (Reply, String) {
+    site.jar = Jar::default();
+    let start = site.get("/").await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let authorize = start.headers["location"].to_str().unwrap().to_string();
+    let answer = crate::harness::send(Method::GET, &authorize, &[], None).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let callback = answer.headers["location"].to_str().unwrap().to_string();
+    let path = callback.strip_prefix(&site.origin).unwrap().to_string();
+    (site.get(&path).await, path)
+}
+
+#[track_caller]
+fn assert_refused(reply: &Reply, status: u16, case: &str) {
+    assert_eq!(reply.status, status, "{case}: {}", reply.body);
+    assert!(set_cookie(reply, "portcullis.session").is_none(), "{case}");
+    assert!(
+        reply.body.contains("request id"),
+        "{case}: a readable page: {}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn crafted_id_tokens_are_refused() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+    let (genuine, _) = sign_in(&mut site).await;
+    assert_eq!(genuine.status, 303, "{}", genuine.body);
+    let seen = echoed(&site.with_session("/", &session_token(&genuine)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+
+    for case in [
+        "alg_none",
+        "hs256_with_public_key",
+        "wrong_iss",
+        "wrong_aud",
+        "multi_aud_no_azp",
+        "multi_aud_wrong_azp",
+        "expired",
+        "future_iat",
+        "wrong_nonce",
+        "no_nonce",
+        "tampered",
+        "unknown_kid",
+    ] {
+        mode(&op, case).await;
+        let (reply, _) = sign_in(&mut site).await;
+        assert_refused(&reply, 400, case);
+    }
+    mode(&op, "normal").await;
+    assert_eq!(sign_in(&mut site).await.0.status, 303, "the genuine flow still works");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_once_and_accepted() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+    let before: Value = serde_json::from_str(&op.get("/test/counts").await.body).unwrap();
+    assert_eq!(op.post("/test/rotate", json!({})).await.status, 200);
+    mode(&op, "rotated_kid").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_eq!(
+        reply.status, 303,
+        "a token signed by a new key verifies after one JWKS fetch: {}",
+        reply.body
+    );
+    let after: Value = serde_json::from_str(&op.get("/test/counts").await.body).unwrap();
+    assert_eq!(after["jwks"].as_i64().unwrap(), before["jwks"].as_i64().unwrap() + 1);
+    // An unknown key does not make the gateway hammer the provider: no second fetch this minute.
+    mode(&op, "unknown_kid").await;
+    for _ in 0..3 {
+        assert_refused(&sign_in(&mut site).await.0, 400, "unknown kid");
+    }
+    let last: Value = serde_json::from_str(&op.get("/test/counts").await.body).unwrap();
+    assert_eq!(last["jwks"], after["jwks"]);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn state_nonce_code_and_browser_binding_are_checked() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+
+    mode(&op, "state_mismatch").await;
+    assert_refused(&sign_in(&mut site).await.0, 400, "state mismatch");
+    mode(&op, "normal").await;
+
+    // A callback is taken once.
+    let (first, callback) = sign_in(&mut site).await;
+    assert_eq!(first.status, 303);
+    assert_refused(&site.get(&callback).await, 400, "callback replayed");
+
+    // A code is taken once by the provider: replayed under a fresh state, it gets no session.
+    let code = callback
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    site.jar = Jar::default();
+    let start = site.get("/").await;
+    let authorize = start.headers["location"].to_str().unwrap().to_string();
+    let state = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let replay = format!("/_portcullis/auth/{}/callback?code={code}&state={state}", site.route_id);
+    assert_refused(&site.get(&replay).await, 400, "code replayed");
+
+    // A callback from another browser (no binding cookie) is refused.
+    site.jar = Jar::default();
+    let start = site.get("/").await;
+    let authorize = start.headers["location"].to_str().unwrap().to_string();
+    let answer = crate::harness::send(Method::GET, &authorize, &[], None).await;
+    let callback = answer.headers["location"].to_str().unwrap().to_string();
+    let elsewhere = crate::harness::send(Method::GET, &callback, &[], None).await;
+    assert_refused(&elsewhere, 400, "callback in another browser");
+    assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
+
+    // The provider says no.
+    mode(&op, "error_redirect").await;
+    let (denied, _) = sign_in(&mut site).await;
+    assert_refused(&denied, 403, "access_denied");
+    assert!(denied.body.contains("did not sign you in"), "{}", denied.body);
+
+    // What the gateway asked for: PKCE S256, and the verifier at the token endpoint.
+    mode(&op, "normal").await;
+    assert_eq!(sign_in(&mut site).await.0.status, 303);
+    let authorize: Value = serde_json::from_str(&op.get("/test/last-authorize").await.body).unwrap();
+    assert_eq!(authorize["code_challenge_method"], "S256");
+    let token: Value = serde_json::from_str(&op.get("/test/last-token").await.body).unwrap();
+    assert_eq!(token["code_verifier_present"], true);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_or_answers_garbage_gets_an_error_page_not_a_hang() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+    for case in ["garbage_token_response", "token_500", "slow_token"] {
+        mode(&op, case).await;
+        let (reply, _) = sign_in(&mut site).await;
+        assert_refused(&reply, 502, case);
+        assert!(reply.body.contains("Identity provider unavailable"), "{}", reply.body);
+    }
+    op.stop().await;
+
+    // The provider gone: an anonymous visitor gets a 502 page at once (the cached discovery is
+    // used to send them on, then the provider itself fails); a module for a dead issuer cannot
+    // be written through the API.
+    let path = format!("/edges/https/{}/routes/{}/oidc", site.edge_id, site.route_id);
+    let dead = dead_address().await;
+    let reply = site
+        .gw
+        .api(
+            Method::PUT,
+            &path,
+            Some(json!({"issuer": format!("http://{dead}"), "client_id": "c", "client_secret": "s"})),
+        )
+        .await;
+    let msg = reply.assert_api_error(400, 105);
+    assert!(msg.contains("discovery"), "{msg}");
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn back_channel_logout_tokens_are_verified() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+    let (genuine, _) = sign_in(&mut site).await;
+    let token = session_token(&genuine);
+    let sid = serde_json::from_str::<Value>(&op.get("/test/last-token").await.body).unwrap()["sid"].clone();
+    let uri = site.module["backchannel_logout_uri"].clone();
+    for variant in ["bad_signature", "has_nonce", "no_event", "wrong_aud", "expired"] {
+        let sent: Value = serde_json::from_str(
+            &op.post(
+                "/test/backchannel",
+                json!({"uri": uri, "sub": "alice", "variant": variant}),
+            )
+            .await
+            .body,
+        )
+        .unwrap();
+        assert_eq!(sent["status"], 400, "{variant}: {sent}");
+        echoed(&site.with_session("/", &token).await);
+    }
+    let unnamed: Value = serde_json::from_str(
+        &op.post("/test/backchannel", json!({"uri": uri, "sub": null, "sid": null}))
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(unnamed["status"], 400, "neither sub nor sid: {unnamed}");
+
+    // By sid: the session of that provider session ends.
+    let sent: Value = serde_json::from_str(
+        &op.post(
+            "/test/backchannel",
+            json!({"uri": uri, "sub": null, "sid": sid, "variant": "good"}),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(sent["status"], 200, "{sent}");
+    assert_eq!(site.with_session("/", &token).await.status, 303);
+    // The same token again (same jti) is refused.
+    let replayed = crate::harness::send(
+        Method::POST,
+        uri.as_str().unwrap(),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(format!("logout_token={}", sent["logout_token"].as_str().unwrap()).into_bytes()),
+    )
+    .await;
+    assert_eq!(replayed.status, 400);
+
+    // By sub: every session of the user ends.
+    let (again, _) = sign_in(&mut site).await;
+    let token = session_token(&again);
+    let sent: Value = serde_json::from_str(
+        &op.post(
+            "/test/backchannel",
+            json!({"uri": uri, "sub": "alice", "variant": "good"}),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(sent["status"], 200, "{sent}");
+    assert_eq!(site.with_session("/", &token).await.status, 303);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_whose_provider_is_down_at_start_still_starts_and_shows_an_error_page() {
+    let dead = dead_address().await;
+    let config = format!(
+        "{}[backends.up]\naddress = \"127.0.0.1:9\"\n[edges.app]\nhostports = [\"app.test:80\"]\n\
+         [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n\
+         [edges.app.routes.auth]\nplugin = \"oidc\"\nissuer = \"http://{dead}\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+        crate::harness::LISTENERS
+    );
+    let gw = TestGateway::start_with(&config).await;
+    let reply = gw.edge_get("app.test", "/").await;
+    assert_refused(&reply, 502, "provider down");
+    assert!(reply.body.contains("Identity provider unavailable"), "{}", reply.body);
+    gw.stop().await;
+}
