@@ -309,6 +309,7 @@ pub fn set_identity_headers(
     for cookie in target.edge_session_cookies.iter() {
         strip_cookie(headers, cookie);
     }
+    strip_gateway_cookies(headers);
     let Some(entry) = session else { return };
     let targets = [&names.user_id, &names.email, &names.name, &names.groups];
     for (name, value) in targets.into_iter().zip(&entry.identity_values) {
@@ -777,6 +778,36 @@ pub fn safe_return_to(candidate: &str) -> Option<&str> {
         decoded = next;
     }
     Some(candidate)
+}
+
+/// Whether a cookie is the gateway's own (a plugin's sign-in binding or nonce): `portcullis-*`,
+/// `portcullis_*`, `__Host-portcullis-*`. Upstreams never see these.
+fn is_gateway_cookie(name: &str) -> bool {
+    let name = name.strip_prefix("__Host-").unwrap_or(name);
+    name.starts_with("portcullis-") || name.starts_with("portcullis_")
+}
+
+/// Removes the gateway's own cookies (see [`is_gateway_cookie`]) from the request.
+fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    let present = headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .windows(11)
+            .any(|w| w == b"portcullis-" || w == b"portcullis_")
+    });
+    if !present {
+        return;
+    }
+    let names: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('=').map(|(k, _)| k.to_string()))
+        .filter(|name| is_gateway_cookie(name))
+        .collect();
+    for name in names {
+        strip_cookie(headers, &name);
+    }
 }
 
 /// Removes the cookie `name` from the request's `Cookie` headers.

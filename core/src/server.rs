@@ -291,15 +291,27 @@ async fn maintain(shared: &Arc<Shared>, sweep: bool) {
     if let Err(e) = shared.sessions.persist_activity(&shared.store) {
         tracing::error!("persisting session activity: {e}");
     }
-    crate::auth::recheck_sessions(shared).await;
+    // Re-checks wait on identity providers: they run beside the upkeep, one pass at a time.
+    if !shared.rechecking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            crate::auth::recheck_sessions(&shared).await;
+            shared.rechecking.store(false, std::sync::atomic::Ordering::Release);
+        });
+    }
     if sweep {
         let now = shared.clock.now();
         let expired = shared.sessions.remove_expired(now);
         if let Err(e) = shared.store.delete_sessions(&expired, false).await {
             tracing::error!("removing expired sessions: {e}");
         }
-        if let Err(e) = shared.store.kv_purge_expired(now) {
-            tracing::error!("purging expired plugin state: {e}");
+        // A scan of every plugin key: off the runtime thread that also serves the console.
+        let store_owner = shared.clone();
+        let purged = tokio::task::spawn_blocking(move || store_owner.store.kv_purge_expired(now)).await;
+        match purged {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("purging expired plugin state: {e}"),
+            Err(e) => tracing::error!("purging expired plugin state did not finish: {e}"),
         }
     }
 }

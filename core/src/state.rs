@@ -40,6 +40,8 @@ pub struct Shared {
     pub sessions: Sessions,
     pub signer: Signer,
     pub egress_client: EgressClient,
+    /// Set while a pass of session re-checks runs (see `auth::recheck_sessions`).
+    pub rechecking: AtomicBool,
 }
 
 /// Why a config could not be applied.
@@ -84,6 +86,7 @@ impl Shared {
             routes: ArcSwap::from_pointee(RouteTable::default()),
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
+            rechecking: AtomicBool::new(false),
         });
         shared.apply_config(config).await?;
         Ok(shared)

@@ -324,6 +324,11 @@ async fn email_domain_and_group_rules_allow_and_deny() {
         (json!({"allow_emails": ["bob@corp.example"]}), 403, 403), // bob's email is not verified
         (json!({"authorized_groups": ["sales"]}), 403, 303),
         (
+            json!({"allow_emails": ["bob@corp.example"], "trust_unverified_email": true}),
+            403,
+            303,
+        ),
+        (
             json!({"allow_domains": ["example.com"], "authorized_groups": ["admins"]}),
             303,
             403,
@@ -559,6 +564,22 @@ async fn a_module_in_config_toml_signs_people_in() {
     assert_eq!(done.status, 303, "{}", done.body);
     let seen = echoed(&site.with_session("/", &session_token(&done)).await);
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "bob@corp.example");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn the_sign_in_binding_cookie_never_reaches_an_upstream() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let done = site.login(&mut Jar::default(), "/", "alice").await;
+    let token = session_token(&done);
+    // The browser still holds the binding cookie and sends it with every request.
+    let cookies = format!("{COOKIE}={token}; {}; app=1", site.jar.header("/"));
+    assert!(cookies.contains("portcullis-oidc-"), "{cookies}");
+    let seen = echoed(&send(Method::GET, &format!("{}/", site.origin), &[("cookie", &cookies)], None).await);
+    assert_eq!(seen["headers"]["cookie"], "app=1");
     op.stop().await;
     site.stop().await;
 }

@@ -27,7 +27,7 @@ use openidconnect::core::{
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, AuthenticationFlow, AuthorizationCode, ClaimsVerificationError, ClientId,
     ClientSecret, CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    ProviderMetadata, RedirectUrl, Scope, SignatureVerificationError, TokenResponse,
+    ProviderMetadata, RedirectUrl, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
 };
 use portcullis_plugin_sdk::{
     form_value, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel, ModuleContext, ModulePlan,
@@ -47,6 +47,11 @@ const JWKS_REFRESH_INTERVAL: i64 = 60;
 const CLOCK_SKEW: i64 = 60;
 /// Sign-ins started from one address per minute (per module) before further ones are refused.
 const MAX_STARTS_PER_MINUTE: u64 = 300;
+/// How long a provider session id is mapped to its user, for back-channel logouts by `sid`
+/// (longer than any session).
+const SID_TTL: u64 = 400 * 86_400;
+/// How long a failed discovery is remembered before it is tried again, in seconds.
+const DISCOVERY_RETRY: i64 = 30;
 /// The read-only fields the gateway computes; writing them is refused.
 const OUTPUTS: [&str; 3] = ["redirect_uri", "post_logout_redirect_uri", "backchannel_logout_uri"];
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -109,6 +114,14 @@ struct Options {
     /// provider; by default basic when the provider advertises it, else post.
     #[serde(default)]
     token_auth_method: Option<String>,
+    /// Treats an email without `email_verified: true` as verified (for providers that never
+    /// send the claim and verify every address). Off: an unverified address matches no rule.
+    #[serde(default)]
+    trust_unverified_email: bool,
+    /// Accepts an `http://` issuer that is not on loopback (discovery, keys and the client
+    /// secret would cross the network in clear text).
+    #[serde(default)]
+    allow_insecure_issuer: bool,
 }
 
 fn default_groups_claim() -> String {
@@ -170,6 +183,13 @@ fn parse_options(value: &serde_json::Value) -> Result<Options, Vec<OptionError>>
     let issuer = url::Url::parse(&options.issuer).map_err(|e| option_error("issuer", format!("is not a URL: {e}")))?;
     if !matches!(issuer.scheme(), "https" | "http") || issuer.host_str().is_none() {
         return Err(option_error("issuer", "must be an http(s) URL"));
+    }
+    let loopback = matches!(issuer.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if issuer.scheme() == "http" && !loopback && !options.allow_insecure_issuer {
+        return Err(option_error(
+            "issuer",
+            "must be https (keys and the client secret would cross the network in clear text); set allow_insecure_issuer to accept it",
+        ));
     }
     if !options.scopes.is_empty() && !options.scopes.iter().any(|s| s == "openid") {
         return Err(option_error("scopes", "must include `openid`"));
@@ -327,12 +347,46 @@ struct SessionData {
     id_token: String,
     sid: Option<String>,
     access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+/// The latest tokens of a login, kept by re-checks that refreshed them.
+#[derive(Serialize, Deserialize)]
+struct Tokens {
+    access_token: String,
+    refresh_token: Option<String>,
+}
+
+/// Calls the provider's userinfo endpoint with an access token.
+fn userinfo(host: &dyn Host, module: &Module, access_token: &str) -> Result<HttpResponse, PluginError> {
+    let endpoint = module
+        .metadata
+        .userinfo_endpoint()
+        .ok_or_else(|| PluginError::Internal("the provider has no userinfo endpoint to re-check with".into()))?;
+    host.http(OutboundRequest {
+        method: "GET".into(),
+        url: endpoint.url().to_string(),
+        headers: vec![
+            ("authorization".into(), format!("Bearer {access_token}")),
+            ("accept".into(), "application/json".into()),
+        ],
+        body: Vec::new(),
+    })
+    .map_err(PluginError::Upstream)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The plugin. Modules (with their provider's metadata) are cached per options.
 #[derive(Default)]
 pub struct Oidc {
     modules: Mutex<HashMap<String, Arc<Module>>>,
+    /// The last failed discovery per module: (options, when, why), so that a provider that is
+    /// down is not asked again by every request.
+    failures: Mutex<HashMap<String, (String, i64, String)>>,
 }
 
 impl Oidc {
@@ -343,15 +397,47 @@ impl Oidc {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&context.module_id)
-            .filter(|m| {
-                m.options_json == context.options_json
-                    && m.origin == context.origin
-                    && now - m.fetched_at < METADATA_TTL
-            })
+            .filter(|m| m.options_json == context.options_json && m.origin == context.origin)
             .cloned();
-        if let Some(module) = cached {
-            return Ok(module);
+        if let Some(module) = cached.as_ref().filter(|m| now - m.fetched_at < METADATA_TTL) {
+            return Ok(module.clone());
         }
+        let failed = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&context.module_id)
+            .filter(|(options, at, _)| *options == context.options_json && now - at < DISCOVERY_RETRY)
+            .map(|(_, _, why)| why.clone());
+        if let Some(why) = failed {
+            // Stale metadata beats none while the provider is down.
+            return cached.ok_or(PluginError::Upstream(why));
+        }
+        match self.discover(host, context, now) {
+            Ok(module) => Ok(module),
+            Err(e) => {
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(
+                        context.module_id.clone(),
+                        (context.options_json.clone(), now, e.to_string()),
+                    );
+                match cached {
+                    Some(stale) => {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!("{e}; keeping the provider's metadata from before"),
+                        );
+                        Ok(stale)
+                    }
+                    None => Err(e),
+                }
+            }
+        }
+    }
+
+    fn discover(&self, host: &dyn Host, context: &ModuleContext, now: i64) -> Result<Arc<Module>, PluginError> {
         let value: serde_json::Value = serde_json::from_str(&context.options_json).map_err(internal)?;
         let options = parse_options(&value).map_err(|e| internal(format!("stored options do not validate: {e:?}")))?;
         let issuer = IssuerUrl::new(options.issuer.clone()).map_err(internal)?;
@@ -442,7 +528,9 @@ impl Oidc {
                 LogLevel::Info,
                 &format!(
                     "the provider answered {error}: {}",
-                    form_value(query, "error_description").unwrap_or_default()
+                    form_value(query, "error_description")
+                        .unwrap_or_default()
+                        .escape_debug()
                 ),
             );
             return Err(PluginError::Forbidden(
@@ -527,7 +615,7 @@ impl Oidc {
         let claims = jwt::payload(&id_token.to_string()).map_err(PluginError::BadRequest)?;
         let sub = claims["sub"].as_str().unwrap_or_default().to_string();
         let email = claims["email"].as_str().map(str::to_string);
-        let email_verified = claims["email_verified"].as_bool().unwrap_or(true);
+        let email_verified = is_verified(&claims["email_verified"], module.options.trust_unverified_email);
         let groups = string_list(&claims[module.options.groups_claim.as_str()]);
         if !module.options.admits(email.as_deref(), email_verified, &groups) {
             host.log(LogLevel::Info, &format!("{sub} is not admitted by the module's rules"));
@@ -537,13 +625,14 @@ impl Oidc {
         }
         let sid = claims["sid"].as_str().map(str::to_string);
         if let Some(sid) = &sid {
-            host.kv_put(&format!("sid:{sid}"), sub.as_bytes(), Some(30 * 86_400));
+            host.kv_put(&format!("sid:{sid}"), sub.as_bytes(), Some(SID_TTL));
         }
         let access_token = token.access_token().secret().clone();
         let data = SessionData {
             id_token: id_token.to_string(),
             sid,
             access_token: access_token.clone(),
+            refresh_token: token.refresh_token().map(|t| t.secret().clone()),
         };
         let mut attributes = BTreeMap::new();
         if let serde_json::Value::Object(object) = &claims {
@@ -688,6 +777,11 @@ impl Plugin for Oidc {
             PluginError::Upstream(m) => PluginError::BadRequest(m),
             other => other,
         })?;
+        if module.options.recheck_interval > 0 && module.metadata.userinfo_endpoint().is_none() {
+            return Err(PluginError::BadRequest(
+                "recheck_interval needs the provider's userinfo endpoint, which its discovery does not name".into(),
+            ));
+        }
         Ok(module.outputs())
     }
 
@@ -698,12 +792,16 @@ impl Plugin for Oidc {
         return_to: &str,
         request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
-        let module = self.module(host, context)?;
-        if host.kv_incr(&format!("starts:{}", request.remote_addr), Some(60)) > MAX_STARTS_PER_MINUTE {
+        if host.kv_incr(
+            &format!("starts:{}", portcullis_plugin_sdk::client_bucket(&request.remote_addr)),
+            Some(60),
+        ) > MAX_STARTS_PER_MINUTE
+        {
             return Err(PluginError::BadRequest(
                 "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
             ));
         }
+        let module = self.module(host, context)?;
         let random = |n: usize| B64URL.encode(host.random(n));
         let state = random(32);
         let nonce = random(32);
@@ -779,21 +877,57 @@ impl Plugin for Oidc {
         else {
             return Ok(false);
         };
-        let endpoint = module
-            .metadata
-            .userinfo_endpoint()
-            .ok_or_else(|| PluginError::Internal("the provider has no userinfo endpoint to re-check with".into()))?;
-        let answer = host
-            .http(OutboundRequest {
-                method: "GET".into(),
-                url: endpoint.url().to_string(),
-                headers: vec![
-                    ("authorization".into(), format!("Bearer {}", data.access_token)),
-                    ("accept".into(), "application/json".into()),
-                ],
-                body: Vec::new(),
-            })
-            .map_err(PluginError::Upstream)?;
+        // The latest tokens of this login (refreshed by earlier checks), else the first ones.
+        let tokens_key = format!("tokens:{}", hex(&jwt::sha256(data.id_token.as_bytes())));
+        let mut tokens = host
+            .kv_get(&tokens_key)
+            .and_then(|bytes| serde_json::from_slice::<Tokens>(&bytes).ok())
+            .unwrap_or(Tokens {
+                access_token: data.access_token.clone(),
+                refresh_token: data.refresh_token.clone(),
+            });
+        let mut answer = userinfo(host, &module, &tokens.access_token)?;
+        if answer.status == 401 {
+            // The access token may just have expired: a refresh token says whether the grant
+            // still stands.
+            let Some(refresh) = tokens.refresh_token.clone() else {
+                return Ok(false);
+            };
+            let http = |r| HostHttp(host).call(r);
+            let refreshed = module
+                .client()?
+                .exchange_refresh_token(&RefreshToken::new(refresh))
+                .map_err(internal)?
+                .request(&http);
+            match refreshed {
+                Ok(fresh) => {
+                    tokens = Tokens {
+                        access_token: fresh.access_token().secret().clone(),
+                        refresh_token: fresh
+                            .refresh_token()
+                            .map(|t| t.secret().clone())
+                            .or(tokens.refresh_token),
+                    };
+                    host.kv_put(
+                        &tokens_key,
+                        &serde_json::to_vec(&tokens).map_err(internal)?,
+                        Some(SID_TTL),
+                    );
+                    answer = userinfo(host, &module, &tokens.access_token)?;
+                }
+                Err(openidconnect::RequestTokenError::ServerResponse(r))
+                    if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+                {
+                    return Ok(false)
+                }
+                Err(e) => {
+                    return Err(PluginError::Upstream(format!(
+                        "refreshing the tokens: {}",
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
         match answer.status {
             200 => {
                 let claims: serde_json::Value = serde_json::from_slice(&answer.body)
@@ -803,15 +937,32 @@ impl Plugin for Oidc {
                     .map(|s| subject_of(&module.options.issuer, s))
                     .as_deref()
                     == Some(identity.subject.as_str());
-                let email = claims["email"].as_str().or(identity.email.as_deref());
-                let verified = claims["email_verified"].as_bool().unwrap_or(true);
+                // An address userinfo does not repeat stays the one verified at sign-in.
+                let (email, verified) = match claims["email"].as_str() {
+                    Some(email) => (
+                        Some(email),
+                        is_verified(&claims["email_verified"], module.options.trust_unverified_email),
+                    ),
+                    None => (identity.email.as_deref(), true),
+                };
                 let groups = match claims.get(module.options.groups_claim.as_str()) {
                     Some(value) => string_list(value),
+                    // Group rules cannot be re-checked without the claim: fail closed.
+                    None if !module.options.authorized_groups.is_empty() => {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "userinfo has no `{}` claim: the group rule cannot be re-checked, the session ends",
+                                module.options.groups_claim
+                            ),
+                        );
+                        return Ok(false);
+                    }
                     None => identity.groups.clone(),
                 };
                 Ok(subject_matches && module.options.admits(email, verified, &groups))
             }
-            401 | 403 => Ok(false),
+            401 => Ok(false),
             status => Err(PluginError::Upstream(format!("userinfo answered {status}"))),
         }
     }
@@ -848,11 +999,26 @@ fn subject_of(issuer: &str, sub: &str) -> String {
     format!("{issuer}!{sub}")
 }
 
-/// The cookie that binds a sign-in to its browser, distinct per module.
+/// The cookie that binds a sign-in to its browser, distinct per module; `__Host-` (host-only,
+/// Secure, path `/`) on https.
 fn binding_cookie(redirect_uri: &str) -> String {
     let digest = jwt::sha256(redirect_uri.as_bytes());
     let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("portcullis-oidc-{short}")
+    let prefix = if redirect_uri.starts_with("https://") {
+        "__Host-"
+    } else {
+        ""
+    };
+    format!("{prefix}portcullis-oidc-{short}")
+}
+
+/// `email_verified` as providers send it (a boolean, or a string from some userinfo endpoints).
+fn is_verified(claim: &serde_json::Value, trust_unverified: bool) -> bool {
+    match claim {
+        serde_json::Value::Bool(b) => *b || trust_unverified,
+        serde_json::Value::String(s) => s == "true" || trust_unverified,
+        _ => trust_unverified,
+    }
 }
 
 /// A claim as a list of strings (a string is a list of one).
@@ -926,6 +1092,26 @@ mod tests {
             assert_eq!(parse_options(&missing).unwrap_err()[0].key, key, "{missing}");
         }
         assert_eq!(options(serde_json::json!({})).scopes(), ["openid", "profile", "email"]);
+        let insecure = serde_json::json!({"issuer": "http://op.example", "client_id": "c", "client_secret": "s"});
+        assert_eq!(parse_options(&insecure).unwrap_err()[0].key, "issuer");
+        let mut allowed = insecure.clone();
+        allowed["allow_insecure_issuer"] = true.into();
+        assert!(parse_options(&allowed).is_ok());
+        for fine in ["http://127.0.0.1:9000", "http://localhost", "https://op.example/tenant"] {
+            let value = serde_json::json!({"issuer": fine, "client_id": "c", "client_secret": "s"});
+            assert!(parse_options(&value).is_ok(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn email_verification_and_binding_cookie_names() {
+        assert!(is_verified(&serde_json::json!(true), false));
+        assert!(is_verified(&serde_json::json!("true"), false));
+        assert!(!is_verified(&serde_json::json!("false"), false));
+        assert!(!is_verified(&serde_json::Value::Null, false));
+        assert!(is_verified(&serde_json::Value::Null, true));
+        assert!(binding_cookie("https://a.test/cb").starts_with("__Host-portcullis-oidc-"));
+        assert!(binding_cookie("http://a.test/cb").starts_with("portcullis-oidc-"));
     }
 
     #[test]

@@ -330,7 +330,11 @@ impl Plugin for Saml {
         request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
         let module = self.module(host, context)?;
-        if host.kv_incr(&format!("starts:{}", request.remote_addr), Some(60)) > MAX_STARTS_PER_MINUTE {
+        if host.kv_incr(
+            &format!("starts:{}", portcullis_plugin_sdk::client_bucket(&request.remote_addr)),
+            Some(60),
+        ) > MAX_STARTS_PER_MINUTE
+        {
             return Err(PluginError::BadRequest(
                 "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
             ));

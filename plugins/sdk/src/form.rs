@@ -1,4 +1,5 @@
-//! Decoding of URL query strings and HTML form bodies, which most login protocols need.
+//! Decoding of URL query strings and HTML form bodies, which most login protocols need, and
+//! the rate-limit bucket of a client address.
 
 /// Decodes `%XX` escapes; a malformed escape is kept as it is. `+` stays `+` (paths).
 pub fn percent_decode(text: &str) -> String {
@@ -40,9 +41,32 @@ pub fn form_value(text: &str, name: &str) -> Option<String> {
     form_decode(text).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
+/// The rate-limit bucket of a client address: the address, or its /64 for IPv6 (one host
+/// commonly holds a whole /64).
+pub fn client_bucket(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => address.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_buckets_group_an_ipv6_host_s_addresses() {
+        assert_eq!(client_bucket("192.0.2.7"), "192.0.2.7");
+        assert_eq!(
+            client_bucket("2001:db8:1:2:aaaa::1"),
+            client_bucket("2001:db8:1:2:bbbb::9")
+        );
+        assert_ne!(client_bucket("2001:db8:1:2::1"), client_bucket("2001:db8:1:3::1"));
+        assert_eq!(client_bucket("::ffff:192.0.2.7"), "::ffff:192.0.2.7");
+    }
 
     #[test]
     fn forms_and_escapes_decode() {

@@ -23,7 +23,7 @@ pub mod abi;
 mod form;
 mod messages;
 
-pub use form::{form_decode, form_value, percent_decode};
+pub use form::{client_bucket, form_decode, form_value, percent_decode};
 pub use messages::*;
 
 /// The ABI and message-format version of this SDK. A library built against another version
