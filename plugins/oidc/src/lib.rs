@@ -30,8 +30,8 @@ use openidconnect::{
     ProviderMetadata, RedirectUrl, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
 };
 use portcullis_plugin_sdk::{
-    form_value, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel, ModuleContext, ModulePlan,
-    OptionError, OutboundRequest, Outcome, Plugin, PluginError, PluginInfo,
+    form_value, option_error, read_options, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel,
+    ModuleContext, ModulePlan, OptionError, OutboundRequest, Outcome, Plugin, PluginError, PluginInfo,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -151,35 +151,16 @@ impl Options {
     }
 }
 
-fn option_error(key: &str, message: impl Into<String>) -> Vec<OptionError> {
-    vec![OptionError {
-        key: key.into(),
-        message: message.into(),
-    }]
-}
-
 fn parse_options(value: &serde_json::Value) -> Result<Options, Vec<OptionError>> {
-    let mut value = value.clone();
-    if let Some(object) = value.as_object_mut() {
-        object.retain(|_, v| !v.is_null());
-        if let Some(output) = OUTPUTS.iter().find(|k| object.contains_key(**k)) {
-            return Err(option_error(output, "is read-only: the gateway computes it"));
-        }
-        for key in ["issuer", "client_id", "client_secret"] {
-            if object.get(key).and_then(|v| v.as_str()).is_none_or(str::is_empty) {
-                return Err(option_error(key, "is required"));
-            }
-        }
-    }
-    let options: Options = serde_json::from_value(value).map_err(|e| {
-        let message = e.to_string();
-        let key = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.starts_with("unknown field"))
-            .unwrap_or("");
-        option_error(key, message.clone())
-    })?;
+    let options: Options = read_options(
+        value,
+        &OUTPUTS,
+        &[
+            ("issuer", "the provider's issuer URL"),
+            ("client_id", "the client registered at the provider"),
+            ("client_secret", "the client's secret"),
+        ],
+    )?;
     let issuer = url::Url::parse(&options.issuer).map_err(|e| option_error("issuer", format!("is not a URL: {e}")))?;
     if !matches!(issuer.scheme(), "https" | "http") || issuer.host_str().is_none() {
         return Err(option_error("issuer", "must be an http(s) URL"));
@@ -855,12 +836,12 @@ impl Plugin for Oidc {
         match request.path.strip_prefix(&context.mount_path).unwrap_or_default() {
             "/callback" => self.callback(host, context, request),
             "/backchannel-logout" => self.backchannel(host, context, request),
-            "/logged-out" => Ok(Outcome::Respond(page(
+            "/logged-out" => Ok(Outcome::Respond(HttpResponse::page(
                 200,
                 "Signed out",
                 "You are signed out of this site and of the identity provider.",
             ))),
-            _ => Ok(Outcome::Respond(page(
+            _ => Ok(Outcome::Respond(HttpResponse::page(
                 404,
                 "Not found",
                 "This sign-in module has nothing at this address.",
@@ -1040,16 +1021,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn page(status: u16, title: &str, message: &str) -> HttpResponse {
-    HttpResponse::html(
-        status,
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>{title}</h1><p>{message}</p></body></html>\n"
-        ),
-    )
 }
 
 #[cfg(test)]

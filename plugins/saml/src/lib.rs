@@ -258,7 +258,7 @@ impl Saml {
                     xml::escape(&status)
                 )
             };
-            return Ok(Outcome::Respond(page(
+            return Ok(Outcome::Respond(HttpResponse::page(
                 200,
                 "Signed out",
                 &format!("You are signed out of this site.{note}"),
@@ -389,7 +389,7 @@ impl Plugin for Saml {
             })),
             "/acs" => self.acs(host, &module, request),
             "/slo" => self.slo(host, &module, request),
-            _ => Ok(Outcome::Respond(page(
+            _ => Ok(Outcome::Respond(HttpResponse::page(
                 404,
                 "Not found",
                 "This sign-in module has nothing at this address.",
@@ -595,16 +595,6 @@ fn instant(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn page(status: u16, title: &str, html_message: &str) -> HttpResponse {
-    HttpResponse::html(
-        status,
-        format!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>{title}</h1><p>{html_message}</p></body></html>\n"
-        ),
-    )
 }
 
 #[cfg(test)]

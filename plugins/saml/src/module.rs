@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
-use portcullis_plugin_sdk::{Host, OptionError, PluginError};
+use portcullis_plugin_sdk::{option_error, read_options, Host, OptionError, PluginError};
 use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer};
 use samael::metadata::EntityDescriptor;
 use samael::service_provider::ServiceProvider;
@@ -97,40 +97,9 @@ pub struct Idp {
     pub descriptor: EntityDescriptor,
 }
 
-fn option_error(key: &str, message: impl Into<String>) -> Vec<OptionError> {
-    vec![OptionError {
-        key: key.into(),
-        message: message.into(),
-    }]
-}
-
 /// Parses and checks the options.
 pub fn parse_options(options: &serde_json::Value) -> Result<(Options, Idp), Vec<OptionError>> {
-    if let Some(object) = options.as_object() {
-        if let Some(output) = OUTPUTS.iter().find(|k| object.contains_key(**k)) {
-            return Err(option_error(output, "is read-only: the gateway computes it"));
-        }
-        if !object.contains_key("idp_metadata") {
-            return Err(option_error(
-                "idp_metadata",
-                "is required: the IdP's EntityDescriptor XML",
-            ));
-        }
-    }
-    // A `null` option means its default (ngrok's clients send nulls for unset fields).
-    let mut options = options.clone();
-    if let Some(object) = options.as_object_mut() {
-        object.retain(|_, v| !v.is_null());
-    }
-    let parsed: Options = serde_json::from_value(options).map_err(|e| {
-        let message = e.to_string();
-        let key = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.starts_with("unknown field"))
-            .unwrap_or("");
-        option_error(key, message.clone())
-    })?;
+    let parsed: Options = read_options(options, &OUTPUTS, &[("idp_metadata", "the IdP's EntityDescriptor XML")])?;
     if !NAMEID_FORMATS.contains(&parsed.nameid_format()) {
         return Err(option_error(
             "nameid_format",

@@ -192,21 +192,7 @@ pub fn element_text(xml: &str, name: &str) -> Option<String> {
     }
 }
 
-/// Escapes text for an XML attribute value or element content.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use portcullis_plugin_sdk::escape;
 
 /// DEFLATE + base64, as the HTTP-Redirect binding carries a message.
 pub fn deflate_base64(xml: &str) -> Result<String, String> {
@@ -407,6 +393,5 @@ mod tests {
         assert_eq!(element_text(xml, "NameID").as_deref(), Some("alice"));
         assert_eq!(element_text(xml, "Issuer").as_deref(), Some("idp"));
         assert_eq!(status_code(xml).as_deref(), Some("ok"));
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 }

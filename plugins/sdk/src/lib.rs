@@ -22,9 +22,11 @@
 pub mod abi;
 mod form;
 mod messages;
+mod options;
 
 pub use form::{client_bucket, form_decode, form_value, percent_decode};
 pub use messages::*;
+pub use options::{escape, option_error, read_options};
 
 /// The ABI and message-format version of this SDK. A library built against another version
 /// is refused at load.

@@ -125,6 +125,18 @@ impl HttpResponse {
         }
     }
 
+    /// A plain page with a heading and one paragraph (`title` is text, `html_message` HTML).
+    pub fn page(status: u16, title: &str, html_message: &str) -> HttpResponse {
+        let title = crate::escape(title);
+        HttpResponse::html(
+            status,
+            format!(
+                "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+<body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto\"><h1>{title}</h1><p>{html_message}</p></body></html>\n"
+            ),
+        )
+    }
+
     /// An HTML page.
     pub fn html(status: u16, html: impl Into<String>) -> HttpResponse {
         HttpResponse {
