@@ -517,6 +517,25 @@ async fn the_module_api_answers_in_ngrok_s_shape_and_refuses_what_cannot_work() 
         *m,
         "refused writes change nothing"
     );
+
+    // A bare module (as ngrok's clients send it) replaces it; a route update carries it as `oidc`.
+    let bare = json!({"issuer": op.issuer, "client_id": "portcullis", "client_secret": "s3cret-for-tests", "allow_domains": ["example.com"]});
+    let put = site.gw.api(Method::PUT, &path, Some(bare)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.json()["allow_domains"], json!(["example.com"]));
+    assert_eq!(put.json()["scopes"], json!(["openid", "profile", "email"]));
+    let route_path = format!("/edges/https/{}/routes/{}", site.edge_id, site.route_id);
+    let patched = site
+        .gw
+        .api(
+            Method::PATCH,
+            &route_path,
+            Some(json!({"oidc": {"issuer": op.issuer, "client_id": "portcullis", "client_secret": "s3cret-for-tests", "authorized_groups": ["admins"]}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.json()["oidc"]["authorized_groups"], json!(["admins"]));
+    assert_eq!(patched.json()["oidc"]["redirect_uri"], m["redirect_uri"]);
     let deleted = site.gw.api(Method::DELETE, &path, None).await;
     assert_eq!(deleted.status, 204, "{}", deleted.body);
     let route = site
