@@ -33,6 +33,7 @@ test: test-deps
 bench: test-deps
 	$(MAKE) --no-print-directory install-packages PACKAGES="$(BENCH_SYSTEM_PACKAGES)"
 	tests/bench/proxy.sh
+	tests/bench/saml.sh
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(SYSTEM_PACKAGES)"

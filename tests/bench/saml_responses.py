@@ -12,8 +12,8 @@ Both the Assertion and the Response are signed, as tests/peers/saml_idp.py signs
 pysaml2 and xmlsec1: enveloped XML signatures, RSA-SHA256, SHA-256 digests, exclusive c14n,
 the signing certificate in KeyInfo.
 
-pysaml2 signs through one xmlsec1 process per signature (about 50 a second here), too slow to
-make thousands of Responses within the two minutes an SP accepts them. So this script writes
+pysaml2 signs through one xmlsec1 process per signature (30 ms each here), too slow to make
+thousands of Responses within the two minutes an SP accepts them. So this script writes
 each Response directly in its exclusive-c14n form (every element declares exactly the
 namespaces it uses, attributes in canonical order, no empty-element tags, no whitespace between
 elements): the document's text is then its own canonical form, and the digests and signatures
