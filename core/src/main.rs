@@ -91,10 +91,7 @@ fn load(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    portcullis::server::worker_runtime().context("cannot start the async runtime")
 }
 
 fn serve(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -127,7 +127,7 @@ impl Gateway {
             std::thread::Builder::new()
                 .name(format!("edge-worker-{worker}"))
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let runtime = crate::server::worker_runtime();
                     match runtime {
                         Ok(runtime) => runtime.block_on(async move {
                             match reuseport_listener(edge_addr) {
@@ -283,6 +283,22 @@ impl Gateway {
         }
     }
 }
+
+/// A single-threaded runtime for an edge worker or the main thread. Its blocking pool (where
+/// plugin calls run) is kept small and its threads long-lived: a login is CPU work (XML
+/// signatures), and a pool that grows to one thread per waiting request and lets them die
+/// between bursts spends its time on fresh thread stacks and allocator pages instead.
+pub fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(Duration::from_secs(300))
+        .build()
+}
+
+/// Threads per runtime for plugin calls and other blocking work: enough to overlap calls that
+/// wait on an identity provider, few enough to keep a burst of logins on warm threads.
+const BLOCKING_THREADS: usize = 8;
 
 /// Background upkeep: persist session activity (batched off the hot path), re-check sessions
 /// whose identity provider should confirm access again, and, when `sweep`,
