@@ -34,6 +34,7 @@ bench: test-deps
 	$(MAKE) --no-print-directory install-packages PACKAGES="$(BENCH_SYSTEM_PACKAGES)"
 	tests/bench/proxy.sh
 	tests/bench/saml.sh
+	tests/bench/oidc.sh
 
 deps:
 	@$(MAKE) --no-print-directory install-packages PACKAGES="$(SYSTEM_PACKAGES)"
