@@ -3,7 +3,7 @@
 //! the example plugin loaded as a library and through a real SAML IdP (pysaml2), to a real
 //! upstream.
 
-use crate::harness::{plugin_library, run_peer, send, tests_dir, TestGateway, Upstream, LISTENERS};
+use crate::harness::{browser_sign_in, plugin_library, send, TestGateway, Upstream, LISTENERS};
 use crate::saml::Idp;
 use http::Method;
 use serde_json::json;
@@ -13,15 +13,6 @@ const ALICE_HASH: &str = "$2b$10$mvR5HkbkCN6i900Mt0JWmO9iYnl4oovjkUZyIAPav4JBpZ0
 
 #[tokio::test]
 async fn a_person_signs_in_with_a_real_browser() {
-    let tests = tests_dir();
-    assert!(
-        tests.join("node_modules/playwright-core").is_dir(),
-        "playwright-core is missing: run `make test-deps`"
-    );
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists(),
-        "chromium is missing: run `make test-deps`"
-    );
     let library = plugin_library("portcullis_htpasswd");
     let gw = TestGateway::start_with(&format!("{LISTENERS}[[plugin]]\npath = \"{}\"\n", library.display())).await;
     let upstream = Upstream::start().await;
@@ -40,22 +31,15 @@ async fn a_person_signs_in_with_a_real_browser() {
     assert_eq!(patched.status, 200, "{}", patched.body);
 
     let url = format!("http://{}/wiki/page?x=1", gw.gateway.edge_addr);
-    let result = run_peer(
-        std::path::Path::new("node"),
-        "browser_login.mjs",
-        &[&url, "alice", "alice-password"],
-    )
-    .await;
-    assert_eq!(result["url"], url, "the browser is back on the page it asked for");
     // The page is the upstream's echo of what it received.
-    let seen: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    let (seen, cookies) = browser_sign_in(&url, "alice", false).await;
     assert_eq!(seen["path"], "/wiki/page?x=1");
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
     assert_eq!(seen["headers"]["x-portcullis-user-groups"], "staff");
     assert!(seen["headers"]
         .get("cookie")
         .is_none_or(|c| !c.as_str().unwrap_or_default().contains("portcullis.session")));
-    let session = result["cookies"]
+    let session = cookies
         .as_array()
         .unwrap()
         .iter()
@@ -92,14 +76,7 @@ async fn a_person_signs_in_through_a_saml_idp_with_a_real_browser() {
         .await;
 
     let url = format!("http://{edge_host}/reports/q3?view=full");
-    let result = run_peer(
-        std::path::Path::new("node"),
-        "browser_login.mjs",
-        &[&url, "alice", "alice-password"],
-    )
-    .await;
-    assert_eq!(result["url"], url, "the browser is back on the page it asked for");
-    let seen: serde_json::Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    let (seen, _) = browser_sign_in(&url, "alice", false).await;
     assert_eq!(seen["path"], "/reports/q3?view=full");
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
     assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice Liddell");

@@ -387,3 +387,57 @@ pub async fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) ->
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed no JSON line ({e}): {stdout}"))
 }
+
+/// The `Location` of a redirect.
+pub fn location(reply: &Reply) -> String {
+    reply.headers["location"].to_str().unwrap().to_string()
+}
+
+/// The session token a sign-in set (cookie `portcullis.session`).
+pub fn session_token(reply: &Reply) -> String {
+    const COOKIE: &str = "portcullis.session";
+    let cookie = set_cookie(reply, COOKIE).unwrap_or_else(|| panic!("no session cookie: {reply:?}"));
+    cookie[COOKIE.len() + 1..].split(';').next().unwrap().to_string()
+}
+
+/// What the test upstream echoed of the request it received (a 200 is required).
+pub fn echoed(reply: &Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    serde_json::from_str(&reply.body).unwrap()
+}
+
+/// A sign-in the gateway refused: `status`, no session cookie, a readable page with the request id.
+#[track_caller]
+pub fn assert_sign_in_refused(reply: &Reply, status: u16, case: &str) {
+    assert_eq!(reply.status, status, "{case}: {}", reply.body);
+    assert!(set_cookie(reply, "portcullis.session").is_none(), "{case}");
+    assert!(
+        reply.body.contains("request id"),
+        "{case}: a readable page: {}",
+        reply.body
+    );
+}
+
+/// Signs `user` (password `<user>-password`) in at `url` in headless Chromium
+/// (`peers/browser_login.mjs`), pressing a consent form's button too when `consent`; asserts
+/// the browser ended back on `url` and returns what the upstream echoed there, and the
+/// browser's cookies.
+pub async fn browser_sign_in(url: &str, user: &str, consent: bool) -> (Value, Value) {
+    assert!(
+        tests_dir().join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run `make test-deps`"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "chromium is missing: run `make test-deps`"
+    );
+    let password = format!("{user}-password");
+    let mut args = vec![url, user, password.as_str()];
+    if consent {
+        args.push("consent");
+    }
+    let result = run_peer(std::path::Path::new("node"), "browser_login.mjs", &args).await;
+    assert_eq!(result["url"], url, "the browser is back on the page it asked for");
+    let seen = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    (seen, result["cookies"].clone())
+}

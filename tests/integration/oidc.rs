@@ -4,7 +4,9 @@
 //! cookie jar, and in headless Chromium), email/domain/group rules, RP-initiated and
 //! back-channel logout, re-checks, access-token forwarding, the module's API and config forms.
 
-use crate::harness::{run_peer, send, set_cookie, tests_dir, Reply, TestGateway, Upstream};
+use crate::harness::{
+    browser_sign_in, echoed, location, send, session_token, set_cookie, tests_dir, Reply, TestGateway, Upstream,
+};
 use http::Method;
 use portcullis::server::StartOptions;
 use serde_json::{json, Value};
@@ -101,10 +103,6 @@ impl Jar {
             .collect::<Vec<_>>()
             .join("; ")
     }
-}
-
-fn location(reply: &Reply) -> String {
-    reply.headers["location"].to_str().unwrap().to_string()
 }
 
 fn path_of(url: &str) -> &str {
@@ -239,16 +237,6 @@ impl Site {
 fn op_jar_issuer(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     format!("http://{}", rest.split('/').next().unwrap())
-}
-
-pub fn session_token(reply: &Reply) -> String {
-    let cookie = set_cookie(reply, COOKIE).unwrap_or_else(|| panic!("no session cookie: {reply:?}"));
-    cookie[COOKIE.len() + 1..].split(';').next().unwrap().to_string()
-}
-
-pub fn echoed(reply: &Reply) -> Value {
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
 }
 
 #[tokio::test]
@@ -452,14 +440,7 @@ async fn a_person_signs_in_through_the_provider_s_forms_in_a_real_browser() {
     let site = Site::start(&op, json!({}), StartOptions::default()).await;
     site.register(&op, "client_secret_basic").await;
     let url = format!("{}/wiki/page?x=1", site.origin);
-    let result = run_peer(
-        std::path::Path::new("node"),
-        "browser_login.mjs",
-        &[&url, "alice", "alice-password", "consent"],
-    )
-    .await;
-    assert_eq!(result["url"], url);
-    let seen: Value = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
+    let (seen, _) = browser_sign_in(&url, "alice", true).await;
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
     assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering,admins");
     op.stop().await;

@@ -3,8 +3,8 @@
 //! nonce, goes down or answers garbage, and sends bad back-channel logout tokens. The same
 //! flow with the forge's normal answers signs in first, so each refusal is the check under test.
 
-use crate::harness::{dead_address, set_cookie, Reply, TestGateway};
-use crate::oidc::{echoed, session_token, Jar, Op, Site};
+use crate::harness::{assert_sign_in_refused, dead_address, echoed, session_token, Reply, TestGateway};
+use crate::oidc::{Jar, Op, Site};
 use http::Method;
 use portcullis::server::StartOptions;
 use serde_json::{json, Value};
@@ -39,17 +39,6 @@ async fn sign_in(site: &mut Site) -> (Reply, String) {
     (site.get(&path).await, path)
 }
 
-#[track_caller]
-fn assert_refused(reply: &Reply, status: u16, case: &str) {
-    assert_eq!(reply.status, status, "{case}: {}", reply.body);
-    assert!(set_cookie(reply, "portcullis.session").is_none(), "{case}");
-    assert!(
-        reply.body.contains("request id"),
-        "{case}: a readable page: {}",
-        reply.body
-    );
-}
-
 #[tokio::test]
 async fn crafted_id_tokens_are_refused() {
     let op = Op::start("oidc_forge.mjs").await;
@@ -75,7 +64,7 @@ async fn crafted_id_tokens_are_refused() {
     ] {
         mode(&op, case).await;
         let (reply, _) = sign_in(&mut site).await;
-        assert_refused(&reply, 400, case);
+        assert_sign_in_refused(&reply, 400, case);
     }
     mode(&op, "normal").await;
     assert_eq!(sign_in(&mut site).await.0.status, 303, "the genuine flow still works");
@@ -101,7 +90,7 @@ async fn a_rotated_key_is_fetched_once_and_accepted() {
     // An unknown key does not make the gateway hammer the provider: no second fetch this minute.
     mode(&op, "unknown_kid").await;
     for _ in 0..3 {
-        assert_refused(&sign_in(&mut site).await.0, 400, "unknown kid");
+        assert_sign_in_refused(&sign_in(&mut site).await.0, 400, "unknown kid");
     }
     let last: Value = serde_json::from_str(&op.get("/test/counts").await.body).unwrap();
     assert_eq!(last["jwks"], after["jwks"]);
@@ -115,13 +104,13 @@ async fn state_nonce_code_and_browser_binding_are_checked() {
     let mut site = forge_site(&op).await;
 
     mode(&op, "state_mismatch").await;
-    assert_refused(&sign_in(&mut site).await.0, 400, "state mismatch");
+    assert_sign_in_refused(&sign_in(&mut site).await.0, 400, "state mismatch");
     mode(&op, "normal").await;
 
     // A callback is taken once.
     let (first, callback) = sign_in(&mut site).await;
     assert_eq!(first.status, 303);
-    assert_refused(&site.get(&callback).await, 400, "callback replayed");
+    assert_sign_in_refused(&site.get(&callback).await, 400, "callback replayed");
 
     // A code is taken once by the provider: replayed under a fresh state, it gets no session.
     let code = callback
@@ -143,7 +132,7 @@ async fn state_nonce_code_and_browser_binding_are_checked() {
         .1
         .into_owned();
     let replay = format!("/_portcullis/auth/{}/callback?code={code}&state={state}", site.route_id);
-    assert_refused(&site.get(&replay).await, 400, "code replayed");
+    assert_sign_in_refused(&site.get(&replay).await, 400, "code replayed");
 
     // A callback from another browser (no binding cookie) is refused.
     site.jar = Jar::default();
@@ -152,13 +141,13 @@ async fn state_nonce_code_and_browser_binding_are_checked() {
     let answer = crate::harness::send(Method::GET, &authorize, &[], None).await;
     let callback = answer.headers["location"].to_str().unwrap().to_string();
     let elsewhere = crate::harness::send(Method::GET, &callback, &[], None).await;
-    assert_refused(&elsewhere, 400, "callback in another browser");
+    assert_sign_in_refused(&elsewhere, 400, "callback in another browser");
     assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
 
     // The provider says no.
     mode(&op, "error_redirect").await;
     let (denied, _) = sign_in(&mut site).await;
-    assert_refused(&denied, 403, "access_denied");
+    assert_sign_in_refused(&denied, 403, "access_denied");
     assert!(denied.body.contains("did not sign you in"), "{}", denied.body);
 
     // What the gateway asked for: PKCE S256, and the verifier at the token endpoint.
@@ -179,7 +168,7 @@ async fn a_provider_that_is_down_or_answers_garbage_gets_an_error_page_not_a_han
     for case in ["garbage_token_response", "token_500", "slow_token"] {
         mode(&op, case).await;
         let (reply, _) = sign_in(&mut site).await;
-        assert_refused(&reply, 502, case);
+        assert_sign_in_refused(&reply, 502, case);
         assert!(reply.body.contains("Identity provider unavailable"), "{}", reply.body);
     }
     op.stop().await;
@@ -282,7 +271,7 @@ async fn a_gateway_whose_provider_is_down_at_start_still_starts_and_shows_an_err
     );
     let gw = TestGateway::start_with(&config).await;
     let reply = gw.edge_get("app.test", "/").await;
-    assert_refused(&reply, 502, "provider down");
+    assert_sign_in_refused(&reply, 502, "provider down");
     assert!(reply.body.contains("Identity provider unavailable"), "{}", reply.body);
     gw.stop().await;
 }

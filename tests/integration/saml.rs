@@ -4,7 +4,10 @@
 //! both ways, the module's API and config forms; every flow runs with the plugin linked in
 //! and again loaded as a dynamic library.
 
-use crate::harness::{plugin_library, send, set_cookie, tests_dir, Reply, TestGateway, Upstream, LISTENERS};
+use crate::harness::{
+    echoed, location, plugin_library, send, session_token, set_cookie, tests_dir, Reply, TestGateway, Upstream,
+    LISTENERS,
+};
 use http::Method;
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -230,22 +233,6 @@ impl Site {
     pub async fn stop(self) {
         self.gw.stop().await;
     }
-}
-
-pub fn location(reply: &Reply) -> String {
-    reply.headers["location"].to_str().unwrap().to_string()
-}
-
-/// The session token a login set.
-pub fn session_token(reply: &Reply) -> String {
-    let cookie = set_cookie(reply, COOKIE).unwrap_or_else(|| panic!("no session cookie: {reply:?}"));
-    cookie[COOKIE.len() + 1..].split(';').next().unwrap().to_string()
-}
-
-/// What the upstream echoed of the request it received.
-pub fn echoed(reply: &Reply) -> Value {
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    serde_json::from_str(&reply.body).unwrap()
 }
 
 /// The `value` of the `<input name="NAME">` of an HTML page, unescaped.

@@ -3,8 +3,10 @@
 //! samael) by the fixture IdP's key, with the times, IDs and URLs each case needs. A genuine
 //! Response built the same way is accepted first, so every refusal is the check under test.
 
-use crate::harness::{set_cookie, tests_dir, Reply, TestGateway, LISTENERS};
-use crate::saml::{echoed, location, session_token, Loading, Site};
+use crate::harness::{
+    assert_sign_in_refused, echoed, location, session_token, set_cookie, tests_dir, Reply, TestGateway, LISTENERS,
+};
+use crate::saml::{Loading, Site};
 use base64::Engine;
 use samael::crypto::{Crypto, CryptoProvider};
 use serde_json::{json, Value};
@@ -182,17 +184,6 @@ async fn post(site: &Site, response_xml: &str, relay_state: Option<&str>) -> Rep
     site.post_acs(&fields).await
 }
 
-#[track_caller]
-fn assert_refused(reply: &Reply, case: &str) {
-    assert_eq!(reply.status, 400, "{case}: {}", reply.body);
-    assert!(set_cookie(reply, "portcullis.session").is_none(), "{case}");
-    assert!(
-        reply.body.contains("request id"),
-        "{case}: a readable page: {}",
-        reply.body
-    );
-}
-
 #[tokio::test]
 async fn a_genuine_response_is_taken_once_and_answers_one_request_once() {
     let site = site(json!({})).await;
@@ -203,20 +194,24 @@ async fn a_genuine_response_is_taken_once_and_answers_one_request_once() {
     let seen = echoed(&site.with_session("/", &session_token(&accepted)).await);
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
 
-    assert_refused(&post(&site, &response, None).await, "replayed Response");
+    assert_sign_in_refused(&post(&site, &response, None).await, 400, "replayed Response");
     let again = Claims {
         assertion_id: random_id(),
         ..claims.clone()
     };
-    assert_refused(&post(&site, &again.response(), None).await, "reused InResponseTo");
+    assert_sign_in_refused(&post(&site, &again.response(), None).await, 400, "reused InResponseTo");
     let unknown = Claims {
         in_response_to: Some(random_id()),
         ..Claims::genuine(&site, None)
     };
-    assert_refused(&post(&site, &unknown.response(), None).await, "unknown InResponseTo");
+    assert_sign_in_refused(
+        &post(&site, &unknown.response(), None).await,
+        400,
+        "unknown InResponseTo",
+    );
     let unsolicited = Claims::genuine(&site, None);
     let reply = post(&site, &unsolicited.response(), Some("/")).await;
-    assert_refused(&reply, "IdP-initiated when not allowed");
+    assert_sign_in_refused(&reply, 400, "IdP-initiated when not allowed");
     assert!(reply.body.contains("not allowed"), "{}", reply.body);
     site.stop().await;
 }
@@ -227,14 +222,15 @@ async fn tampered_unsigned_and_foreign_signed_responses_are_refused() {
     let genuine = Claims::genuine(&site, Some(request_id(&site).await));
 
     let tampered = genuine.response().replace("alice@example.com", "mallory@example.com");
-    assert_refused(&post(&site, &tampered, None).await, "tampered attribute");
+    assert_sign_in_refused(&post(&site, &tampered, None).await, 400, "tampered attribute");
 
     let unsigned = Claims {
         assertion_key: None,
         ..genuine.clone()
     };
-    assert_refused(
+    assert_sign_in_refused(
         &post(&site, &unsigned.response(), None).await,
+        400,
         "unsigned Response and Assertion",
     );
 
@@ -248,7 +244,11 @@ async fn tampered_unsigned_and_foreign_signed_responses_are_refused() {
             response_key,
             ..genuine.clone()
         };
-        assert_refused(&post(&site, &foreign.response(), None).await, "signed by another key");
+        assert_sign_in_refused(
+            &post(&site, &foreign.response(), None).await,
+            400,
+            "signed by another key",
+        );
     }
 
     // The genuine one still works: the refusals above were the signatures.
@@ -265,12 +265,12 @@ async fn sha1_is_refused_unless_the_module_allows_it() {
     };
     let strict = site(json!({})).await;
     let claims = sha1(Claims::genuine(&strict, Some(request_id(&strict).await)));
-    assert_refused(&post(&strict, &claims.response(), None).await, "SHA-1 signature");
+    assert_sign_in_refused(&post(&strict, &claims.response(), None).await, 400, "SHA-1 signature");
     let digest_only = Claims {
         signature_algorithm: RSA_SHA256,
         ..claims.clone()
     };
-    assert_refused(&post(&strict, &digest_only.response(), None).await, "SHA-1 digest");
+    assert_sign_in_refused(&post(&strict, &digest_only.response(), None).await, 400, "SHA-1 digest");
     strict.stop().await;
 
     let lenient = site(json!({"allow_sha1": true})).await;
@@ -356,7 +356,7 @@ async fn times_audience_recipient_destination_and_issuer_are_checked() {
         ),
     ];
     for (case, claims) in cases {
-        assert_refused(&post(&site, &claims.response(), None).await, case);
+        assert_sign_in_refused(&post(&site, &claims.response(), None).await, 400, case);
     }
     // Each case changed one thing: the genuine claims, signed both ways, are still taken.
     let both = Claims {
@@ -419,7 +419,7 @@ async fn signature_wrapping_never_yields_the_attacker_s_identity() {
                 "variant {variant} signed in as the attacker"
             );
         } else {
-            assert_refused(&reply, &format!("wrapping variant {variant}"));
+            assert_sign_in_refused(&reply, 400, &format!("wrapping variant {variant}"));
         }
     }
     site.stop().await;
@@ -435,13 +435,13 @@ async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_resp
         ..Claims::genuine(&site, None)
     };
     let split = claims.response().replace("alice-pid.evil", "alice-pid<!---->.evil");
-    assert_refused(&post(&site, &split, Some("/")).await, "comment in NameID");
+    assert_sign_in_refused(&post(&site, &split, Some("/")).await, 400, "comment in NameID");
 
     let doctype = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY x SYSTEM \"file:///etc/passwd\">]>{}",
         Claims::genuine(&site, None).response().replace("Alice Liddell", "&b;&x;")
     );
-    assert_refused(&post(&site, &doctype, Some("/")).await, "DOCTYPE and entities");
+    assert_sign_in_refused(&post(&site, &doctype, Some("/")).await, 400, "DOCTYPE and entities");
 
     for relay in [
         "https://evil.example/",
@@ -449,7 +449,7 @@ async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_resp
         "http://app.test.evil.example/",
     ] {
         let reply = post(&site, &Claims::genuine(&site, None).response(), Some(relay)).await;
-        assert_refused(&reply, relay);
+        assert_sign_in_refused(&reply, 400, relay);
         assert!(reply.body.contains("outside this application"), "{}", reply.body);
     }
     let unsolicited = Claims::genuine(&site, None).response();
@@ -457,8 +457,9 @@ async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_resp
     assert_eq!(fine.status, 303, "{}", fine.body);
     assert_eq!(location(&fine), "/reports");
     // With no request to answer, only the assertion-ID cache stops a replay.
-    assert_refused(
+    assert_sign_in_refused(
         &post(&site, &unsolicited, Some("/reports")).await,
+        400,
         "replayed unsolicited Response",
     );
     site.stop().await;
@@ -481,7 +482,7 @@ async fn a_declared_encoding_cannot_smuggle_a_remote_reference_past_the_screen()
         &genuine[end..]
     )
     .replace("</ds:Reference>", "</ds:+AFI-eference>");
-    assert_refused(&post(&site, &smuggled, None).await, "UTF-7 declaration");
+    assert_sign_in_refused(&post(&site, &smuggled, None).await, 400, "UTF-7 declaration");
     assert!(
         matches!(probe.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the gateway fetched the smuggled reference"
@@ -526,7 +527,7 @@ async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign
     let elsewhere = site
         .post_acs_with_cookie(&fields(&claims), "__Host-portcullis-saml-0=_0")
         .await;
-    assert_refused(&elsewhere, "Response posted from another browser");
+    assert_sign_in_refused(&elsewhere, 400, "Response posted from another browser");
     assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
     // The refusal used up the request; the browser that started a new one completes it.
     let start = site.get("/", &[("cookie", &pair)]).await;
