@@ -73,11 +73,7 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
         ["edges", "https", edge_id, "routes", id] => match *method {
             Method::GET => {
                 let edge = find_edge(ctx, edge_id)?;
-                let route = edge
-                    .routes
-                    .iter()
-                    .find(|r| r.id == *id)
-                    .ok_or_else(|| ApiError::not_found("route", id))?;
+                let route = route_of(&edge, id)?;
                 let outputs = outputs_of(ctx, [&edge]).await;
                 ok(route_json(ctx, &edge.id, route, &outputs))
             }
@@ -90,11 +86,7 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
         ["edges", "https", edge_id, "routes", id, name] if is_module_name(ctx, name) => match *method {
             Method::GET => {
                 let edge = find_edge(ctx, edge_id)?;
-                let route = edge
-                    .routes
-                    .iter()
-                    .find(|r| r.id == *id)
-                    .ok_or_else(|| ApiError::not_found("route", id))?;
+                let route = route_of(&edge, id)?;
                 let outputs = outputs_of(ctx, [&edge]).await;
                 match route.auth.as_ref().filter(|m| m.plugin == *name) {
                     Some(module) => ok(crate::auth::module_json(module, outputs.get(&route.id))),
@@ -444,6 +436,14 @@ fn edge_json(ctx: &Ctx<'_>, e: &Edge, outputs: &ModuleOutputs) -> Value {
         "tls_termination": Value::Null,
         "routes": e.routes.iter().map(|r| route_json(ctx, &e.id, r, outputs)).collect::<Vec<_>>(),
     })
+}
+
+/// The route `id` of `edge`.
+fn route_of<'e>(edge: &'e Edge, id: &str) -> Result<&'e Route, ApiError> {
+    edge.routes
+        .iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found("route", id))
 }
 
 fn find_edge(ctx: &Ctx<'_>, id: &str) -> Result<Edge, ApiError> {
