@@ -27,6 +27,10 @@ use std::sync::Arc;
 pub const RESERVED_PREFIX: &str = "/_portcullis/";
 /// Largest body of a request to a plugin's endpoints.
 const MAX_PLUGIN_BODY: usize = 1024 * 1024;
+/// Sign-ins one address may start on one route per minute.
+const MAX_LOGIN_STARTS_PER_MINUTE: u64 = 300;
+/// The store namespace of the sign-in start counters (plugins' namespaces contain a `/`).
+const LOGIN_STARTS: &str = "core:login-starts";
 /// Lifetime of a signed identity assertion (re-signed before it runs out).
 const ASSERTION_TTL: i64 = 300;
 
@@ -262,6 +266,26 @@ pub async fn gate(
         page.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Portcullis"));
         return Gate::Respond(page);
+    }
+    // Every sign-in start costs the plugin work and state: at most so many a minute per
+    // address (an IPv6 /64 counts as one) and route, whatever the protocol.
+    let bucket = portcullis_plugin_sdk::client_bucket(&peer.ip().to_string());
+    let starts = shared
+        .store
+        .kv_incr(
+            LOGIN_STARTS,
+            &format!("{}|{bucket}", target.route_id),
+            now,
+            Some(now + 60),
+        )
+        .unwrap_or(u64::MAX);
+    if starts > MAX_LOGIN_STARTS_PER_MINUTE {
+        return Gate::Respond(error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins",
+            "Too many sign-ins were started from your address. Wait a minute and try again.",
+            request_id,
+        ));
     }
     let asked = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let return_to = safe_return_to(asked).unwrap_or("/").to_string();

@@ -703,3 +703,20 @@ async fn a_module_is_read_replaced_and_removed_at_its_own_path() {
     .assert_api_error(404, 107);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn sign_in_starts_are_limited_per_address_and_route() {
+    let upstream = Upstream::start().await;
+    let (gw, clock) = start(&upstream, "").await;
+    for _ in 0..300 {
+        assert_eq!(get(&gw, "/", &[]).await.status, 303);
+    }
+    let limited = get(&gw, "/", &[]).await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert!(limited.body.contains("Too many sign-ins") && limited.body.contains("request id"));
+    // Another route has its own count; a minute later the first one starts again.
+    assert_eq!(get(&gw, "/public/admin/x", &[]).await.status, 303);
+    clock.advance(61);
+    assert_eq!(get(&gw, "/", &[]).await.status, 303);
+    gw.stop().await;
+}

@@ -45,8 +45,6 @@ const METADATA_TTL: i64 = 3600;
 const JWKS_REFRESH_INTERVAL: i64 = 60;
 /// Tolerated clock difference with the provider, in seconds.
 const CLOCK_SKEW: i64 = 60;
-/// Sign-ins started from one address per minute (per module) before further ones are refused.
-const MAX_STARTS_PER_MINUTE: u64 = 300;
 /// How long a provider session id is mapped to its user, for back-channel logouts by `sid`
 /// (longer than any session).
 const SID_TTL: u64 = 400 * 86_400;
@@ -773,15 +771,6 @@ impl Plugin for Oidc {
         return_to: &str,
         request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
-        if host.kv_incr(
-            &format!("starts:{}", portcullis_plugin_sdk::client_bucket(&request.remote_addr)),
-            Some(60),
-        ) > MAX_STARTS_PER_MINUTE
-        {
-            return Err(PluginError::BadRequest(
-                "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
-            ));
-        }
         let module = self.module(host, context)?;
         let random = |n: usize| B64URL.encode(host.random(n));
         let state = random(32);

@@ -41,9 +41,6 @@ pub struct Saml {
     modules: Mutex<HashMap<String, Arc<Module>>>,
 }
 
-/// Sign-ins started from one address per minute (per module) before further ones are refused.
-const MAX_STARTS_PER_MINUTE: u64 = 300;
-
 /// A sign-in this SP started, kept under its request ID until the IdP answers.
 #[derive(Serialize, Deserialize)]
 struct Pending {
@@ -330,15 +327,6 @@ impl Plugin for Saml {
         request: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
         let module = self.module(host, context)?;
-        if host.kv_incr(
-            &format!("starts:{}", portcullis_plugin_sdk::client_bucket(&request.remote_addr)),
-            Some(60),
-        ) > MAX_STARTS_PER_MINUTE
-        {
-            return Err(PluginError::BadRequest(
-                "Too many sign-ins were started from your address. Wait a minute and try again.".into(),
-            ));
-        }
         let mut authn = module
             .sp
             .make_authentication_request(&module.idp.sso_url)
