@@ -257,6 +257,44 @@ async fn tampered_unsigned_and_foreign_signed_responses_are_refused() {
 }
 
 #[tokio::test]
+async fn every_signature_must_verify_whichever_elements_carry_one() {
+    let site = site(json!({})).await;
+    // IdPs sign the Assertion, the Response, or both: each shape signs in, as the signed identity.
+    for (assertion_key, response_key) in [
+        (Some("idp.key.der"), None),
+        (None, Some("idp.key.der")),
+        (Some("idp.key.der"), Some("idp.key.der")),
+    ] {
+        let claims = Claims {
+            assertion_key,
+            response_key,
+            ..Claims::genuine(&site, Some(request_id(&site).await))
+        };
+        let reply = post(&site, &claims.response(), None).await;
+        assert_eq!(reply.status, 303, "{assertion_key:?} {response_key:?}: {}", reply.body);
+        let seen = echoed(&site.with_session("/", &session_token(&reply)).await);
+        assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    }
+    // One good signature does not vouch for another, bad one in the same message.
+    for (assertion_key, response_key) in [
+        (Some("other.key.der"), Some("idp.key.der")),
+        (Some("idp.key.der"), Some("other.key.der")),
+    ] {
+        let mixed = Claims {
+            assertion_key,
+            response_key,
+            ..Claims::genuine(&site, Some(request_id(&site).await))
+        };
+        assert_sign_in_refused(
+            &post(&site, &mixed.response(), None).await,
+            400,
+            "a Response with one foreign signature",
+        );
+    }
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn sha1_is_refused_unless_the_module_allows_it() {
     let sha1 = |claims: Claims| Claims {
         signature_algorithm: "http://www.w3.org/2000/09/xmldsig#rsa-sha1",

@@ -3,42 +3,58 @@
 
 /// Decodes `%XX` escapes; a malformed escape is kept as it is. `+` stays `+` (paths).
 pub fn percent_decode(text: &str) -> String {
+    decode(text, false)
+}
+
+/// One component of a form or query string: `%XX` escapes, and `+` for a space.
+fn form_component(text: &str) -> String {
+    decode(text, true)
+}
+
+fn decode(text: &str, plus_is_space: bool) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
             }
+            b'+' if plus_is_space => out.push(b' '),
+            b => out.push(b),
         }
-        out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 /// Decodes `application/x-www-form-urlencoded` text (a query string or a form body) into
 /// name/value pairs, in order; `+` means a space.
 pub fn form_decode(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode(&name.replace('+', " ")),
-                percent_decode(&value.replace('+', " ")),
-            )
-        })
+    form_pairs(text)
+        .map(|(name, value)| (form_component(name), form_component(value)))
         .collect()
 }
 
-/// The first value of `name` in form-encoded `text`.
+/// The first value of `name` in form-encoded `text`; only that value is decoded (a SAML form
+/// carries tens of kilobytes).
 pub fn form_value(text: &str, name: &str) -> Option<String> {
-    form_decode(text).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    form_pairs(text)
+        .find(|(n, _)| form_component(n) == name)
+        .map(|(_, value)| form_component(value))
+}
+
+/// The raw `name=value` pairs of form-encoded text.
+fn form_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 /// The rate-limit bucket of a client address: the address, or its /64 for IPv6 (one host
@@ -81,5 +97,9 @@ mod tests {
         );
         assert_eq!(percent_decode("/a+b%2Fc%zz"), "/a+b/c%zz");
         assert_eq!(form_value("a=1&b=2", "b").as_deref(), Some("2"));
+        assert_eq!(form_value("a=1&b%5F=x+y&b_=z", "b_").as_deref(), Some("x y"));
+        assert_eq!(form_value("a=1", "b"), None);
+        assert_eq!(form_value("flag&a=1", "flag").as_deref(), Some(""));
+        assert_eq!(percent_decode("%FF%41"), "\u{FFFD}A");
     }
 }
