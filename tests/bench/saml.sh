@@ -9,6 +9,8 @@
 #   - ACS logins per second: each login posts its own pre-signed, valid, unsolicited Response
 #     (tests/bench/saml_responses.py) to the SP's Assertion Consumer Service;
 #   - authenticated proxy throughput: wrk sends the session cookie of one login on every request.
+# Servers on one core and wrk on the other for both; then the logins once more with both SPs
+# restarted on every core (and wrk unpinned): what the whole machine takes.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR     where cargo builds (binary at $CARGO_TARGET_DIR/release/portcullis);
@@ -470,14 +472,21 @@ NGX_PID=$LAST_PID
 # The API key (made before the server starts, in its data dir) reads the module's ACS URL.
 API_KEY=$("$PORTCULLIS" api-key create --description saml-bench --config "$TMP/portcullis/config.toml" \
     --data-dir "$TMP/portcullis/data" 2>"$TMP/portcullis/api-key.log") || die "api-key create failed: $(cat "$TMP/portcullis/api-key.log")"
-taskset -c "$SERVER_CPU" "$PORTCULLIS" serve --config "$TMP/portcullis/config.toml" \
-    --data-dir "$TMP/portcullis/data" >"$TMP/portcullis/stdout.log" 2>&1 &
-PC_PID=$!
-PIDS+=("$PC_PID")
-taskset -c "$SERVER_CPU" env LD_LIBRARY_PATH="$APACHE_LIBPATH" "$APACHE" -d "$APACHE_DIR" \
-    -f "$APACHE_DIR/httpd.conf" -DFOREGROUND >"$APACHE_DIR/logs/stdout.log" 2>&1 &
-AP_PID=$!
-PIDS+=("$AP_PID")
+# The two SPs: started pinned to the server core, and again on every core for the last runs.
+start_portcullis() { # cpus -> PC_PID
+    taskset -c "$1" "$PORTCULLIS" serve --config "$TMP/portcullis/config.toml" \
+        --data-dir "$TMP/portcullis/data" >>"$TMP/portcullis/stdout.log" 2>&1 &
+    PC_PID=$!
+    PIDS+=("$PC_PID")
+}
+start_apache() { # cpus -> AP_PID
+    taskset -c "$1" env LD_LIBRARY_PATH="$APACHE_LIBPATH" "$APACHE" -d "$APACHE_DIR" \
+        -f "$APACHE_DIR/httpd.conf" -DFOREGROUND >>"$APACHE_DIR/logs/stdout.log" 2>&1 &
+    AP_PID=$!
+    PIDS+=("$AP_PID")
+}
+start_portcullis "$SERVER_CPU"
+start_apache "$SERVER_CPU"
 
 wait_http "http://127.0.0.1:$UP_PORT/" "the nginx upstream" "$TMP/upstream/logs/error.log"
 wait_http "http://127.0.0.1:$NGX_PORT/" "the nginx proxy" "$TMP/nginx/logs/error.log"
@@ -591,15 +600,16 @@ cpu_ticks() { # pids... -> utime+stime (fields 14, 15) summed
     echo "$sum"
 }
 
+WRK_CPUS=$CLIENT_CPU   # every core for the whole-machine login runs
 run_wrk() { # url seconds outfile header
-    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$2s" --latency -s "$TMP/check.lua" -H "$4" "$1" >"$3" 2>&1
+    taskset -c "$WRK_CPUS" wrk -t1 -c"$CONNECTIONS" -d"$2s" --latency -s "$TMP/check.lua" -H "$4" "$1" >"$3" 2>&1
 }
 
 # Posts every Response of FILE to target $1's ACS; wrk is stopped by the script when done (the
 # 600 s is only a bound). --timeout: with 32 logins in flight a slow SP takes seconds per login.
 run_logins() { # target file outfile
     local path=${ACS[$1]#"${BASE[$1]}"}
-    taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d600s --timeout 10s --latency -s "$TMP/login.lua" \
+    taskset -c "$WRK_CPUS" wrk -t1 -c"$CONNECTIONS" -d600s --timeout 10s --latency -s "$TMP/login.lua" \
         "${BASE[$1]}/" -- "$path" "${COOKIE[$1]}" "${LOCATION[$1]}" "$2" >"$3" 2>&1
 }
 
@@ -747,9 +757,9 @@ STARTED=$(date +%s)
 measured() { # kind target round
     local kind=$1 t=$2 round=$3 unit
     while :; do
-        if [ "$kind" = login ]; then measure_login "$t" "$round"; unit="logins/s"; else measure_proxy "$t" "$round"; unit="req/s"; fi
-        printf '   round %d  %-5s %-10s %7s %-8s  p99 %7s us  %8s CPU us/%s  wrk %3s%%  kernel %3s%%  other %3s%%  (%d responses, all checked)\n' \
-            "$round" "$kind" "$t" "$rate" "$unit" "$p99" "$cpu" "$([ "$kind" = login ] && echo login || echo req)" \
+        if [ "$kind" = proxy ]; then measure_proxy "$t" "$round"; unit="req/s"; else measure_login "$t" "$round"; unit="logins/s"; fi
+        printf '   round %d  %-7s %-10s %7s %-8s  p99 %7s us  %8s CPU us/%s  wrk %3s%%  kernel %3s%%  other %3s%%  (%d responses, all checked)\n' \
+            "$round" "$kind" "$t" "$rate" "$unit" "$p99" "$cpu" "$([ "$kind" = proxy ] && echo req || echo login)" \
             "$client" "$kernel" "$other" "$reqs"
         if [ "$other" -gt "$MAX_OTHER_OK" ] && [ "$RETRIES_LEFT" -gt 0 ]; then
             RETRIES_LEFT=$((RETRIES_LEFT - 1))
@@ -772,6 +782,34 @@ for round in $(seq "$ROUNDS"); do
     for t in "${LOGIN_TARGETS[@]}"; do measured login "$t" "$round"; done
     for t in "${PROXY_TARGETS[@]}"; do measured proxy "$t" "$round"; done
 done
+
+# Logins on the whole machine: both SPs restarted on every core (Portcullis then runs one edge
+# worker per core, Apache's one child spreads its threads), wrk on any core too. The same fresh
+# Responses, checks and noise control as above.
+ALL_CPUS="0-$(($(nproc) - 1))"
+echo "== measuring: $ROUNDS rounds of logins with the SPs and wrk on every core ($ALL_CPUS)"
+stop_server() { # pid: SIGTERM, then wait for it (both SPs stop at once when idle)
+    kill -TERM "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+stop_server "$PC_PID"
+stop_server "$AP_PID"
+start_portcullis "$ALL_CPUS"
+start_apache "$ALL_CPUS"
+wait_http "http://127.0.0.1:$CONSOLE_PORT/healthz" "portcullis" "$TMP/portcullis/stdout.log"
+wait_http "http://127.0.0.1:$APACHE_PORT/mellon/metadata" "Apache (mellon)" "$APACHE_DIR/logs/error.log"
+AP_PROCS="$AP_PID $(children "$AP_PID" | tr '\n' ' ')"
+[ "$(wc -w <<<"$AP_PROCS")" -ge 2 ] || die "Apache has no child"
+# shellcheck disable=SC2206
+WORKERS+=(${AP_PROCS#* })
+PROCS[portcullis]=$PC_PID
+PROCS[mellon]=$AP_PROCS
+ALL_PROCS="$UP_PROCS $NGX_PROCS $PC_PID $AP_PROCS"
+WRK_CPUS=$ALL_CPUS
+LAST_RATE=()
+for round in $(seq "$ROUNDS"); do
+    for t in "${LOGIN_TARGETS[@]}"; do measured machine "$t" "$round"; done
+done
 ELAPSED=$(($(date +%s) - STARTED))
 
 # Portcullis refused no Response during the runs (check_run counted every answer already; this
@@ -786,7 +824,7 @@ fi
 # Report.
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A MED
-KEYS=(login-portcullis login-mellon proxy-nginx proxy-portcullis proxy-mellon)
+KEYS=(login-portcullis login-mellon machine-portcullis machine-mellon proxy-nginx proxy-portcullis proxy-mellon)
 for k in "${KEYS[@]}"; do
     for i in 0 1 2; do
         vals=()
@@ -801,6 +839,8 @@ label() {
     case $1 in
         login-portcullis) echo "Portcullis (saml plugin)" ;;
         login-mellon) echo "Apache + mod_auth_mellon" ;;
+        machine-portcullis) echo "Portcullis, every core" ;;
+        machine-mellon) echo "Apache + mellon, every core" ;;
         proxy-nginx) echo "nginx reverse proxy (no auth)" ;;
         proxy-portcullis) echo "Portcullis, SAML session" ;;
         proxy-mellon) echo "Apache + mellon, session" ;;
@@ -819,6 +859,7 @@ echo "apache:  $(LD_LIBRARY_PATH="$APACHE_LIBPATH" "$APACHE" -v | head -1 | sed 
 echo "wrk:     $(wrk -v 2>&1 | head -1 || true)"
 echo "rustc:   $(rustc --version)"
 echo "setup:   servers on core $SERVER_CPU, wrk on core $CLIENT_CPU; wrk -t1 -c$CONNECTIONS; $ROUNDS interleaved rounds; medians"
+echo "         then logins again with both SPs restarted on cores $ALL_CPUS and wrk unpinned"
 echo "         logins: each run posts its own fresh signed Responses (about ${LOGIN_SECONDS}s of them, at most $MAX_LOGINS)" \
     "after a warm-up of $LOGIN_WARMUP; proxy: -d${DURATION}s after a ${WARMUP}s warm-up, session of one login"
 echo
@@ -841,7 +882,7 @@ echo
 echo "== logins (median of $ROUNDS runs; CPU = server processes' utime+stime per login)"
 printf '| %-30s | %9s | %9s | %12s |\n' target "logins/s" "p99 (ms)" "CPU us/login"
 printf '|%s|%s|%s|%s|\n' "--------------------------------" "----------:" "----------:" "-------------:"
-for k in login-portcullis login-mellon; do
+for k in login-portcullis login-mellon machine-portcullis machine-mellon; do
     printf '| %-30s | %9s | %9s | %12s |\n' "$(label "$k")" "${MED[$k,0]}" \
         "$(awk -v v="${MED[$k,1]}" 'BEGIN { printf "%.1f", v / 1000 }')" "${MED[$k,2]}"
 done
@@ -860,10 +901,11 @@ if [ "$NOISY" -gt 0 ]; then
 fi
 echo
 awk -v pl="${MED[login-portcullis,0]}" -v ml="${MED[login-mellon,0]}" \
+    -v al="${MED[machine-portcullis,0]}" -v aml="${MED[machine-mellon,0]}" -v cores="$(nproc)" \
     -v pp="${MED[proxy-portcullis,0]}" -v mp="${MED[proxy-mellon,0]}" -v np="${MED[proxy-nginx,0]}" \
     'BEGIN {
-        printf "Portcullis logins: %d/s  (target >= 1000/s: %s)\n", pl, (pl >= 1000 ? "met" : "NOT met")
-        printf "Portcullis / mellon logins: %.1fx\n", pl / ml
+        printf "Portcullis logins: %d/s on one core, %d/s on all %d cores  (target >= 1000/s on this machine: %s)\n", pl, al, cores, (al >= 1000 ? "met" : "NOT met")
+        printf "Portcullis / mellon logins: %.1fx on one core, %.1fx on all cores\n", pl / ml, al / aml
         printf "Portcullis / mellon authenticated throughput: %.2fx  (target >= 2x: %s)\n", pp / mp, (pp / mp >= 2 ? "met" : "NOT met")
         printf "Portcullis session / nginx plain proxy throughput: %.2fx\n", pp / np
         printf "mellon session / nginx plain proxy throughput: %.2fx\n", mp / np
