@@ -481,10 +481,20 @@ pub async fn reserved(
         Ok(Outcome::LoggedIn { identity, return_to }) => complete_login(
             shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
         ),
-        Ok(Outcome::EndSessions { subject, response }) => {
+        Ok(Outcome::EndSessions {
+            subject,
+            session_indexes,
+            response,
+        }) => {
             let route_id = &target.route_id;
+            let named = |s: &Session| {
+                session_indexes.is_empty()
+                    || s.session_index
+                        .as_ref()
+                        .is_none_or(|index| session_indexes.contains(index))
+            };
             match shared
-                .end_sessions_where(|s| s.route_id == *route_id && s.subject == subject)
+                .end_sessions_where(|s| s.route_id == *route_id && s.subject == subject && named(s))
                 .await
             {
                 Ok(ended) => {
@@ -577,6 +587,7 @@ fn complete_login(
         access_token: identity.access_token,
         recheck_interval: i64::try_from(identity.recheck_interval_secs).unwrap_or(i64::MAX),
         checked_at: now,
+        session_index: identity.session_index,
         created_at: now,
         last_active: now,
         expires_at: now + i64::from(auth.module.maximum_duration),
@@ -773,6 +784,7 @@ fn identity_of(s: &Session) -> Identity {
         plugin_data: s.plugin_data.clone(),
         access_token: s.access_token.clone(),
         recheck_interval_secs: u64::try_from(s.recheck_interval).unwrap_or(0),
+        session_index: s.session_index.clone(),
     }
 }
 

@@ -188,6 +188,8 @@ pub struct Session {
     /// (0: never); the last check was at `checked_at`.
     pub recheck_interval: i64,
     pub checked_at: i64,
+    /// The identity provider's id of the sign-in session (SAML `SessionIndex`, OIDC `sid`).
+    pub session_index: Option<String>,
 }
 
 /// The backend module of a route.

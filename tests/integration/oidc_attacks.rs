@@ -220,7 +220,11 @@ async fn back_channel_logout_tokens_are_verified() {
     .unwrap();
     assert_eq!(unnamed["status"], 400, "neither sub nor sid: {unnamed}");
 
-    // By sid: the session of that provider session ends.
+    // By sid: the session of that provider session ends, alice's other provider session stays.
+    let (other, _) = sign_in(&mut site).await;
+    let other = session_token(&other);
+    let other_sid = serde_json::from_str::<Value>(&op.get("/test/last-token").await.body).unwrap()["sid"].clone();
+    assert_ne!(other_sid, sid);
     let sent: Value = serde_json::from_str(
         &op.post(
             "/test/backchannel",
@@ -232,6 +236,7 @@ async fn back_channel_logout_tokens_are_verified() {
     .unwrap();
     assert_eq!(sent["status"], 200, "{sent}");
     assert_eq!(site.with_session("/", &token).await.status, 303);
+    echoed(&site.with_session("/", &other).await);
     // The same token again (same jti) is refused.
     let replayed = crate::harness::send(
         Method::POST,
@@ -242,9 +247,23 @@ async fn back_channel_logout_tokens_are_verified() {
     .await;
     assert_eq!(replayed.status, 400);
 
-    // By sub: every session of the user ends.
+    // By sub and sid: still only that provider session.
     let (again, _) = sign_in(&mut site).await;
     let token = session_token(&again);
+    let sent: Value = serde_json::from_str(
+        &op.post(
+            "/test/backchannel",
+            json!({"uri": uri, "sub": "alice", "sid": other_sid, "variant": "good"}),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(sent["status"], 200, "{sent}");
+    assert_eq!(site.with_session("/", &other).await.status, 303);
+    echoed(&site.with_session("/", &token).await);
+
+    // By sub alone: every session of the user ends.
     let sent: Value = serde_json::from_str(
         &op.post(
             "/test/backchannel",

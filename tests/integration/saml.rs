@@ -480,22 +480,31 @@ async fn single_logout(loading: Loading) {
     // The same LogoutResponse is not taken twice.
     assert_eq!(site.follow(&location(&back), &[]).await.status, 400);
 
-    // IdP-initiated: the IdP's signed LogoutRequest ends the user's sessions here.
+    // IdP-initiated: the IdP's signed LogoutRequest names the IdP session of alice's last login
+    // (its SessionIndex): that session ends here; her earlier one and bob's stay.
     let first = session_token(&site.login(&idp, "/", "alice").await);
     let second = session_token(&site.login(&idp, "/", "alice").await);
     let bob = session_token(&site.login(&idp, "/", "bob").await);
     let to_sp = location(&idp.get("/initiate-logout?user=alice").await);
     let answer = site.follow(&to_sp, &[]).await;
     assert_eq!(answer.status, 303, "{}", answer.body);
-    for ended in [&first, &second] {
-        assert_eq!(site.with_session("/", ended).await.status, 303);
-    }
+    assert_eq!(site.with_session("/", &second).await.status, 303);
+    echoed(&site.with_session("/", &first).await);
     echoed(&site.with_session("/", &bob).await);
     let idp_answer = idp.get(&location(&answer)).await;
     assert_eq!(idp_answer.status, 200, "{}", idp_answer.body);
     let response = idp.seen("last-logout-response").await;
     assert_eq!(response["signature_valid"], true, "{response}");
     assert_eq!(response["status"], "urn:oasis:names:tc:SAML:2.0:status:Success");
+
+    // Without a SessionIndex, a LogoutRequest ends every session of the user.
+    let third = session_token(&site.login(&idp, "/", "alice").await);
+    let to_sp = location(&idp.get("/initiate-logout?user=alice&session_index=none").await);
+    assert_eq!(site.follow(&to_sp, &[]).await.status, 303);
+    for ended in [&first, &third] {
+        assert_eq!(site.with_session("/", ended).await.status, 303);
+    }
+    echoed(&site.with_session("/", &bob).await);
 
     // The IdP's signed LogoutRequest is taken once.
     let token = session_token(&site.login(&idp, "/", "alice").await);

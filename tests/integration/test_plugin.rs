@@ -113,6 +113,7 @@ impl Plugin for TestLogin {
                 plugin_data: None,
                 access_token: None,
                 recheck_interval_secs: 0,
+                session_index: None,
             },
             return_to: query_param(&query, "return_to").unwrap_or_else(|| "/".into()),
         })

@@ -29,8 +29,9 @@ Endpoints:
   GET  /slo/redirect          ?SAMLRequest=.. (SP-initiated logout): verified, recorded, answered
                               with 303 to the SP's SLO with a signed LogoutResponse (Success).
                               ?SAMLResponse=.. (answer to /initiate-logout): recorded, 200.
-  GET  /initiate-logout       ?user=alice[&sp=ENTITY_ID][&relay_state=..]: 303 to the SP's SLO
-                              with a signed LogoutRequest for the user's last NameID/SessionIndex.
+  GET  /initiate-logout       ?user=alice[&sp=ENTITY_ID][&relay_state=..][&session_index=none]:
+                              303 to the SP's SLO with a signed LogoutRequest for the user's last
+                              NameID and SessionIndex (none: no SessionIndex, i.e. every session).
   GET  /last-request          JSON of the latest AuthnRequest.
   GET  /last-logout-request   JSON of the latest LogoutRequest from an SP.
   GET  /last-logout-response  JSON of the latest LogoutResponse from an SP.
@@ -627,7 +628,7 @@ class IdP:
             location,
             sp.entity_id,
             name_id=session["name_id"],
-            session_indexes=[session["session_index"]],
+            session_indexes=None if args.get("session_index") == "none" else [session["session_index"]],
             sign=False,
         )
         self.logout_requests_sent[req_id] = (user, sp.entity_id)

@@ -3,12 +3,30 @@
 
 use super::{codec, StoreError};
 use crate::model::Session;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Brings every collection from schema `found` up to the current one.
 pub fn run(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     if found < 2 {
-        sessions_v1_to_v2(db)?;
+        upgrade_sessions(db, session_v1_to_v2)?;
+    }
+    if found < 3 {
+        upgrade_sessions(db, session_v2_to_v3)?;
+    }
+    Ok(())
+}
+
+/// Rewrites every stored session from one schema's shape to the next's.
+fn upgrade_sessions<Old: DeserializeOwned, New: Serialize>(
+    db: &sled::Db,
+    upgrade: fn(Old) -> New,
+) -> Result<(), StoreError> {
+    let tree = db.open_tree("sessions")?;
+    for item in tree.iter() {
+        let (key, bytes) = item?;
+        let old: Old = codec::decode(&bytes)?;
+        tree.insert(key, codec::encode(&upgrade(old))?)?;
     }
     Ok(())
 }
@@ -36,48 +54,65 @@ struct SessionV1 {
     user_agent: String,
 }
 
-fn sessions_v1_to_v2(db: &sled::Db) -> Result<(), StoreError> {
-    let tree = db.open_tree("sessions")?;
-    for item in tree.iter() {
-        let (key, bytes) = item?;
-        let old: SessionV1 = codec::decode(&bytes)?;
-        let new = Session {
-            id: old.id,
-            token_hash: old.token_hash,
-            user_id: old.user_id,
-            edge_id: old.edge_id,
-            route_id: old.route_id,
-            plugin: old.plugin,
-            origin: old.origin,
-            subject: old.subject,
-            email: old.email,
-            name: old.name,
-            groups: old.groups,
-            plugin_data: old.plugin_data,
-            created_at: old.created_at,
-            last_active: old.last_active,
-            expires_at: old.expires_at,
-            inactivity_timeout: old.inactivity_timeout,
-            ip: old.ip,
-            user_agent: old.user_agent,
-            access_token: None,
-            recheck_interval: 0,
-            checked_at: old.last_active,
-        };
-        tree.insert(key, codec::encode(&new)?)?;
+/// A session as schema 2 stored it (before the identity provider's session index). bincode
+/// writes a nested struct's fields in line, so this is schema 2's flat record.
+#[derive(Serialize, Deserialize)]
+struct SessionV2 {
+    v1: SessionV1,
+    access_token: Option<String>,
+    recheck_interval: i64,
+    checked_at: i64,
+}
+
+fn session_v1_to_v2(old: SessionV1) -> SessionV2 {
+    SessionV2 {
+        checked_at: old.last_active,
+        v1: old,
+        access_token: None,
+        recheck_interval: 0,
     }
-    Ok(())
+}
+
+/// Sessions made before schema 3 name no provider session: a logout naming one ends them.
+fn session_v2_to_v3(old: SessionV2) -> Session {
+    let SessionV2 {
+        v1: old1,
+        access_token,
+        recheck_interval,
+        checked_at,
+    } = old;
+    Session {
+        id: old1.id,
+        token_hash: old1.token_hash,
+        user_id: old1.user_id,
+        edge_id: old1.edge_id,
+        route_id: old1.route_id,
+        plugin: old1.plugin,
+        origin: old1.origin,
+        subject: old1.subject,
+        email: old1.email,
+        name: old1.name,
+        groups: old1.groups,
+        plugin_data: old1.plugin_data,
+        created_at: old1.created_at,
+        last_active: old1.last_active,
+        expires_at: old1.expires_at,
+        inactivity_timeout: old1.inactivity_timeout,
+        ip: old1.ip,
+        user_agent: old1.user_agent,
+        access_token,
+        recheck_interval,
+        checked_at,
+        session_index: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn schema_1_sessions_are_carried_over() {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("migratetest"));
-        let db = sled::open(dir.join("db")).unwrap();
-        let old = SessionV1 {
+    fn v1_session() -> SessionV1 {
+        SessionV1 {
             id: "s1".into(),
             token_hash: [7; 32],
             user_id: "u1".into(),
@@ -96,20 +131,102 @@ mod tests {
             inactivity_timeout: 40,
             ip: "127.0.0.1".into(),
             user_agent: "ua".into(),
-        };
+        }
+    }
+
+    /// Stores `record` as session "s1" in a fresh database written by schema `found`, runs the
+    /// migration and reads the session back.
+    fn migrated(record: &impl Serialize, found: u32) -> Session {
+        let dir = std::env::temp_dir().join(crate::ids::new_id("migratetest"));
+        let db = sled::open(dir.join("db")).unwrap();
         db.open_tree("sessions")
             .unwrap()
-            .insert("s1", codec::encode(&old).unwrap())
+            .insert("s1", codec::encode(record).unwrap())
             .unwrap();
-        run(&db, 1).unwrap();
+        run(&db, found).unwrap();
         let bytes = db.open_tree("sessions").unwrap().get("s1").unwrap().unwrap();
-        let new: Session = codec::decode(&bytes).unwrap();
+        drop(db);
+        let _ = std::fs::remove_dir_all(dir);
+        codec::decode(&bytes).unwrap()
+    }
+
+    #[test]
+    fn schema_1_sessions_are_carried_over() {
+        let new = migrated(&v1_session(), 1);
         assert_eq!(
             (new.subject.as_str(), new.last_active, new.checked_at),
             ("idp!alice", 20, 20)
         );
-        assert_eq!((new.access_token, new.recheck_interval), (None, 0));
-        drop(db);
-        let _ = std::fs::remove_dir_all(dir);
+        assert_eq!(
+            (new.access_token, new.recheck_interval, new.session_index),
+            (None, 0, None)
+        );
+    }
+
+    #[test]
+    fn schema_2_sessions_are_carried_over() {
+        /// Schema 2's `Session`, field for field as that release declared it.
+        #[derive(Serialize)]
+        struct Schema2Session {
+            id: String,
+            token_hash: [u8; 32],
+            user_id: String,
+            edge_id: String,
+            route_id: String,
+            plugin: String,
+            origin: String,
+            subject: String,
+            email: String,
+            name: String,
+            groups: Vec<String>,
+            plugin_data: Option<String>,
+            created_at: i64,
+            last_active: i64,
+            expires_at: i64,
+            inactivity_timeout: i64,
+            ip: String,
+            user_agent: String,
+            access_token: Option<String>,
+            recheck_interval: i64,
+            checked_at: i64,
+        }
+        let v1 = v1_session();
+        let old = Schema2Session {
+            id: v1.id,
+            token_hash: v1.token_hash,
+            user_id: v1.user_id,
+            edge_id: v1.edge_id,
+            route_id: v1.route_id,
+            plugin: v1.plugin,
+            origin: v1.origin,
+            subject: v1.subject,
+            email: v1.email,
+            name: v1.name,
+            groups: v1.groups,
+            plugin_data: Some("data".into()),
+            created_at: v1.created_at,
+            last_active: v1.last_active,
+            expires_at: v1.expires_at,
+            inactivity_timeout: v1.inactivity_timeout,
+            ip: v1.ip,
+            user_agent: v1.user_agent,
+            access_token: Some("at".into()),
+            recheck_interval: 300,
+            checked_at: 25,
+        };
+        let new = migrated(&old, 2);
+        assert_eq!(
+            (new.id.as_str(), new.user_agent.as_str(), new.plugin_data.as_deref()),
+            ("s1", "ua", Some("data"))
+        );
+        assert_eq!(
+            (
+                new.access_token.as_deref(),
+                new.recheck_interval,
+                new.checked_at,
+                new.session_index
+            ),
+            (Some("at"), 300, 25, None)
+        );
     }
 }

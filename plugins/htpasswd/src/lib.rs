@@ -199,6 +199,7 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
                 plugin_data: None,
                 access_token: None,
                 recheck_interval_secs: 0,
+                session_index: None,
             },
             return_to: login.return_to,
         })

@@ -609,7 +609,7 @@ impl Oidc {
         let access_token = token.access_token().secret().clone();
         let data = SessionData {
             id_token: id_token.to_string(),
-            sid,
+            sid: sid.clone(),
             access_token: access_token.clone(),
             refresh_token: token.refresh_token().map(|t| t.secret().clone()),
         };
@@ -632,6 +632,7 @@ impl Oidc {
                 plugin_data: serde_json::to_string(&data).ok(),
                 access_token: module.options.forward_access_token.then_some(access_token),
                 recheck_interval_secs: module.options.recheck_interval,
+                session_index: sid,
             },
             return_to: pending.return_to,
         })
@@ -705,8 +706,11 @@ impl Oidc {
                 .ok_or_else(|| refuse(format!("unknown sid {sid}")))?,
             (None, None) => return Err(refuse("neither sub nor sid".into())),
         };
+        // With a sid, only the sessions of that provider session end; with a sub alone, all of
+        // the user's (Back-Channel Logout 1.0, 2.6).
         Ok(Outcome::EndSessions {
             subject: subject_of(&module.options.issuer, &sub),
+            session_indexes: claims["sid"].as_str().map(str::to_string).into_iter().collect(),
             response: HttpResponse {
                 status: 200,
                 headers: vec![("cache-control".into(), "no-store".into())],

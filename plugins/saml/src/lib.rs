@@ -299,8 +299,12 @@ Destination=\"{}\" InResponseTo=\"{}\"><saml:Issuer>{}</saml:Issuer><samlp:Statu
             &module.key,
         )
         .map_err(PluginError::Internal)?;
+        // Without a SessionIndex the request ends every session of the user (SAML core 3.7.3.2).
+        let session_indexes = xml::element_texts(&message, "SessionIndex", usize::MAX)
+            .ok_or_else(|| refuse("malformed SessionIndex".into()))?;
         Ok(Outcome::EndSessions {
             subject: subject_of(&module.idp.entity_id, &name_id),
+            session_indexes,
             response: HttpResponse::redirect(&url),
         })
     }
@@ -535,7 +539,7 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     let data = SessionData {
         name_id: name_id.value.trim().to_string(),
         format,
-        session_index,
+        session_index: session_index.clone(),
     };
     Ok(Identity {
         subject: subject_of(&module.idp.entity_id, name_id.value.trim()),
@@ -546,6 +550,7 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
         plugin_data: serde_json::to_string(&data).ok(),
         access_token: None,
         recheck_interval_secs: 0,
+        session_index,
     })
 }
 

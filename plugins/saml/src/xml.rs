@@ -175,9 +175,16 @@ pub fn element_name(xml: &str) -> Option<String> {
 
 /// The text of the first element with local name `name` (e.g. `NameID`, `Issuer`).
 pub fn element_text(xml: &str, name: &str) -> Option<String> {
+    element_texts(xml, name, 1)?.pop()
+}
+
+/// The texts of the first `most` elements with local name `name` (e.g. a LogoutRequest's
+/// `SessionIndex`es), in document order; `None` if the XML is malformed before them.
+pub fn element_texts(xml: &str, name: &str, most: usize) -> Option<Vec<String>> {
     let mut reader = Reader::from_str(xml);
+    let mut texts = Vec::new();
     let mut text: Option<String> = None;
-    loop {
+    while texts.len() < most {
         match (reader.read_event(), text.as_mut()) {
             (Ok(Event::Start(e)), None) if e.local_name().as_ref() == name.as_bytes() => text = Some(String::new()),
             (Ok(Event::Text(t)), Some(text)) => text.push_str(&t.xml_content(XmlVersion::Implicit1_0).ok()?),
@@ -185,11 +192,13 @@ pub fn element_text(xml: &str, name: &str) -> Option<String> {
                 let reference = format!("&{};", r.decode().ok()?);
                 text.push_str(&quick_xml::escape::unescape(&reference).ok()?);
             }
-            (Ok(Event::End(_)), Some(text)) => return Some(text.trim().to_string()),
-            (Ok(Event::Eof) | Err(_), _) => return None,
+            (Ok(Event::End(_)), Some(_)) => texts.extend(text.take().map(|t| t.trim().to_string())),
+            (Ok(Event::Eof), _) => break,
+            (Err(_), _) => return None,
             _ => {}
         }
     }
+    Some(texts)
 }
 
 pub use portcullis_plugin_sdk::escape;

@@ -30,7 +30,7 @@ pub use options::{escape, option_error, read_options};
 
 /// The ABI and message-format version of this SDK. A library built against another version
 /// is refused at load.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// A protocol plugin. Every method has the `&dyn Host` it may use for state and I/O.
 ///

@@ -170,6 +170,10 @@ pub struct Identity {
     pub access_token: Option<String>,
     /// Seconds between re-checks of the user's access ([`crate::Plugin::recheck`]); 0: never.
     pub recheck_interval_secs: u64,
+    /// The identity provider's id for the sign-in session this login belongs to (a SAML
+    /// `SessionIndex`, an OIDC `sid`), so that a logout from the provider can name it
+    /// ([`Outcome::EndSessions`]).
+    pub session_index: Option<String>,
 }
 
 /// A call from the gateway to a plugin.
@@ -247,11 +251,14 @@ pub enum Outcome {
         outputs_json: String,
     },
     /// The identity provider ended a user's login (a SAML LogoutRequest, an OIDC back-channel
-    /// logout): the gateway ends every session of this module with this subject, then sends
+    /// logout): the gateway ends the sessions of this module with this subject, then sends
     /// `response`.
     EndSessions {
         /// The subject whose sessions end, as in [`Identity::subject`].
         subject: String,
+        /// When not empty, only the sessions made in one of these provider sessions end (as in
+        /// [`Identity::session_index`]); a session that recorded none ends too.
+        session_indexes: Vec<String>,
         /// What to answer the request with.
         response: HttpResponse,
     },
