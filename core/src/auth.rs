@@ -17,7 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use portcullis_plugin_sdk::{
-    Call, Capability, HttpRequest, HttpResponse, Identity, ModuleContext, Outcome, PluginError,
+    Call, Capability, HttpRequest, HttpResponse, Identity, ModuleContext, Outcome, PluginError, Recheck,
 };
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -649,7 +649,8 @@ fn complete_login(
 
 /// Asks each session's plugin whether its user still has access, for the sessions whose
 /// re-check is due (their module asked for re-checks at login); ends those whose plugin says
-/// no. Run by the background upkeep; tests call it after moving the clock.
+/// no and swaps in the access tokens it renewed. Run by the background upkeep; tests call it
+/// after moving the clock.
 pub async fn recheck_sessions(shared: &Arc<Shared>) {
     let now = shared.clock.now();
     let table = shared.routes.load_full();
@@ -665,8 +666,19 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
             identity: identity_of(s),
         };
         match call_plugin(shared, plugin, auth, &target.route_id, call).await {
-            Ok(Outcome::Rechecked(true)) => {}
-            Ok(Outcome::Rechecked(false)) => {
+            Ok(Outcome::Rechecked(Recheck {
+                allowed: true,
+                access_token,
+            })) => {
+                let Some(token) = access_token else { continue };
+                match shared.sessions.renew_access_token(&shared.store, &s.token_hash, token) {
+                    Ok(renewed) => {
+                        tracing::debug!(session = %s.id, renewed, "access token renewed by the re-check")
+                    }
+                    Err(e) => tracing::error!(session = %s.id, "storing a renewed access token: {e}"),
+                }
+            }
+            Ok(Outcome::Rechecked(Recheck { allowed: false, .. })) => {
                 let id = s.id.clone();
                 match shared.end_sessions_where(|other| other.id == id).await {
                     Ok(_) => {

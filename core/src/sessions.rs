@@ -122,6 +122,28 @@ impl Sessions {
         Ok(entry)
     }
 
+    /// Gives a live session a renewed access token to forward, in the store and in the index.
+    /// The entry is replaced (requests in flight keep the one they hold), under its shard's
+    /// lock, so neither the activity writer nor an ending can interleave. Answers `false`,
+    /// writing nothing, when the session has ended meanwhile.
+    pub fn renew_access_token(
+        &self,
+        store: &Store,
+        token_hash: &[u8; 32],
+        access_token: String,
+    ) -> Result<bool, StoreError> {
+        let Some(mut slot) = self.by_hash.get_mut(token_hash) else {
+            return Ok(false);
+        };
+        let mut session = slot.session.clone();
+        session.access_token = Some(access_token);
+        session.last_active = slot.last_active();
+        session.checked_at = slot.checked_at.load(Ordering::Relaxed);
+        store.put_session(&session)?;
+        *slot = Arc::new(SessionEntry::new(session));
+        Ok(true)
+    }
+
     /// The session of a token, live or not (for logout).
     pub fn find_by_token(&self, token: &str) -> Option<Arc<SessionEntry>> {
         self.by_hash.get(&hash_token(token)).map(|e| e.value().clone())

@@ -435,6 +435,63 @@ async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
 }
 
 #[tokio::test]
+async fn a_forwarded_access_token_is_renewed_before_it_expires() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let clock = portcullis::clock::ManualClock::new();
+    let options = StartOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..StartOptions::default()
+    };
+    let mut site = Site::start(&op, json!({"forward_access_token": true}), options).await;
+    site.register(&op, "client_secret_basic").await;
+    let token = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    let forwarded = |reply: &Reply| {
+        echoed(reply)["headers"]["x-portcullis-access-token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = forwarded(&site.with_session("/", &token).await);
+
+    // The provider's access tokens live an hour; without re-checks configured the gateway still
+    // looks every half hour and renews one that would expire before the next look.
+    let shared = site.gw.gateway.shared().clone();
+    clock.advance(1700);
+    portcullis::auth::recheck_sessions(&shared).await;
+    assert_eq!(forwarded(&site.with_session("/", &token).await), first, "not due yet");
+    clock.advance(200);
+    portcullis::auth::recheck_sessions(&shared).await;
+    let second = forwarded(&site.with_session("/", &token).await);
+    assert_ne!(second, first);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["grant_type"], "refresh_token");
+    let stored = shared.store.all_sessions().unwrap();
+    assert_eq!(
+        stored[0].access_token.as_deref(),
+        Some(second.as_str()),
+        "kept across restarts"
+    );
+    // The renewed token is one the provider honours.
+    let me = send(
+        Method::GET,
+        &format!("{}/me", op.issuer),
+        &[("authorization", &format!("Bearer {second}"))],
+        None,
+    )
+    .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(serde_json::from_str::<Value>(&me.body).unwrap()["sub"], "alice");
+
+    // A grant the provider no longer honours ends the session at the next renewal.
+    assert_eq!(op.post("/test/users/alice/remove", json!({})).await.status, 204);
+    clock.advance(1900);
+    portcullis::auth::recheck_sessions(&shared).await;
+    assert_eq!(site.with_session("/", &token).await.status, 303);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn a_person_signs_in_through_the_provider_s_forms_in_a_real_browser() {
     let op = Op::start("oidc_provider.mjs").await;
     let site = Site::start(&op, json!({}), StartOptions::default()).await;

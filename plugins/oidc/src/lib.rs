@@ -31,7 +31,7 @@ use openidconnect::{
 };
 use portcullis_plugin_sdk::{
     form_value, option_error, read_options, Capability, Host, HttpRequest, HttpResponse, Identity, LogLevel,
-    ModuleContext, ModulePlan, OptionError, OutboundRequest, Outcome, Plugin, PluginError, PluginInfo,
+    ModuleContext, ModulePlan, OptionError, OutboundRequest, Outcome, Plugin, PluginError, PluginInfo, Recheck,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +48,11 @@ const CLOCK_SKEW: i64 = 60;
 /// How long a provider session id is mapped to its user, for back-channel logouts by `sid`
 /// (longer than any session).
 const SID_TTL: u64 = 400 * 86_400;
+/// A forwarded access token is renewed when it would expire within this many seconds after
+/// the next re-check (the upkeep runs every 10 seconds; a provider may be slow).
+const RENEW_MARGIN: i64 = 120;
+/// Bounds of how often a forwarded access token is looked at: half its lifetime.
+const RENEW_EVERY: (u64, u64) = (30, 3600);
 /// How long a failed discovery is remembered before it is tried again, in seconds.
 const DISCOVERY_RETRY: i64 = 30;
 /// The read-only fields the gateway computes; writing them is refused.
@@ -328,6 +333,9 @@ struct SessionData {
     access_token: String,
     #[serde(default)]
     refresh_token: Option<String>,
+    /// When the access token expires, if the provider said.
+    #[serde(default)]
+    expires_at: Option<i64>,
 }
 
 /// The latest tokens of a login, kept by re-checks that refreshed them.
@@ -335,6 +343,112 @@ struct SessionData {
 struct Tokens {
     access_token: String,
     refresh_token: Option<String>,
+    /// When the access token expires, if the provider said.
+    #[serde(default)]
+    expires_at: Option<i64>,
+}
+
+/// Renews a login's tokens with its refresh token: `false` when there is none or the
+/// provider says the grant is gone (`invalid_grant`), an error when it cannot be asked.
+fn refresh_tokens(host: &dyn Host, module: &Module, tokens: &mut Tokens) -> Result<bool, PluginError> {
+    let Some(refresh) = tokens.refresh_token.clone() else {
+        return Ok(false);
+    };
+    let http = |r| HostHttp(host).call(r);
+    let refreshed = module
+        .client()?
+        .exchange_refresh_token(&RefreshToken::new(refresh))
+        .map_err(internal)?
+        .request(&http);
+    match refreshed {
+        Ok(fresh) => {
+            *tokens = Tokens {
+                access_token: fresh.access_token().secret().clone(),
+                refresh_token: fresh
+                    .refresh_token()
+                    .map(|t| t.secret().clone())
+                    .or(tokens.refresh_token.take()),
+                expires_at: expiry(host, fresh.expires_in()),
+            };
+            Ok(true)
+        }
+        Err(openidconnect::RequestTokenError::ServerResponse(r))
+            if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(PluginError::Upstream(format!(
+            "refreshing the tokens: {}",
+            error_chain(&e)
+        ))),
+    }
+}
+
+/// When an access token that lives `expires_in` from now expires.
+fn expiry(host: &dyn Host, expires_in: Option<std::time::Duration>) -> Option<i64> {
+    expires_in.map(|d| {
+        host.now_unix()
+            .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    })
+}
+
+/// Whether the provider's userinfo endpoint still admits the user of `identity` under the
+/// module's rules. An expired access token is refreshed first (`renewed` says so); a grant
+/// that is gone, or a user the provider no longer knows, is `false`.
+fn userinfo_allows(
+    host: &dyn Host,
+    module: &Module,
+    identity: &Identity,
+    tokens: &mut Tokens,
+    renewed: &mut bool,
+) -> Result<bool, PluginError> {
+    let mut answer = userinfo(host, module, &tokens.access_token)?;
+    if answer.status == 401 {
+        // The access token may just have expired: a refresh token says whether the grant
+        // still stands.
+        if !refresh_tokens(host, module, tokens)? {
+            return Ok(false);
+        }
+        *renewed = true;
+        answer = userinfo(host, module, &tokens.access_token)?;
+    }
+    match answer.status {
+        200 => {
+            let claims: serde_json::Value = serde_json::from_slice(&answer.body)
+                .map_err(|e| PluginError::Upstream(format!("userinfo is not JSON: {e}")))?;
+            let subject_matches = claims["sub"]
+                .as_str()
+                .map(|s| subject_of(&module.options.issuer, s))
+                .as_deref()
+                == Some(identity.subject.as_str());
+            // An address userinfo does not repeat stays the one verified at sign-in.
+            let (email, verified) = match claims["email"].as_str() {
+                Some(email) => (
+                    Some(email),
+                    is_verified(&claims["email_verified"], module.options.trust_unverified_email),
+                ),
+                None => (identity.email.as_deref(), true),
+            };
+            let groups = match claims.get(module.options.groups_claim.as_str()) {
+                Some(value) => string_list(value),
+                // Group rules cannot be re-checked without the claim: fail closed.
+                None if !module.options.authorized_groups.is_empty() => {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!(
+                            "userinfo has no `{}` claim: the group rule cannot be re-checked, the session ends",
+                            module.options.groups_claim
+                        ),
+                    );
+                    return Ok(false);
+                }
+                None => identity.groups.clone(),
+            };
+            Ok(subject_matches && module.options.admits(email, verified, &groups))
+        }
+        401 => Ok(false),
+        status => Err(PluginError::Upstream(format!("userinfo answered {status}"))),
+    }
 }
 
 /// Calls the provider's userinfo endpoint with an access token.
@@ -612,6 +726,19 @@ impl Oidc {
             sid: sid.clone(),
             access_token: access_token.clone(),
             refresh_token: token.refresh_token().map(|t| t.secret().clone()),
+            expires_at: expiry(host, token.expires_in()),
+        };
+        // A forwarded access token that can be renewed is looked at every half of its life,
+        // whether or not the module re-checks access.
+        let renew_every = match (&data.refresh_token, token.expires_in()) {
+            (Some(_), Some(life)) if module.options.forward_access_token => {
+                Some((life.as_secs() / 2).clamp(RENEW_EVERY.0, RENEW_EVERY.1))
+            }
+            _ => None,
+        };
+        let recheck_interval_secs = match (module.options.recheck_interval, renew_every) {
+            (0, every) => every.unwrap_or(0),
+            (interval, every) => every.map_or(interval, |every| every.min(interval)),
         };
         let mut attributes = BTreeMap::new();
         if let serde_json::Value::Object(object) = &claims {
@@ -631,7 +758,7 @@ impl Oidc {
                 attributes,
                 plugin_data: serde_json::to_string(&data).ok(),
                 access_token: module.options.forward_access_token.then_some(access_token),
-                recheck_interval_secs: module.options.recheck_interval,
+                recheck_interval_secs,
                 session_index: sid,
             },
             return_to: pending.return_to,
@@ -842,14 +969,14 @@ impl Plugin for Oidc {
         }
     }
 
-    fn recheck(&self, host: &dyn Host, context: &ModuleContext, identity: &Identity) -> Result<bool, PluginError> {
+    fn recheck(&self, host: &dyn Host, context: &ModuleContext, identity: &Identity) -> Result<Recheck, PluginError> {
         let module = self.module(host, context)?;
         let Some(data) = identity
             .plugin_data
             .as_deref()
             .and_then(|d| serde_json::from_str::<SessionData>(d).ok())
         else {
-            return Ok(false);
+            return Ok(Recheck::ended());
         };
         // The latest tokens of this login (refreshed by earlier checks), else the first ones.
         let tokens_key = format!("tokens:{}", hex(&jwt::sha256(data.id_token.as_bytes())));
@@ -859,86 +986,35 @@ impl Plugin for Oidc {
             .unwrap_or(Tokens {
                 access_token: data.access_token.clone(),
                 refresh_token: data.refresh_token.clone(),
+                expires_at: data.expires_at,
             });
-        let mut answer = userinfo(host, &module, &tokens.access_token)?;
-        if answer.status == 401 {
-            // The access token may just have expired: a refresh token says whether the grant
-            // still stands.
-            let Some(refresh) = tokens.refresh_token.clone() else {
-                return Ok(false);
-            };
-            let http = |r| HostHttp(host).call(r);
-            let refreshed = module
-                .client()?
-                .exchange_refresh_token(&RefreshToken::new(refresh))
-                .map_err(internal)?
-                .request(&http);
-            match refreshed {
-                Ok(fresh) => {
-                    tokens = Tokens {
-                        access_token: fresh.access_token().secret().clone(),
-                        refresh_token: fresh
-                            .refresh_token()
-                            .map(|t| t.secret().clone())
-                            .or(tokens.refresh_token),
-                    };
-                    host.kv_put(
-                        &tokens_key,
-                        &serde_json::to_vec(&tokens).map_err(internal)?,
-                        Some(SID_TTL),
-                    );
-                    answer = userinfo(host, &module, &tokens.access_token)?;
-                }
-                Err(openidconnect::RequestTokenError::ServerResponse(r))
-                    if *r.error() == openidconnect::core::CoreErrorResponseType::InvalidGrant =>
-                {
-                    return Ok(false)
-                }
-                Err(e) => {
-                    return Err(PluginError::Upstream(format!(
-                        "refreshing the tokens: {}",
-                        error_chain(&e)
-                    )))
-                }
+        let forwarding = module.options.forward_access_token;
+        let mut renewed = false;
+        // A forwarded access token is renewed while it is still good, when it would expire
+        // before the next check.
+        let next_check = host
+            .now_unix()
+            .saturating_add(i64::try_from(identity.recheck_interval_secs).unwrap_or(i64::MAX))
+            .saturating_add(RENEW_MARGIN);
+        if forwarding && tokens.refresh_token.is_some() && tokens.expires_at.is_some_and(|at| at <= next_check) {
+            if !refresh_tokens(host, &module, &mut tokens)? {
+                return Ok(Recheck::ended());
             }
+            renewed = true;
         }
-        match answer.status {
-            200 => {
-                let claims: serde_json::Value = serde_json::from_slice(&answer.body)
-                    .map_err(|e| PluginError::Upstream(format!("userinfo is not JSON: {e}")))?;
-                let subject_matches = claims["sub"]
-                    .as_str()
-                    .map(|s| subject_of(&module.options.issuer, s))
-                    .as_deref()
-                    == Some(identity.subject.as_str());
-                // An address userinfo does not repeat stays the one verified at sign-in.
-                let (email, verified) = match claims["email"].as_str() {
-                    Some(email) => (
-                        Some(email),
-                        is_verified(&claims["email_verified"], module.options.trust_unverified_email),
-                    ),
-                    None => (identity.email.as_deref(), true),
-                };
-                let groups = match claims.get(module.options.groups_claim.as_str()) {
-                    Some(value) => string_list(value),
-                    // Group rules cannot be re-checked without the claim: fail closed.
-                    None if !module.options.authorized_groups.is_empty() => {
-                        host.log(
-                            LogLevel::Warn,
-                            &format!(
-                                "userinfo has no `{}` claim: the group rule cannot be re-checked, the session ends",
-                                module.options.groups_claim
-                            ),
-                        );
-                        return Ok(false);
-                    }
-                    None => identity.groups.clone(),
-                };
-                Ok(subject_matches && module.options.admits(email, verified, &groups))
-            }
-            401 => Ok(false),
-            status => Err(PluginError::Upstream(format!("userinfo answered {status}"))),
+        let allowed = module.options.recheck_interval == 0
+            || userinfo_allows(host, &module, identity, &mut tokens, &mut renewed)?;
+        if renewed {
+            host.kv_put(
+                &tokens_key,
+                &serde_json::to_vec(&tokens).map_err(internal)?,
+                Some(SID_TTL),
+            );
         }
+        Ok(Recheck {
+            allowed,
+            access_token: (allowed && forwarding && renewed).then_some(tokens.access_token),
+        })
     }
 
     fn logout(

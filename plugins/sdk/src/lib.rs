@@ -74,12 +74,13 @@ pub trait Plugin: Send + Sync {
     }
 
     /// Asks the identity provider whether the user of a session (whose identity asked for
-    /// re-checks with `recheck_interval_secs`) still has access; `false` ends the session.
-    /// Called off the request path, about every `recheck_interval_secs`. An error keeps the
-    /// session (an unreachable provider does not sign everybody out) and is logged.
-    fn recheck(&self, host: &dyn Host, module: &ModuleContext, identity: &Identity) -> Result<bool, PluginError> {
+    /// re-checks with `recheck_interval_secs`) still has access, and renews the access token
+    /// the session forwards when it is about to expire. Called off the request path, about
+    /// every `recheck_interval_secs`. An error keeps the session (an unreachable provider does
+    /// not sign everybody out) and is logged.
+    fn recheck(&self, host: &dyn Host, module: &ModuleContext, identity: &Identity) -> Result<Recheck, PluginError> {
         let _ = (host, module, identity);
-        Ok(true)
+        Ok(Recheck::allowed())
     }
 
     /// Ends a login at the identity provider, when the protocol can; `None` when there is

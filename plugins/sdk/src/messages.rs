@@ -176,6 +176,34 @@ pub struct Identity {
     pub session_index: Option<String>,
 }
 
+/// What a re-check found ([`crate::Plugin::recheck`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recheck {
+    /// Whether the user still has access; `false` ends the session.
+    pub allowed: bool,
+    /// A renewed access token for the upstream, replacing the session's
+    /// [`Identity::access_token`]; `None` keeps it.
+    pub access_token: Option<String>,
+}
+
+impl Recheck {
+    /// The user still has access; nothing changes.
+    pub fn allowed() -> Recheck {
+        Recheck {
+            allowed: true,
+            access_token: None,
+        }
+    }
+
+    /// The user no longer has access: the session ends.
+    pub fn ended() -> Recheck {
+        Recheck {
+            allowed: false,
+            access_token: None,
+        }
+    }
+}
+
 /// A call from the gateway to a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Call {
@@ -243,8 +271,8 @@ pub enum Outcome {
     },
     /// Answer to [`Call::Logout`].
     LoggedOut(Option<HttpResponse>),
-    /// Answer to [`Call::Recheck`]: whether the user still has access.
-    Rechecked(bool),
+    /// Answer to [`Call::Recheck`].
+    Rechecked(Recheck),
     /// Answer to [`Call::DescribeModule`]: the module's read-only outputs.
     Described {
         /// A JSON object, as text.
