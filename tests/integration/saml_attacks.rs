@@ -132,10 +132,15 @@ impl Claims {
 
     /// The whole Response around `assertion`.
     fn response_with(&self, assertion: &str) -> String {
+        self.response_from(&fixture("response.xml"), assertion)
+    }
+
+    /// The Response of `template` (response.xml, or a variant of it) around `assertion`.
+    fn response_from(&self, template: &str, assertion: &str) -> String {
         let response_id = random_id();
         let signature = self.response_key.map(|_| self.signature(&response_id));
         let xml = self
-            .fill(&fixture("response.xml"))
+            .fill(template)
             .replace("{{RESPONSE_ID}}", &response_id)
             .replace("{{RESPONSE_SIGNATURE}}", signature.as_deref().unwrap_or_default())
             .replace("{{ASSERTION}}", assertion);
@@ -291,6 +296,60 @@ async fn every_signature_must_verify_whichever_elements_carry_one() {
             "a Response with one foreign signature",
         );
     }
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn signatures_count_only_where_saml_puts_them() {
+    let site = site(json!({})).await;
+    let signed_response = |claims: Claims| Claims {
+        response_key: Some("idp.key.der"),
+        ..claims
+    };
+
+    // Another genuine, signed Response tucked into the Assertion's signature (outside what that
+    // signature covers): which signed part counts must not be the attacker's choice.
+    let alice = Claims::genuine(&site, Some(request_id(&site).await));
+    let mallory = signed_response(Claims {
+        name_id: "mallory-pid".into(),
+        email: "mallory@example.com".into(),
+        ..Claims::genuine(&site, Some(request_id(&site).await))
+    });
+    let hidden = alice.assertion().replacen(
+        "</ds:SignatureValue>",
+        &format!("</ds:SignatureValue><ds:Object>{}</ds:Object>", mallory.response()),
+        1,
+    );
+    assert_sign_in_refused(
+        &post(&site, &alice.response_with(&hidden), None).await,
+        400,
+        "a signed Response inside a signature",
+    );
+
+    // A Response-level signature that covers the Assertion instead of the Response.
+    let claims = Claims::genuine(&site, Some(request_id(&site).await));
+    let response = claims.response();
+    let issuer_end = response.find("</saml:Issuer>").unwrap() + "</saml:Issuer>".len();
+    let mut misplaced = response.clone();
+    misplaced.insert_str(issuer_end, &claims.signature(&claims.assertion_id));
+    assert_sign_in_refused(
+        &post(&site, &sign(&misplaced, "idp.key.der"), None).await,
+        400,
+        "a Response signature over the Assertion",
+    );
+
+    // A signed Response must say where it was sent (SAML bindings 3.5.5.2).
+    let claims = signed_response(Claims::genuine(&site, Some(request_id(&site).await)));
+    let undirected = fixture("response.xml").replace(" Destination=\"{{DESTINATION}}\"", "");
+    assert_sign_in_refused(
+        &post(&site, &claims.response_from(&undirected, &claims.assertion()), None).await,
+        400,
+        "a signed Response without Destination",
+    );
+
+    // The same shapes done right sign in.
+    let claims = signed_response(Claims::genuine(&site, Some(request_id(&site).await)));
+    assert_eq!(post(&site, &claims.response(), None).await.status, 303);
     site.stop().await;
 }
 

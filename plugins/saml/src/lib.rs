@@ -108,6 +108,13 @@ impl Saml {
             .map_err(|_| refuse("SAMLResponse is not base64".into()))?;
         let response_xml = String::from_utf8(bytes).map_err(|_| refuse("SAMLResponse is not UTF-8".into()))?;
         xml::screen(&response_xml, module.options.allow_sha1).map_err(refuse)?;
+        // A signed Response names where it was sent (SAML bindings 3.5.5.2); samael compares a
+        // Destination only when there is one.
+        if xml::check_signatures(&response_xml).map_err(refuse)?
+            && xml::root_attribute(&response_xml, "Destination").as_deref() != Some(module.acs_url.as_str())
+        {
+            return Err(refuse("a signed Response without this ACS as its Destination".into()));
+        }
         if let Some(status) = xml::status_code(&response_xml).filter(|s| s != SUCCESS) {
             host.log(LogLevel::Warn, &format!("the IdP answered with status {status}"));
             return Err(PluginError::Forbidden(

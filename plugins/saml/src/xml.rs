@@ -123,6 +123,82 @@ fn check_element(element: &BytesStart<'_>, allow_sha1: bool) -> Result<(), Strin
     }
 }
 
+/// Where a Response may carry XML signatures (SAML core 5.4.2): each an immediate child of the
+/// Response or of an Assertion that is an immediate child of it, with exactly one Reference, to
+/// that parent's ID. A signature anywhere else (inside another signature, an Extensions, an
+/// Advice) or covering anything else is refused before xmlsec sees the message, so that which
+/// signed part samael then reads cannot be steered. Answers whether the Response itself is
+/// signed.
+pub fn check_signatures(xml: &str) -> Result<bool, String> {
+    struct Open {
+        depth: usize,
+        reference: String,
+        references: usize,
+    }
+    let mut reader = Reader::from_str(xml);
+    // Local names and IDs of the open elements, root first.
+    let mut path: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+    let mut signature: Option<Open> = None;
+    let mut response_signed = false;
+    loop {
+        let (element, empty) = match reader.read_event() {
+            Ok(Event::Start(e)) => (e, false),
+            Ok(Event::Empty(e)) => (e, true),
+            Ok(Event::End(_)) => {
+                path.pop();
+                if let Some(open) = signature.take_if(|open| open.depth == path.len()) {
+                    if open.references != 1 {
+                        return Err(format!("a signature has {} references, not one", open.references));
+                    }
+                }
+                continue;
+            }
+            Ok(Event::Eof) => return Ok(response_signed),
+            Err(e) => return Err(format!("the message is not well-formed XML: {e}")),
+            Ok(_) => continue,
+        };
+        let name = element.local_name().as_ref().to_vec();
+        let attribute = |key: &[u8]| {
+            element
+                .attributes()
+                .flatten()
+                .find(|a| a.key.as_ref() == key)
+                .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()))
+        };
+        match name.as_slice() {
+            b"Signature" => {
+                let names: Vec<&[u8]> = path.iter().map(|(n, _)| n.as_slice()).collect();
+                let placed = matches!(names.as_slice(), [b"Response"] | [b"Response", b"Assertion"]);
+                let parent_id = path.last().and_then(|(_, id)| id.clone());
+                let (Some(id), true, None) = (parent_id, placed, &signature) else {
+                    return Err("a signature is not an immediate child of the Response or of its Assertion".into());
+                };
+                if empty {
+                    return Err("an empty signature".into());
+                }
+                response_signed |= path.len() == 1;
+                signature = Some(Open {
+                    depth: path.len(),
+                    reference: format!("#{id}"),
+                    references: 0,
+                });
+            }
+            b"Reference" => {
+                if let Some(open) = signature.as_mut() {
+                    if attribute(b"URI").as_deref() != Some(open.reference.as_str()) {
+                        return Err(format!("a signature does not cover its parent {}", open.reference));
+                    }
+                    open.references += 1;
+                }
+            }
+            _ => {}
+        }
+        if !empty {
+            path.push((name, attribute(b"ID")));
+        }
+    }
+}
+
 /// The value of the first `StatusCode` element's `Value` (unverified: for error messages only).
 pub fn status_code(xml: &str) -> Option<String> {
     let mut reader = Reader::from_str(xml);
@@ -328,6 +404,53 @@ pub fn verify_redirect(raw_query: &str, certs: &[X509], allow_sha1: bool) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signatures_sit_on_the_response_and_its_assertions_and_cover_their_parent() {
+        let sig = |id: &str| {
+            format!(r##"<ds:Signature><ds:SignedInfo><ds:Reference URI="#{id}"/></ds:SignedInfo></ds:Signature>"##)
+        };
+        let assertion = |id: &str| {
+            format!(
+                r#"<saml:Assertion ID="{id}"><saml:Issuer/>{}</saml:Assertion>"#,
+                sig(id)
+            )
+        };
+        let response = |inner: &str| format!(r#"<samlp:Response ID="r"><saml:Issuer/>{inner}</samlp:Response>"#);
+        assert_eq!(
+            check_signatures(&response(&format!("{}{}", sig("r"), assertion("a")))),
+            Ok(true)
+        );
+        assert_eq!(check_signatures(&response(&assertion("a"))), Ok(false));
+        assert_eq!(
+            check_signatures(&response(&format!("{}{}", assertion("a"), assertion("b")))),
+            Ok(false)
+        );
+        for (bad, why) in [
+            (response(&format!("<samlp:Extensions>{}</samlp:Extensions>", assertion("a"))), "in Extensions"),
+            (response(&sig("a")), "Response signature covering something else"),
+            (assertion("a"), "a bare Assertion"),
+            (
+                response(&assertion("a").replace("<saml:Issuer/>", &format!("<saml:Advice>{}</saml:Advice>", assertion("b")))),
+                "in an Advice",
+            ),
+            (
+                response(&sig("r").replace("</ds:SignedInfo>", r##"<ds:Reference URI="#r"/></ds:SignedInfo>"##)),
+                "two references",
+            ),
+            (
+                response(&sig("r").replace("</ds:SignedInfo>", "</ds:SignedInfo><ds:Object>").replace(
+                    "</ds:Signature>",
+                    &format!("{}</ds:Object></ds:Signature>", assertion("b")),
+                )),
+                "inside another signature",
+            ),
+            (response("<ds:Signature/>"), "empty"),
+            (r##"<samlp:Response><ds:Signature><ds:SignedInfo><ds:Reference URI="#"/></ds:SignedInfo></ds:Signature></samlp:Response>"##.to_string(), "parent without ID"),
+        ] {
+            assert!(check_signatures(&bad).is_err(), "{why}: {bad}");
+        }
+    }
 
     #[test]
     fn screening_refuses_what_saml_never_needs() {
