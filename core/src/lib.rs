@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod echo;

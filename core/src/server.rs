@@ -155,7 +155,7 @@ impl Gateway {
             console_tls,
             shutdown.subscribe(),
             opts,
-            move |req, _, _| console_handle(s.clone(), req),
+            move |req, peer, _| console_handle(s.clone(), req, peer),
         ));
 
         let echo_addr = match echo {
@@ -527,10 +527,10 @@ async fn serve<H, F>(
 }
 
 /// The console listener: health, readiness, metrics and the management API.
-async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == crate::api::PREFIX || path.starts_with("/api/") {
-        return crate::api::handle(shared, req).await;
+        return crate::api::handle(shared, req, peer).await;
     }
     let response = match path {
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),

@@ -24,6 +24,36 @@ async fn missing_version_header_is_400_in_ngroks_shape() {
 }
 
 #[tokio::test]
+async fn the_api_answers_only_addresses_in_allow_cidrs() {
+    let gw = TestGateway::start("[api]\nallow_cidrs = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n").await;
+    // Refused before anything else is looked at, with a valid key or none.
+    let msg = gw
+        .api(Method::GET, "/edges/https", None)
+        .await
+        .assert_api_error(403, 112);
+    assert!(msg.contains("127.0.0.1"), "{msg}");
+    send(Method::GET, &gw.api_url("/api_keys"), &[], None)
+        .await
+        .assert_api_error(403, 112);
+    // Health and metrics stay open to load balancers and scrapers.
+    let health = send(
+        Method::GET,
+        &format!("http://{}/healthz", gw.gateway.console_addr),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(health.status, 200);
+
+    // A reload that lets loopback in applies to the next request.
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), text.replace("\"2001:db8::/32\"", "\"127.0.0.1\"")).unwrap();
+    gw.gateway.reload(&gw.config_path(), None).await.unwrap();
+    assert_eq!(gw.api(Method::GET, "/edges/https", None).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn missing_malformed_or_unknown_token_is_401() {
     let gw = TestGateway::start("").await;
     let url = gw.api_url("/edges/https");

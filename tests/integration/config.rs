@@ -90,6 +90,12 @@ fn semantic_errors_point_at_the_value() {
             "edges.a.routes[0].match_type",
             "unknown variant: found `regex`",
         ),
+        (
+            "[api]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.1.7/24\"]\n",
+            "api.allow_cidrs[1]",
+            "write 192.168.1.0/24",
+        ),
+        ("[api]\nallow_cidrs = [\"intranet\"]\n", "api.allow_cidrs[0]", "not an IP address"),
     ];
     for (extra, key, message) in cases {
         if key.is_empty() {

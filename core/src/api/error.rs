@@ -49,6 +49,11 @@ pub const CODES: &[(u16, u16, &str)] = &[
     ),
     (111, 400, "A paging parameter (`limit`, `before_id`) is invalid."),
     (
+        112,
+        403,
+        "The client's address is not in `api.allow_cidrs`: the API does not answer it.",
+    ),
+    (
         500,
         500,
         "An internal error; the message and the log line with the operation id say more.",
@@ -122,6 +127,13 @@ impl ApiError {
     }
     pub fn paging(msg: impl Into<String>) -> ApiError {
         Self::new(111, StatusCode::BAD_REQUEST, msg)
+    }
+    pub fn address_not_allowed(ip: std::net::IpAddr) -> ApiError {
+        Self::new(
+            112,
+            StatusCode::FORBIDDEN,
+            format!("the API does not answer {ip}: it is not in api.allow_cidrs"),
+        )
     }
     pub fn internal(msg: impl Into<String>) -> ApiError {
         Self::new(500, StatusCode::INTERNAL_SERVER_ERROR, msg)

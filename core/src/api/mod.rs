@@ -18,6 +18,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The path prefix the API is served under on the console listener.
@@ -65,11 +66,17 @@ impl Ctx<'_> {
 }
 
 /// Serves one request whose path starts with [`PREFIX`].
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let operation_id = crate::ids::new_id(crate::ids::OPERATION);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match serve(&shared, req).await {
+    let allowed = shared.config.load().api.allows(peer.ip());
+    let served = if allowed {
+        serve(&shared, req).await
+    } else {
+        Err(ApiError::address_not_allowed(peer.ip()))
+    };
+    let response = match served {
         Ok(response) => response,
         Err(e) => {
             if e.status.is_server_error() {
