@@ -1,7 +1,7 @@
 //! The management API: ngrok's shapes, its error body for every bad input, paging, config-owned
 //! objects, and durability of acknowledged writes.
 
-use crate::harness::{send, TestGateway, Upstream};
+use crate::harness::{assert_stored_nowhere, send, TestGateway, Upstream};
 use http::Method;
 use serde_json::json;
 
@@ -138,29 +138,7 @@ async fn api_key_token_is_shown_once_and_never_stored() {
     assert!(listed["keys"].as_array().unwrap().iter().all(|k| k["token"].is_null()));
     let TestGateway { gateway, dir, .. } = gw;
     gateway.shutdown().await;
-    let data_dir = dir.path().join("data");
-    // The token's bytes appear nowhere in the database files.
-    for entry in walk(&data_dir) {
-        let Ok(bytes) = std::fs::read(&entry) else { continue };
-        assert!(
-            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-            "token found in {}",
-            entry.display()
-        );
-    }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else if path.is_file() {
-            out.push(path);
-        }
-    }
-    out
+    assert_stored_nowhere(&dir.path().join("data"), &token);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use portcullis::server::StartOptions;
 use portcullis::{Config, Gateway};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -440,4 +440,30 @@ pub async fn browser_sign_in(url: &str, user: &str, consent: bool) -> (Value, Va
     assert_eq!(result["url"], url, "the browser is back on the page it asked for");
     let seen = serde_json::from_str(result["body"].as_str().unwrap()).unwrap();
     (seen, result["cookies"].clone())
+}
+
+/// Fails if the bytes of `secret` appear in any file under `dir` (a stopped gateway's data dir).
+pub fn assert_stored_nowhere(dir: &Path, secret: &str) {
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else if path.is_file() {
+                out.push(path);
+            }
+        }
+        out
+    }
+    let files = walk(dir);
+    assert!(!files.is_empty(), "nothing stored under {}", dir.display());
+    for file in files {
+        let Ok(bytes) = std::fs::read(&file) else { continue };
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "found in {}",
+            file.display()
+        );
+    }
 }

@@ -110,14 +110,27 @@ impl Site {
 
     /// A site whose module trusts the IdP of `idp_metadata`.
     pub async fn create(idp_metadata: &str, loading: Loading, options: Value) -> Site {
+        let library = plugin_library("portcullis_saml_plugin");
         let plugin = match loading {
             Loading::Linked => String::new(),
-            Loading::Library => format!(
-                "[[plugin]]\npath = \"{}\"\n",
-                plugin_library("portcullis_saml_plugin").display()
-            ),
+            Loading::Library => format!("[[plugin]]\npath = \"{}\"\n", library.display()),
         };
-        Site::create_on(TestGateway::start(&plugin).await, idp_metadata, options).await
+        let gw = TestGateway::start(&plugin).await;
+        // The library, not the built-in, answers for `saml` when it is named.
+        let origin = gw
+            .gateway
+            .shared()
+            .registry
+            .get("saml")
+            .expect("saml registered")
+            .origin
+            .to_string();
+        assert_eq!(
+            origin.starts_with(&library.display().to_string()),
+            matches!(loading, Loading::Library),
+            "{origin}"
+        );
+        Site::create_on(gw, idp_metadata, options).await
     }
 
     /// A site on the gateway `gw`.

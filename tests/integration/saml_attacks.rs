@@ -51,7 +51,10 @@ struct Claims {
     in_response_to: Option<String>,
     issued: i64,
     not_before: i64,
+    /// Conditions' NotOnOrAfter.
     not_on_or_after: i64,
+    /// The bearer SubjectConfirmationData's NotOnOrAfter.
+    confirmation_not_on_or_after: i64,
     signature_algorithm: &'static str,
     digest_algorithm: &'static str,
     /// Key that signs the Assertion (`None`: unsigned).
@@ -78,6 +81,7 @@ impl Claims {
             issued: 0,
             not_before: -30,
             not_on_or_after: 300,
+            confirmation_not_on_or_after: 300,
             signature_algorithm: RSA_SHA256,
             digest_algorithm: SHA256,
             assertion_key: Some("idp.key.der"),
@@ -107,6 +111,10 @@ impl Claims {
             .replace("{{IN_RESPONSE_TO}}", &in_response_to)
             .replace("{{NOT_BEFORE}}", &instant(self.not_before))
             .replace("{{NOT_ON_OR_AFTER}}", &instant(self.not_on_or_after))
+            .replace(
+                "{{CONFIRMATION_NOT_ON_OR_AFTER}}",
+                &instant(self.confirmation_not_on_or_after),
+            )
             .replace("{{SESSION_INDEX}}", "_session1")
     }
 
@@ -388,6 +396,33 @@ async fn times_audience_recipient_destination_and_issuer_are_checked() {
                 issued: -900,
                 not_before: -900,
                 not_on_or_after: -600,
+                confirmation_not_on_or_after: -600,
+                ..genuine.clone()
+            },
+        ),
+        // The allowed clock skew is 60 seconds, each way, for each time on its own.
+        (
+            "Conditions expired 90 s ago",
+            Claims {
+                issued: -100,
+                not_before: -110,
+                not_on_or_after: -90,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "bearer confirmation expired 90 s ago",
+            Claims {
+                issued: -100,
+                not_before: -110,
+                confirmation_not_on_or_after: -90,
+                ..genuine.clone()
+            },
+        ),
+        (
+            "not valid for another 90 s",
+            Claims {
+                not_before: 90,
                 ..genuine.clone()
             },
         ),
@@ -461,6 +496,29 @@ async fn times_audience_recipient_destination_and_issuer_are_checked() {
         ..genuine
     };
     assert_eq!(post(&site, &both.response(), None).await.status, 303);
+    // Within the skew, times just past are still taken.
+    for (case, skewed) in [
+        (
+            "expired 30 s ago",
+            Claims {
+                issued: -100,
+                not_before: -110,
+                not_on_or_after: -30,
+                confirmation_not_on_or_after: -30,
+                ..Claims::genuine(&site, Some(request_id(&site).await))
+            },
+        ),
+        (
+            "valid in 30 s",
+            Claims {
+                not_before: 30,
+                ..Claims::genuine(&site, Some(request_id(&site).await))
+            },
+        ),
+    ] {
+        let reply = post(&site, &skewed.response(), None).await;
+        assert_eq!(reply.status, 303, "{case}: {}", reply.body);
+    }
     site.stop().await;
 }
 

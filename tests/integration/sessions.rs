@@ -3,7 +3,7 @@
 //! spoofed identity headers, the signed assertion against the JWKS, revocation through the
 //! API, logout, and the session cookie kept from the upstream.
 
-use crate::harness::{send, set_cookie, Reply, TestGateway, Upstream, LISTENERS};
+use crate::harness::{assert_stored_nowhere, send, set_cookie, Reply, TestGateway, Upstream, LISTENERS};
 use crate::test_plugin;
 use base64::Engine;
 use http::Method;
@@ -119,6 +119,27 @@ async fn cookie_flags_are_httponly_samesite_lax_and_not_secure_on_http() {
 }
 
 #[tokio::test]
+async fn the_cookie_is_named_by_the_module_and_a_session_serves_only_its_route() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "cookie_prefix = \"team.\"\n").await;
+    let first = get(&gw, "/", &[]).await;
+    let location = first.headers["location"].to_str().unwrap().to_string();
+    let done = get(&gw, &format!("{location}&user=alice"), &[]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(set_cookie(&done, COOKIE).is_none(), "no default-named cookie");
+    let cookie = set_cookie(&done, "team.session").expect("a team.session cookie");
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let team_cookie = format!("team.session={token}");
+    assert_eq!(get(&gw, "/", &[("cookie", &team_cookie)]).await.status, 200);
+    // Under another name the same token is no session.
+    assert_eq!(with_session(&gw, "/", &token).await.status, 303);
+    // Another protected route (default prefix) does not take this route's session.
+    let other = format!("{COOKIE}={token}; {team_cookie}");
+    assert_eq!(get(&gw, "/public/admin/", &[("cookie", &other)]).await.status, 303);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn a_cookie_planted_before_login_is_never_promoted() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;
@@ -200,8 +221,10 @@ async fn spoofed_identity_headers_are_stripped_on_every_route() {
     let spoof = [
         ("x-portcullis-user-id", "apu_admin"),
         ("X-Portcullis-User-Email", "admin@example.com"),
+        ("x-portcullis-user-name", "Admin"),
         ("x-portcullis-user-groups", "admins"),
         ("x-portcullis-assertion", "forged"),
+        ("x-portcullis-access-token", "forged"),
     ];
     // An unprotected route: the headers are removed, none added.
     let reply = get(&gw, "/public/page", &spoof).await;
@@ -220,8 +243,11 @@ async fn spoofed_identity_headers_are_stripped_on_every_route() {
     with_cookie.push(("cookie", &cookie));
     let headers = get(&gw, "/", &with_cookie).await.json()["headers"].clone();
     assert_eq!(headers["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(headers["x-portcullis-user-name"], "User alice");
     assert_eq!(headers["x-portcullis-user-groups"], "staff,ops");
     assert_ne!(headers["x-portcullis-assertion"], "forged");
+    // The module forwards no access token: a spoofed one is removed, not passed on.
+    assert!(headers.get("x-portcullis-access-token").is_none(), "{headers}");
     gw.stop().await;
 }
 
@@ -342,6 +368,39 @@ async fn revoking_a_session_or_deleting_a_user_takes_effect_on_the_next_request(
 }
 
 #[tokio::test]
+async fn deactivating_a_user_ends_their_sessions_at_once_and_bars_new_sign_ins() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    let (alice, _) = login(&gw, "/", "alice", &[]).await;
+    let (admin_page, _) = login(&gw, "/public/admin/", "alice", &[]).await;
+    let (bob, _) = login(&gw, "/", "bob", &[]).await;
+    let mount = login_path(&gw).await.trim_end_matches("/login").to_string();
+    let set_active = |active: bool| format!("{mount}/set-active?email=alice@example.com&active={active}");
+
+    assert_eq!(get(&gw, &set_active(false), &[]).await.body, "active false");
+    assert_eq!(with_session(&gw, "/", &alice).await.status, 303, "ended at once");
+    assert_eq!(
+        with_session(&gw, "/public/admin/", &admin_page).await.status,
+        303,
+        "on every route"
+    );
+    assert_eq!(with_session(&gw, "/", &bob).await.status, 200, "others keep theirs");
+    let location = get(&gw, "/", &[]).await.headers["location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let refused = get(&gw, &format!("{location}&user=alice"), &[]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("Account disabled"), "{}", refused.body);
+    assert!(set_cookie(&refused, COOKIE).is_none());
+
+    assert_eq!(get(&gw, &set_active(true), &[]).await.body, "active true");
+    let (again, _) = login(&gw, "/", "alice", &[]).await;
+    assert_eq!(with_session(&gw, "/", &again).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn logout_ends_the_session_and_clears_the_cookie() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;
@@ -389,6 +448,8 @@ async fn sessions_survive_a_restart() {
     let (token, _) = login(&gw, "/", "alice", &[]).await;
     let TestGateway { gateway, dir, .. } = gw;
     gateway.shutdown().await;
+    // Only the token's hash is kept: its bytes are nowhere in the data dir.
+    assert_stored_nowhere(&dir.path().join("data"), &token);
     let gw = TestGateway::start_in_with(dir, test_plugin::options()).await;
     assert_eq!(with_session(&gw, "/", &token).await.status, 200);
     gw.stop().await;

@@ -1,6 +1,7 @@
 //! `testlogin`: a linked-in plugin for tests of what core does around any plugin. It logs in
 //! whoever `GET <mount>/login?user=U&return_to=R` names, with exactly that `return_to`, so the
-//! tests can hand core hostile return URLs; `<mount>/panic` panics.
+//! tests can hand core hostile return URLs; `<mount>/panic` panics; `<mount>/set-active?email=E&
+//! active=true|false` (de)activates a user through the host's user directory, as SCIM would.
 
 use portcullis_plugin_sdk::{
     Capability, Host, HttpRequest, HttpResponse, Identity, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
@@ -84,6 +85,17 @@ impl Plugin for TestLogin {
                 host.kv_get(&param("key"))
                     .map_or("<none>".into(), |v| String::from_utf8_lossy(&v).into_owned()),
             );
+        }
+        if request.path.ends_with("/set-active") {
+            let update = portcullis_plugin_sdk::UserUpdate {
+                email: param("email"),
+                name: None,
+                active: Some(param("active") == "true"),
+            };
+            return text(match host.upsert_user(update) {
+                Ok(user) => format!("active {}", user.active),
+                Err(e) => format!("refused: {e}"),
+            });
         }
         if request.path.ends_with("/fetch") {
             let outbound = portcullis_plugin_sdk::OutboundRequest {
