@@ -1,5 +1,6 @@
 //! The `portcullis` binary itself: check, api-key create (with and without a running server),
-//! SIGHUP reload and SIGTERM shutdown of a real process.
+//! SIGHUP reload and SIGTERM shutdown of a real process, and acknowledged writes surviving a
+//! SIGKILL.
 
 use crate::harness::{send, Upstream};
 use http::Method;
@@ -256,4 +257,79 @@ async fn api_key_create_works_with_and_without_a_running_server() {
         !dir.path().join("data/admin.sock").exists(),
         "the admin socket is removed at exit"
     );
+}
+
+/// Starts `portcullis serve` on `config` and waits until its console answers `/readyz`.
+async fn serve(config: &str, console: u16) -> std::process::Child {
+    let mut server = Command::new(BIN)
+        .args(["serve", "--config", config])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", console)).await.is_ok() {
+            let ready = send(Method::GET, &format!("http://127.0.0.1:{console}/readyz"), &[], None).await;
+            if ready.status == 200 {
+                return server;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    panic!("server did not become ready");
+}
+
+#[tokio::test]
+async fn acknowledged_api_writes_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (edge, console) = (free_port(), free_port());
+    let config = write_config(dir.path(), edge, console, "127.0.0.1:9", "crash.test");
+    let key = run(&["api-key", "create", "--config", &config], &[]);
+    assert!(key.status.success(), "{}", stderr(&key));
+    let auth = format!("Bearer {}", String::from_utf8_lossy(&key.stdout).trim());
+    let headers = [("ngrok-version", "2"), ("authorization", auth.as_str())];
+    let api = |path: &str| format!("http://127.0.0.1:{console}/api{path}");
+
+    let mut server = serve(&config, console).await;
+    let mut created = Vec::new();
+    for port in [10, 11] {
+        let body = format!(r#"{{"address":"127.0.0.1:{port}"}}"#).into_bytes();
+        let reply = send(Method::POST, &api("/backends/static"), &headers, Some(body)).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        created.push(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    let deleted = send(
+        Method::DELETE,
+        &api(&format!("/backends/static/{}", created[1])),
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    // No shutdown, no final flush: the process dies the moment the last answer arrived.
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let mut server = serve(&config, console).await;
+    let kept = send(
+        Method::GET,
+        &api(&format!("/backends/static/{}", created[0])),
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    assert_eq!(kept.json()["address"], "127.0.0.1:10");
+    let gone = send(
+        Method::GET,
+        &api(&format!("/backends/static/{}", created[1])),
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 404, "the acknowledged delete stays done: {}", gone.body);
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -192,6 +192,67 @@ async fn a_provider_that_is_down_or_answers_garbage_gets_an_error_page_not_a_han
 }
 
 #[tokio::test]
+async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_error() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site(&op).await;
+    let callback = site.module["redirect_uri"].as_str().unwrap().to_string();
+    let backchannel = site.module["backchannel_logout_uri"].as_str().unwrap().to_string();
+    let base = callback.rsplit_once('/').unwrap().0.to_string();
+    let origin = site.origin.clone();
+    let path = |url: &str| url.strip_prefix(origin.as_str()).unwrap_or(url).to_string();
+    for (case, url) in [
+        ("a callback without parameters", callback.clone()),
+        (
+            "a callback with an unknown state",
+            format!("{callback}?code=abc&state=nope"),
+        ),
+        ("a callback without a state", format!("{callback}?code=abc")),
+        (
+            "a callback with an error and no state",
+            format!("{callback}?error=server_error"),
+        ),
+        (
+            "a callback with bytes that are not UTF-8",
+            format!("{callback}?code=%FF%FE&state=%C3%28"),
+        ),
+        ("GET on the back-channel endpoint", backchannel.clone()),
+        ("an unknown endpoint", format!("{base}/nothing-here")),
+    ] {
+        let reply = site.get(&path(&url)).await;
+        assert!(
+            reply.status.is_client_error(),
+            "{case}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    for (case, body) in [
+        ("no logout_token", "x=1".to_string()),
+        ("a logout_token that is not a JWT", "logout_token=abc".to_string()),
+        (
+            "a logout_token of three garbage parts",
+            "logout_token=a.b.c".to_string(),
+        ),
+    ] {
+        let reply = crate::harness::send(
+            Method::POST,
+            &backchannel,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(body.into_bytes()),
+        )
+        .await;
+        assert!(
+            reply.status.is_client_error(),
+            "{case}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn back_channel_logout_tokens_are_verified() {
     let op = Op::start("oidc_forge.mjs").await;
     let mut site = forge_site(&op).await;

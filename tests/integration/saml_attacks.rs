@@ -362,6 +362,75 @@ async fn signatures_count_only_where_saml_puts_them() {
 }
 
 #[tokio::test]
+async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_error() {
+    let site = site(json!({})).await;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let posts: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("no fields", vec![]),
+        ("not base64", vec![("SAMLResponse", "%%%not*base64".into())]),
+        (
+            "not UTF-8",
+            vec![(
+                "SAMLResponse",
+                base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe, 0x00]),
+            )],
+        ),
+        ("not XML", vec![("SAMLResponse", b64("hello"))]),
+        (
+            "truncated XML",
+            vec![(
+                "SAMLResponse",
+                b64("<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\"><saml"),
+            )],
+        ),
+        ("XML but not SAML", vec![("SAMLResponse", b64("<a><b/></a>"))]),
+        (
+            "an unsigned empty Response",
+            vec![(
+                "SAMLResponse",
+                b64("<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"_x\"/>"),
+            )],
+        ),
+        ("a RelayState alone", vec![("RelayState", "/".into())]),
+    ];
+    for (case, fields) in posts {
+        let reply = site.post_acs(&fields).await;
+        assert!(
+            reply.status.is_client_error(),
+            "{case}: {} {}",
+            reply.status,
+            reply.body
+        );
+        assert!(
+            reply.headers["content-type"].to_str().unwrap().starts_with("text/html"),
+            "{case}"
+        );
+    }
+    for (case, path) in [
+        ("GET on the ACS", "/_portcullis/auth/{route}/acs"),
+        ("SLO without a message", "/_portcullis/auth/{route}/slo"),
+        (
+            "SLO with garbage",
+            "/_portcullis/auth/{route}/slo?SAMLRequest=%%%&Signature=x&SigAlg=y",
+        ),
+        (
+            "SLO with an unsigned request",
+            "/_portcullis/auth/{route}/slo?SAMLRequest=fVHBTsMwDL3zFVHua9pu",
+        ),
+        ("an unknown endpoint", "/_portcullis/auth/{route}/nothing-here"),
+    ] {
+        let reply = site.get(path, &[]).await;
+        assert!(
+            reply.status.is_client_error(),
+            "{case}: {} {}",
+            reply.status,
+            reply.body
+        );
+    }
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn sha1_is_refused_unless_the_module_allows_it() {
     let sha1 = |claims: Claims| Claims {
         signature_algorithm: "http://www.w3.org/2000/09/xmldsig#rsa-sha1",

@@ -102,6 +102,26 @@ async fn login_reaches_the_upstream_with_identity_and_without_the_session_cookie
 }
 
 #[tokio::test]
+async fn a_signed_in_request_never_calls_the_plugin() {
+    let upstream = Upstream::start().await;
+    let (options, calls) = test_plugin::counted_options();
+    let gw = TestGateway::start_full(&config(&upstream, ""), options).await;
+    let (token, _) = login(&gw, "/", "alice", &[]).await;
+    let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(before >= 2, "the sign-in went through the plugin ({before} calls)");
+    for i in 0..50 {
+        let reply = with_session(&gw, &format!("/page/{i}"), &token).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "session check, authorisation and proxying stay in core"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn cookie_flags_are_httponly_samesite_lax_and_not_secure_on_http() {
     let upstream = Upstream::start().await;
     let (gw, _) = start(&upstream, "").await;

@@ -5,17 +5,30 @@
 
 use portcullis_plugin_sdk::{
     Capability, Host, HttpRequest, HttpResponse, Identity, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
-    PluginError, PluginInfo,
+    PluginError, PluginInfo, Recheck,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub struct TestLogin;
+/// The plugin; `calls` counts the calls the gateway made to it (besides `info`).
+#[derive(Default)]
+pub struct TestLogin {
+    pub calls: Arc<AtomicUsize>,
+}
 
 pub fn options() -> portcullis::server::StartOptions {
-    portcullis::server::StartOptions {
-        extra_plugins: vec![Arc::new(TestLogin)],
+    counted_options().0
+}
+
+/// Options with the plugin, and its call counter.
+pub fn counted_options() -> (portcullis::server::StartOptions, Arc<AtomicUsize>) {
+    let plugin = TestLogin::default();
+    let calls = plugin.calls.clone();
+    let options = portcullis::server::StartOptions {
+        extra_plugins: vec![Arc::new(plugin)],
         ..Default::default()
-    }
+    };
+    (options, calls)
 }
 
 fn query_param(query: &str, name: &str) -> Option<String> {
@@ -33,6 +46,7 @@ impl Plugin for TestLogin {
     }
 
     fn validate_options(&self, options: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let object = options.as_object().cloned().unwrap_or_default();
         match object.keys().find(|k| *k != "groups" && *k != "egress") {
             Some(unknown) => Err(vec![OptionError {
@@ -55,6 +69,7 @@ impl Plugin for TestLogin {
         return_to: &str,
         _: &HttpRequest,
     ) -> Result<HttpResponse, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(HttpResponse::redirect(&format!(
             "{}/login?return_to={}",
             module.mount_path,
@@ -63,6 +78,7 @@ impl Plugin for TestLogin {
     }
 
     fn handle(&self, host: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         if request.path.ends_with("/panic") {
             panic!("testlogin: panic on purpose");
         }
@@ -129,5 +145,20 @@ impl Plugin for TestLogin {
             },
             return_to: query_param(&query, "return_to").unwrap_or_else(|| "/".into()),
         })
+    }
+
+    fn describe_module(&self, _: &dyn Host, _: &ModuleContext) -> Result<serde_json::Value, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(serde_json::json!({}))
+    }
+
+    fn recheck(&self, _: &dyn Host, _: &ModuleContext, _: &Identity) -> Result<Recheck, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(Recheck::allowed())
+    }
+
+    fn logout(&self, _: &dyn Host, _: &ModuleContext, _: &Identity) -> Result<Option<HttpResponse>, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
     }
 }
