@@ -58,6 +58,15 @@ impl FromStr for Cidr {
         if block != network {
             return Err(format!("`{text}` has bits set past its prefix: write {block}/{prefix}"));
         }
+        // Peers are compared as IPv4 when they are IPv4-mapped (`::ffff:a.b.c.d`): so are blocks.
+        if let (IpAddr::V6(v6), 96..) = (network, prefix) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Cidr {
+                    network: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Ok(Cidr { network, prefix })
     }
 }
@@ -90,6 +99,9 @@ mod tests {
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
         assert!("::/0".parse::<Cidr>().unwrap().contains(ip("::1")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+        assert!(mapped.contains(ip("10.9.8.7")) && mapped.contains(ip("::ffff:10.9.8.7")));
         assert_eq!(v6.to_string(), "2001:db8::/32");
     }
 

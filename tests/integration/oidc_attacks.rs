@@ -10,7 +10,11 @@ use portcullis::server::StartOptions;
 use serde_json::{json, Value};
 
 async fn forge_site(op: &Op) -> Site {
-    let site = Site::start(op, json!({}), StartOptions::default()).await;
+    forge_site_with(op, json!({}), StartOptions::default()).await
+}
+
+async fn forge_site_with(op: &Op, options: Value, start: StartOptions) -> Site {
+    let site = Site::start(op, options, start).await;
     let registered = op
         .post(
             "/test/client",
@@ -248,6 +252,45 @@ async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_err
             reply.body
         );
     }
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotated_tokens() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let clock = portcullis::clock::ManualClock::new();
+    let start = StartOptions {
+        clock: std::sync::Arc::new(clock.clone()),
+        ..StartOptions::default()
+    };
+    let mut site = forge_site_with(
+        &op,
+        json!({"forward_access_token": true, "recheck_interval": 300}),
+        start,
+    )
+    .await;
+    let (signed_in, _) = sign_in(&mut site).await;
+    let token = session_token(&signed_in);
+    let forwarded = |reply: &Reply| echoed(reply)["headers"]["x-portcullis-access-token"].clone();
+    let first = forwarded(&site.with_session("/", &token).await);
+    let shared = site.gw.gateway.shared().clone();
+
+    // Near the access token's expiry the re-check renews it (the forge rotates refresh
+    // tokens: each works once), then finds userinfo down: the session stays, with the new token.
+    mode(&op, "userinfo_503").await;
+    clock.advance(3300);
+    portcullis::auth::recheck_sessions(&shared).await;
+    let second = forwarded(&site.with_session("/", &token).await);
+    assert_ne!(second, first);
+
+    // The provider is back; the next renewal must use the rotated refresh token, not the spent
+    // one (which the forge would answer with invalid_grant, ending the session).
+    mode(&op, "normal").await;
+    clock.advance(3300);
+    portcullis::auth::recheck_sessions(&shared).await;
+    let third = forwarded(&site.with_session("/", &token).await);
+    assert!(third.is_string() && third != second, "{third}");
     op.stop().await;
     site.stop().await;
 }

@@ -32,9 +32,12 @@
 //                     (including a verifier when no challenge was sent, or none when one was):
 //                     400 invalid_grant. A code is spent the first time it is presented by its
 //                     client, whatever the outcome. Success: {access_token, token_type: Bearer,
-//                     expires_in: 3600, id_token, refresh_token}.
+//                     expires_in: 3600, id_token, refresh_token}. grant_type=refresh_token: a
+//                     refresh token works once (rotation): {access_token, token_type, expires_in:
+//                     3600, refresh_token}; unknown or used: 400 invalid_grant.
 //   GET|POST /userinfo   Authorization: Bearer ACCESS_TOKEN -> {sub, email, name, groups};
-//                     unknown or revoked token: 401 (WWW-Authenticate: Bearer error="invalid_token").
+//                     unknown or revoked token: 401 (WWW-Authenticate: Bearer error="invalid_token");
+//                     mode userinfo_503: 503 (a provider outage).
 //   GET  /logout      id_token_hint, post_logout_redirect_uri, state: recorded; 303 to
 //                     post_logout_redirect_uri (with state) when given, else 200 "logged out".
 //
@@ -127,7 +130,7 @@ const MODES = new Set([
   'normal', 'alg_none', 'hs256_with_public_key', 'wrong_iss', 'wrong_aud', 'multi_aud_no_azp',
   'multi_aud_wrong_azp', 'expired', 'future_iat', 'wrong_nonce', 'no_nonce', 'tampered',
   'unknown_kid', 'rotated_kid', 'garbage_token_response', 'token_500', 'slow_token',
-  'state_mismatch', 'error_redirect',
+  'state_mismatch', 'error_redirect', 'userinfo_503',
 ]);
 const VARIANTS = new Set(['good', 'bad_signature', 'has_nonce', 'no_event', 'wrong_aud', 'expired']);
 const USERS = {
@@ -143,6 +146,7 @@ let rotatedPublished = false;
 const counts = { discovery: 0, jwks: 0 };
 const codes = new Map(); // code -> {nonce, code_challenge, client_id, redirect_uri, user, sid, expires}
 const accessTokens = new Map(); // token -> {user, client_id, sid}
+const refreshTokens = new Map(); // token -> {user, client_id, sid}; rotated: each works once
 let lastAuthorize = null;
 let lastToken = null;
 let lastLogout = null;
@@ -333,7 +337,18 @@ async function token(req, res) {
   if (!authMethod || !client || id !== client.client_id || secret === undefined || !safeEqual(secret, client.client_secret)) {
     return oauthError(401, 'invalid_client', 'client authentication failed', challenge);
   }
-  if (f('grant_type') !== 'authorization_code') return oauthError(400, 'unsupported_grant_type', 'only authorization_code');
+  if (f('grant_type') === 'refresh_token') {
+    const grant = refreshTokens.get(f('refresh_token') ?? '');
+    if (!grant || grant.client_id !== id) return oauthError(400, 'invalid_grant', 'unknown, used or foreign refresh token');
+    refreshTokens.delete(f('refresh_token'));
+    const accessToken = random();
+    const refreshToken = random();
+    accessTokens.set(accessToken, grant);
+    refreshTokens.set(refreshToken, grant);
+    log(`tokens refreshed (mode ${mode})`);
+    return send(res, 200, { access_token: accessToken, token_type: 'Bearer', expires_in: 3600, refresh_token: refreshToken }, noStore);
+  }
+  if (f('grant_type') !== 'authorization_code') return oauthError(400, 'unsupported_grant_type', 'only authorization_code and refresh_token');
   const code = f('code');
   if (code === undefined) return oauthError(400, 'invalid_request', 'code is missing');
   const entry = codes.get(code);
@@ -352,16 +367,19 @@ async function token(req, res) {
 
   const { token: idt, claims } = idToken({ clientId: id, nonce: entry.nonce, user: entry.user, sid: entry.sid });
   const accessToken = random();
+  const refreshToken = random();
   accessTokens.set(accessToken, { user: entry.user, client_id: id, sid: entry.sid });
+  refreshTokens.set(refreshToken, { user: entry.user, client_id: id, sid: entry.sid });
   lastToken.sid = entry.sid;
   lastToken.id_token_claims = claims;
   log(`token issued (mode ${mode}, auth ${authMethod}, sid ${entry.sid})`);
   return send(res, 200, {
-    access_token: accessToken, token_type: 'Bearer', expires_in: 3600, id_token: idt, refresh_token: random(),
+    access_token: accessToken, token_type: 'Bearer', expires_in: 3600, id_token: idt, refresh_token: refreshToken,
   }, noStore);
 }
 
 function userinfo(req, res) {
+  if (mode === 'userinfo_503') return send(res, 503, { error: 'temporarily_unavailable' });
   const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization || '');
   const entry = m && accessTokens.get(m[1]);
   if (!entry) {

@@ -1,33 +1,49 @@
-//! Upgrades a data dir written by an older schema, record by record, when the store opens.
-//! Each step decodes the old shape (kept here, frozen) and writes the new one.
+//! Upgrades a data dir written by an older schema when the store opens. Each step decodes the
+//! old shape (kept here, frozen) and writes the new one, all records and the step's schema
+//! version in one transaction: a crash leaves the data dir at one schema or the next, never
+//! between.
 
-use super::{codec, StoreError};
+use super::{codec, transaction_error, StoreError, SCHEMA_KEY};
 use crate::model::Session;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, Transactional};
 
 /// Brings every collection from schema `found` up to the current one.
 pub fn run(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     if found < 2 {
-        upgrade_sessions(db, session_v1_to_v2)?;
+        upgrade_sessions(db, 2, session_v1_to_v2)?;
     }
     if found < 3 {
-        upgrade_sessions(db, session_v2_to_v3)?;
+        upgrade_sessions(db, 3, session_v2_to_v3)?;
     }
     Ok(())
 }
 
-/// Rewrites every stored session from one schema's shape to the next's.
+/// Rewrites every stored session from one schema's shape to the next's and records schema
+/// `to`, atomically, then flushes.
 fn upgrade_sessions<Old: DeserializeOwned, New: Serialize>(
     db: &sled::Db,
+    to: u32,
     upgrade: fn(Old) -> New,
 ) -> Result<(), StoreError> {
     let tree = db.open_tree("sessions")?;
+    let mut upgraded = Vec::new();
     for item in tree.iter() {
         let (key, bytes) = item?;
-        let old: Old = codec::decode(&bytes)?;
-        tree.insert(key, codec::encode(&upgrade(old))?)?;
+        upgraded.push((key, codec::encode(&upgrade(codec::decode(&bytes)?))?));
     }
+    let meta: &sled::Tree = db;
+    (&tree, meta)
+        .transaction(|(sessions, meta)| {
+            for (key, bytes) in &upgraded {
+                sessions.insert(key, bytes.as_slice())?;
+            }
+            meta.insert(SCHEMA_KEY, &to.to_be_bytes())?;
+            Ok::<_, ConflictableTransactionError<String>>(())
+        })
+        .map_err(transaction_error)?;
+    db.flush()?;
     Ok(())
 }
 
@@ -144,6 +160,12 @@ mod tests {
             .insert("s1", codec::encode(record).unwrap())
             .unwrap();
         run(&db, found).unwrap();
+        let schema = db.get(SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(
+            schema.as_ref(),
+            super::super::SCHEMA_VERSION.to_be_bytes(),
+            "recorded with the records"
+        );
         let bytes = db.open_tree("sessions").unwrap().get("s1").unwrap().unwrap();
         drop(db);
         let _ = std::fs::remove_dir_all(dir);

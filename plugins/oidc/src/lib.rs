@@ -348,9 +348,15 @@ struct Tokens {
     expires_at: Option<i64>,
 }
 
-/// Renews a login's tokens with its refresh token: `false` when there is none or the
-/// provider says the grant is gone (`invalid_grant`), an error when it cannot be asked.
-fn refresh_tokens(host: &dyn Host, module: &Module, tokens: &mut Tokens) -> Result<bool, PluginError> {
+/// Renews a login's tokens with its refresh token and keeps them at `tokens_key` at once (a
+/// provider that rotates refresh tokens honours only the newest): `false` when there is none
+/// or the provider says the grant is gone (`invalid_grant`), an error when it cannot be asked.
+fn refresh_tokens(
+    host: &dyn Host,
+    module: &Module,
+    tokens: &mut Tokens,
+    tokens_key: &str,
+) -> Result<bool, PluginError> {
     let Some(refresh) = tokens.refresh_token.clone() else {
         return Ok(false);
     };
@@ -370,6 +376,11 @@ fn refresh_tokens(host: &dyn Host, module: &Module, tokens: &mut Tokens) -> Resu
                     .or(tokens.refresh_token.take()),
                 expires_at: expiry(host, fresh.expires_in()),
             };
+            host.kv_put(
+                tokens_key,
+                &serde_json::to_vec(tokens).map_err(internal)?,
+                Some(SID_TTL),
+            );
             Ok(true)
         }
         Err(openidconnect::RequestTokenError::ServerResponse(r))
@@ -400,13 +411,14 @@ fn userinfo_allows(
     module: &Module,
     identity: &Identity,
     tokens: &mut Tokens,
+    tokens_key: &str,
     renewed: &mut bool,
 ) -> Result<bool, PluginError> {
     let mut answer = userinfo(host, module, &tokens.access_token)?;
     if answer.status == 401 {
         // The access token may just have expired: a refresh token says whether the grant
         // still stands.
-        if !refresh_tokens(host, module, tokens)? {
+        if !refresh_tokens(host, module, tokens, tokens_key)? {
             return Ok(false);
         }
         *renewed = true;
@@ -997,20 +1009,28 @@ impl Plugin for Oidc {
             .saturating_add(i64::try_from(identity.recheck_interval_secs).unwrap_or(i64::MAX))
             .saturating_add(RENEW_MARGIN);
         if forwarding && tokens.refresh_token.is_some() && tokens.expires_at.is_some_and(|at| at <= next_check) {
-            if !refresh_tokens(host, &module, &mut tokens)? {
+            if !refresh_tokens(host, &module, &mut tokens, &tokens_key)? {
                 return Ok(Recheck::ended());
             }
             renewed = true;
         }
-        let allowed = module.options.recheck_interval == 0
-            || userinfo_allows(host, &module, identity, &mut tokens, &mut renewed)?;
-        if renewed {
-            host.kv_put(
-                &tokens_key,
-                &serde_json::to_vec(&tokens).map_err(internal)?,
-                Some(SID_TTL),
-            );
-        }
+        let allowed = if module.options.recheck_interval == 0 {
+            true
+        } else {
+            match userinfo_allows(host, &module, identity, &mut tokens, &tokens_key, &mut renewed) {
+                Ok(allowed) => allowed,
+                // An outage keeps the session, as any failed check does; the renewed token
+                // still reaches the upstream.
+                Err(e) if renewed => {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("re-check could not reach the provider after renewing the tokens, session kept: {e}"),
+                    );
+                    true
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Recheck {
             allowed,
             access_token: (allowed && forwarding && renewed).then_some(tokens.access_token),

@@ -307,8 +307,9 @@ Destination=\"{}\" InResponseTo=\"{}\"><saml:Issuer>{}</saml:Issuer><samlp:Statu
         )
         .map_err(PluginError::Internal)?;
         // Without a SessionIndex the request ends every session of the user (SAML core 3.7.3.2).
-        let session_indexes = xml::element_texts(&message, "SessionIndex", usize::MAX)
+        let mut session_indexes = xml::element_texts(&message, "SessionIndex", usize::MAX)
             .ok_or_else(|| refuse("malformed SessionIndex".into()))?;
+        session_indexes.retain(|index| !index.is_empty());
         Ok(Outcome::EndSessions {
             subject: subject_of(&module.idp.entity_id, &name_id),
             session_indexes,
@@ -538,11 +539,13 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
         (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
             .then(|| name_id.value.trim().to_string())
     });
-    let session_index = assertion
-        .authn_statements
-        .iter()
-        .flatten()
-        .find_map(|s| s.session_index.clone());
+    let session_index = assertion.authn_statements.iter().flatten().find_map(|s| {
+        s.session_index
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    });
     let data = SessionData {
         name_id: name_id.value.trim().to_string(),
         format,
