@@ -467,3 +467,13 @@ pub fn assert_stored_nowhere(dir: &Path, secret: &str) {
         );
     }
 }
+
+/// Start options whose clock the test moves by hand, and that clock.
+pub fn manual_clock() -> (portcullis::clock::ManualClock, StartOptions) {
+    let clock = portcullis::clock::ManualClock::new();
+    let options = StartOptions {
+        clock: Arc::new(clock.clone()),
+        ..StartOptions::default()
+    };
+    (clock, options)
+}

@@ -406,11 +406,7 @@ async fn rp_initiated_and_back_channel_logout_end_the_session() {
 #[tokio::test]
 async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
     let op = Op::start("oidc_provider.mjs").await;
-    let clock = portcullis::clock::ManualClock::new();
-    let options = StartOptions {
-        clock: std::sync::Arc::new(clock.clone()),
-        ..StartOptions::default()
-    };
+    let (clock, options) = crate::harness::manual_clock();
     let mut site = Site::start(&op, json!({"recheck_interval": 300}), options).await;
     site.register(&op, "client_secret_basic").await;
     let alice = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
@@ -437,11 +433,7 @@ async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
 #[tokio::test]
 async fn a_forwarded_access_token_is_renewed_before_it_expires() {
     let op = Op::start("oidc_provider.mjs").await;
-    let clock = portcullis::clock::ManualClock::new();
-    let options = StartOptions {
-        clock: std::sync::Arc::new(clock.clone()),
-        ..StartOptions::default()
-    };
+    let (clock, options) = crate::harness::manual_clock();
     let mut site = Site::start(&op, json!({"forward_access_token": true}), options).await;
     site.register(&op, "client_secret_basic").await;
     let token = session_token(&site.login(&mut Jar::default(), "/", "alice").await);

@@ -259,11 +259,7 @@ async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_err
 #[tokio::test]
 async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotated_tokens() {
     let op = Op::start("oidc_forge.mjs").await;
-    let clock = portcullis::clock::ManualClock::new();
-    let start = StartOptions {
-        clock: std::sync::Arc::new(clock.clone()),
-        ..StartOptions::default()
-    };
+    let (clock, start) = crate::harness::manual_clock();
     let mut site = forge_site_with(
         &op,
         json!({"forward_access_token": true, "recheck_interval": 300}),
