@@ -1,12 +1,15 @@
 //! CIDR blocks (`10.0.0.0/8`, `2001:db8::/32`, or one address) and whether an address is in
 //! one: the management API's IP restriction (`api.allow_cidrs`).
 
+use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-/// A block of addresses: a network address and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A block of addresses: a network address and a prefix length. Read from config text such as
+/// `"10.0.0.0/8"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Cidr {
     network: IpAddr,
     prefix: u8,
@@ -68,6 +71,14 @@ impl FromStr for Cidr {
             }
         }
         Ok(Cidr { network, prefix })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Cidr, String> {
+        text.parse()
     }
 }
 

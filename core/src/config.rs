@@ -231,17 +231,13 @@ pub struct ApiConfig {
     /// Client addresses the management API answers (CIDR blocks or single addresses); empty:
     /// every address.
     #[serde(default)]
-    pub allow_cidrs: Vec<String>,
+    pub allow_cidrs: Vec<crate::cidr::Cidr>,
 }
 
 impl ApiConfig {
     /// Whether the management API answers a client at `ip`.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
-        self.allow_cidrs.is_empty()
-            || self
-                .allow_cidrs
-                .iter()
-                .any(|block| block.parse::<crate::cidr::Cidr>().is_ok_and(|c| c.contains(ip)))
+        self.allow_cidrs.is_empty() || self.allow_cidrs.iter().any(|block| block.contains(ip))
     }
 }
 
@@ -458,11 +454,6 @@ impl Config {
                     self.version
                 ),
             ));
-        }
-        for (i, block) in self.api.allow_cidrs.iter().enumerate() {
-            block
-                .parse::<crate::cidr::Cidr>()
-                .map_err(|e| (format!("api.allow_cidrs[{i}]"), e))?;
         }
         for (name, listener) in [("edge", &self.listeners.edge), ("console", &self.listeners.console)] {
             if let Some(tls) = &listener.tls {
