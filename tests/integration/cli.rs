@@ -122,12 +122,14 @@ async fn api_key_create_works_with_and_without_a_running_server() {
     let offline_token = String::from_utf8_lossy(&offline.stdout).trim().to_string();
     assert!(offline_token.starts_with("pcl_") && !offline_token.contains(char::is_whitespace));
 
-    let mut server = Command::new(BIN)
-        .args(["serve", "--config", &config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Server(
+        Command::new(BIN)
+            .args(["serve", "--config", &config])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let console_url = format!("http://127.0.0.1:{console}");
     let mut up = false;
     for _ in 0..200 {
@@ -205,7 +207,7 @@ async fn api_key_create_works_with_and_without_a_running_server() {
     );
     write_config(dir.path(), edge, console, &upstream.addr.to_string(), "after.test");
     assert!(Command::new("kill")
-        .args(["-HUP", &server.id().to_string()])
+        .args(["-HUP", &server.0.id().to_string()])
         .status()
         .unwrap()
         .success());
@@ -225,24 +227,23 @@ async fn api_key_create_works_with_and_without_a_running_server() {
 
     // SIGTERM stops it cleanly.
     assert!(Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap()
         .success());
     let mut status = None;
     for _ in 0..400 {
-        if let Some(s) = server.try_wait().unwrap() {
+        if let Some(s) = server.0.try_wait().unwrap() {
             status = Some(s);
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let Some(status) = status else {
-        server.kill().unwrap();
         panic!("server did not stop on SIGTERM");
     };
     let mut log = String::new();
-    std::io::Read::read_to_string(server.stdout.as_mut().unwrap(), &mut log).unwrap();
+    std::io::Read::read_to_string(server.0.stdout.as_mut().unwrap(), &mut log).unwrap();
     assert!(status.success(), "{log}");
     assert!(log.contains("config reloaded") && log.contains("stopped"), "{log}");
     let audit = log
@@ -259,14 +260,27 @@ async fn api_key_create_works_with_and_without_a_running_server() {
     );
 }
 
+/// A `portcullis serve` process, killed (SIGKILL, by pid) and reaped when dropped, so that a
+/// failing assertion never leaves it running.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `portcullis serve` on `config` and waits until its console answers `/readyz`.
-async fn serve(config: &str, console: u16) -> std::process::Child {
-    let mut server = Command::new(BIN)
-        .args(["serve", "--config", config])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+async fn serve(config: &str, console: u16) -> Server {
+    let server = Server(
+        Command::new(BIN)
+            .args(["serve", "--config", config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", console)).await.is_ok() {
             let ready = send(Method::GET, &format!("http://127.0.0.1:{console}/readyz"), &[], None).await;
@@ -276,8 +290,6 @@ async fn serve(config: &str, console: u16) -> std::process::Child {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    server.kill().unwrap();
-    server.wait().unwrap();
     panic!("server did not become ready");
 }
 
@@ -292,7 +304,7 @@ async fn acknowledged_api_writes_survive_a_crash() {
     let headers = [("ngrok-version", "2"), ("authorization", auth.as_str())];
     let api = |path: &str| format!("http://127.0.0.1:{console}/api{path}");
 
-    let mut server = serve(&config, console).await;
+    let server = serve(&config, console).await;
     let mut created = Vec::new();
     for port in [10, 11] {
         let body = format!(r#"{{"address":"127.0.0.1:{port}"}}"#).into_bytes();
@@ -308,11 +320,10 @@ async fn acknowledged_api_writes_survive_a_crash() {
     )
     .await;
     assert_eq!(deleted.status, 204, "{}", deleted.body);
-    // No shutdown, no final flush: the process dies the moment the last answer arrived.
-    server.kill().unwrap();
-    server.wait().unwrap();
+    // No shutdown, no final flush: the process dies (SIGKILL) the moment the last answer arrived.
+    drop(server);
 
-    let mut server = serve(&config, console).await;
+    let server = serve(&config, console).await;
     let kept = send(
         Method::GET,
         &api(&format!("/backends/static/{}", created[0])),
@@ -330,6 +341,5 @@ async fn acknowledged_api_writes_survive_a_crash() {
     )
     .await;
     assert_eq!(gone.status, 404, "the acknowledged delete stays done: {}", gone.body);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
