@@ -122,30 +122,8 @@ async fn api_key_create_works_with_and_without_a_running_server() {
     let offline_token = String::from_utf8_lossy(&offline.stdout).trim().to_string();
     assert!(offline_token.starts_with("pcl_") && !offline_token.contains(char::is_whitespace));
 
-    let mut server = Server(
-        Command::new(BIN)
-            .args(["serve", "--config", &config])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut server = serve(&config, console).await;
     let console_url = format!("http://127.0.0.1:{console}");
-    let mut up = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", console)).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "server did not start");
-    assert_eq!(
-        send(Method::GET, &format!("{console_url}/readyz"), &[], None)
-            .await
-            .status,
-        200
-    );
 
     // Server running: the command goes through the admin socket (sled allows one process).
     let online = run(
@@ -271,12 +249,13 @@ impl Drop for Server {
     }
 }
 
-/// Starts `portcullis serve` on `config` and waits until its console answers `/readyz`.
+/// Starts `portcullis serve` on `config` (its log on a pipe, for the test to read) and waits
+/// until its console answers `/readyz` with 200.
 async fn serve(config: &str, console: u16) -> Server {
     let server = Server(
         Command::new(BIN)
             .args(["serve", "--config", config])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
