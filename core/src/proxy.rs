@@ -268,19 +268,9 @@ async fn forward(
             }
         }
     };
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(upstream.scheme.clone());
-    uri_parts.authority = Some(upstream.authority.clone());
-    uri_parts.path_and_query = Some(path_and_query);
-    let Ok(uri) = Uri::from_parts(uri_parts) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            "The request target is not a valid path.",
-            request_id,
-        );
-    };
-    parts.uri = uri;
+    // Origin-form (path and query only), as RFC 9112 section 3.2.1 asks of a request to an
+    // origin server: many servers and frameworks route on the raw request target.
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     if let Some(host) = &original_host {
         parts.headers.insert(header::HOST, host.clone());

@@ -54,7 +54,8 @@ impl UpstreamPool {
         })
     }
 
-    /// Sends `request` (whose URI is absolute) to `upstream` on a pooled or new connection.
+    /// Sends `request` (whose URI is in origin-form: path and query) to `upstream` on a pooled
+    /// or new connection. hyper writes the URI as given, so it goes out in origin-form.
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
@@ -68,7 +69,7 @@ impl UpstreamPool {
                         break sender;
                     }
                 }
-                None => break self.connect(request.uri().clone()).await?,
+                None => break self.connect(upstream).await?,
             }
         };
         let response = sender.send_request(request).await?;
@@ -118,7 +119,13 @@ impl UpstreamPool {
         }
     }
 
-    async fn connect(&self, uri: http::Uri) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let uri = http::Uri::builder()
+            .scheme(upstream.scheme.clone())
+            .authority(upstream.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let io = self
             .connector
             .clone()
