@@ -1,30 +1,30 @@
-//! A built-in demo upstream that answers every request with what it received (method, path,
-//! headers) as JSON. It lets the shipped config show a working route, and the identity headers
-//! the gateway sends, with no application installed.
+//! A built-in demo upstream that answers every request with what it received (method, request
+//! target, path, query, headers) as JSON. It lets the shipped config show a working route, and
+//! the identity headers the gateway sends, with no application installed.
 
 use crate::pages::{full, Body};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
-/// Answers one request.
+/// Answers one request. Each header name maps to the list of its values, one per header line
+/// received and in that order, so a repeated header (two `Accept` lines, an identity header
+/// sent by the client and again by the gateway) shows as separate values, never merged.
 pub async fn handle(req: Request<Incoming>) -> Response<Body> {
     let mut headers = Map::new();
-    for (name, value) in req.headers() {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        match headers.get_mut(name.as_str()) {
-            Some(Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(&value);
-            }
-            _ => {
-                headers.insert(name.as_str().to_string(), Value::String(value));
-            }
-        }
+    for name in req.headers().keys() {
+        let values = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|value| Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        headers.insert(name.as_str().to_string(), Value::Array(values));
     }
     let body = json!({
         "service": "portcullis echo upstream",
         "method": req.method().as_str(),
+        "target": req.uri().to_string(),
         "path": req.uri().path(),
         "query": req.uri().query(),
         "headers": headers,

@@ -20,3 +20,4 @@ mod saml_attacks;
 mod sessions;
 mod test_plugin;
 mod tls;
+mod upstreams;
