@@ -16,6 +16,7 @@
 //! route's own origin; an assertion ID is accepted once; `authorized_groups` is enforced.
 //! AuthnRequest IDs carry 128 random bits.
 
+mod metadata;
 mod module;
 pub mod xml;
 
@@ -115,11 +116,18 @@ impl Saml {
         {
             return Err(refuse("a signed Response without this ACS as its Destination".into()));
         }
-        if let Some(status) = xml::status_code(&response_xml).filter(|s| s != SUCCESS) {
-            host.log(LogLevel::Warn, &format!("the IdP answered with status {status}"));
-            return Err(PluginError::Forbidden(
-                "The identity provider did not sign you in.".into(),
-            ));
+        let statuses = xml::status_codes(&response_xml);
+        if statuses.first().map(String::as_str) != Some(SUCCESS) {
+            host.log(
+                LogLevel::Warn,
+                &format!("the IdP answered with status {}", statuses.join(" / ")),
+            );
+            // Unverified (IdPs often leave error Responses unsigned): it only picks the page.
+            let return_to = xml::root_attribute(&response_xml, "InResponseTo")
+                .and_then(|id| host.kv_get(&format!("authn:{id}")))
+                .and_then(|stored| serde_json::from_slice::<Pending>(&stored).ok())
+                .map_or_else(|| "/".to_string(), |p| p.return_to);
+            return Ok(Outcome::Respond(status_page(&statuses, &return_to)));
         }
         // PreDigest: samael verifies every signature, then hands on exactly the bytes the
         // Response's signature (or, if only the Assertion is signed, the Assertion's) covers, as
@@ -447,6 +455,44 @@ Destination=\"{}\"><saml:Issuer>{}</saml:Issuer><saml:NameID{format}>{}</saml:Na
     }
 }
 
+/// The page for an IdP's refusal, by its status codes (top-level, then second-level).
+fn status_page(statuses: &[String], return_to: &str) -> HttpResponse {
+    const PREFIX: &str = "urn:oasis:names:tc:SAML:2.0:status:";
+    let detail = statuses
+        .get(1)
+        .or(statuses.first())
+        .map(String::as_str)
+        .unwrap_or_default();
+    let (title, message) = match detail.strip_prefix(PREFIX) {
+        Some("AuthnFailed") => (
+            "Sign-in failed",
+            "The identity provider could not confirm who you are, so you are not signed in.".to_string(),
+        ),
+        Some("RequestDenied") => (
+            "Sign-in cancelled",
+            "The sign-in was cancelled or declined at the identity provider, so you are not signed in.".to_string(),
+        ),
+        Some("InvalidNameIDPolicy") => (
+            "Sign-in not possible",
+            "The identity provider cannot name you the way this application asks (its NameID format). \
+An administrator needs to set the application's <code>nameid_format</code> to one the identity provider offers."
+                .to_string(),
+        ),
+        _ => (
+            "Not signed in",
+            format!(
+                "The identity provider did not sign you in (it answered <code>{}</code>).",
+                xml::escape(if detail.is_empty() { "no status" } else { detail })
+            ),
+        ),
+    };
+    HttpResponse::page(
+        403,
+        title,
+        &format!("{message}</p><p><a href=\"{}\">Try again</a>", xml::escape(return_to)),
+    )
+}
+
 /// The assertion must name this SP as its audience (samael checks only a restriction that is
 /// present).
 fn check_audience(assertion: &Assertion, entity_id: &str) -> Result<(), String> {
@@ -507,13 +553,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
         .filter(|n| !n.value.trim().is_empty())
         .ok_or_else(|| PluginError::BadRequest("The identity provider did not say who you are (no NameID).".into()))?;
     let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut by_option: HashMap<&str, Vec<String>> = HashMap::new();
-    let options = &module.options;
-    let wanted = [
-        &options.email_attribute,
-        &options.name_attribute,
-        &options.groups_attribute,
-    ];
+    // Values by attribute Name and by FriendlyName (an IdP may name `mail` either way).
+    let mut by_name: HashMap<&str, Vec<String>> = HashMap::new();
     for attribute in assertion
         .attribute_statements
         .iter()
@@ -522,23 +563,28 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     {
         let values: Vec<String> = attribute.values.iter().filter_map(|v| v.value.clone()).collect();
         for name in [&attribute.name, &attribute.friendly_name].into_iter().flatten() {
-            if let Some(option) = wanted.iter().find(|w| **w == name) {
-                by_option
-                    .entry(option.as_str())
-                    .or_default()
-                    .extend(values.iter().cloned());
-            }
+            by_name.entry(name.as_str()).or_default().extend(values.iter().cloned());
         }
         if let Some(name) = attribute.name.as_ref().or(attribute.friendly_name.as_ref()) {
             attributes.entry(name.clone()).or_default().extend(values);
         }
     }
-    let first = |key: &str| by_option.get(key).and_then(|v| v.first()).cloned();
+    // The values of the first of `names` the assertion carries.
+    let read = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .find_map(|n| by_name.get(n).filter(|v| !v.is_empty()).cloned())
+    };
+    let options = &module.options;
     let format = name_id.format.clone();
-    let email = first(&options.email_attribute).or_else(|| {
-        (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
-            .then(|| name_id.value.trim().to_string())
-    });
+    let email = read(options.email_attributes())
+        .and_then(|v| v.into_iter().next())
+        .or_else(|| {
+            (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
+                .then(|| name_id.value.trim().to_string())
+        });
+    let name = read(options.name_attributes()).and_then(|v| v.into_iter().next());
+    let groups = read(options.groups_attributes()).unwrap_or_default();
     let session_index = assertion.authn_statements.iter().flatten().find_map(|s| {
         s.session_index
             .as_deref()
@@ -554,8 +600,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     Ok(Identity {
         subject: subject_of(&module.idp.entity_id, name_id.value.trim()),
         email,
-        name: first(&options.name_attribute),
-        groups: by_option.remove(options.groups_attribute.as_str()).unwrap_or_default(),
+        name,
+        groups,
         attributes,
         plugin_data: serde_json::to_string(&data).ok(),
         access_token: None,
