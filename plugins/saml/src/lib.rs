@@ -157,6 +157,62 @@ impl Saml {
             .find(|d| d.recipient.as_deref() == Some(module.acs_url.as_str()))
             .ok_or_else(|| refuse("no bearer confirmation for this ACS".into()))?;
 
+        // Everything that can refuse this browser is checked before anything is spent: a
+        // Response refused here (another browser's, an off-site RelayState) leaves the request
+        // and the assertion to the browser they belong to.
+        let unknown_request = |id: &str| {
+            host.log(
+                LogLevel::Warn,
+                &format!("SAML response to unknown or used request {id}"),
+            );
+            PluginError::BadRequest(
+                "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
+            )
+        };
+        // SP-initiated: InResponseTo names a request of ours, made by this browser.
+        let in_response_to = confirmation.in_response_to.clone();
+        let (return_to, pending_key) = match in_response_to {
+            Some(id) => {
+                let key = format!("authn:{id}");
+                let stored = host.kv_get(&key).ok_or_else(|| unknown_request(&id))?;
+                let pending: Pending =
+                    serde_json::from_slice(&stored).map_err(|e| PluginError::Internal(e.to_string()))?;
+                if let Some(binding) = &pending.binding {
+                    if request.cookie(&binding_cookie(&module.entity_id)) != Some(binding.as_str()) {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!("SAML response to request {id} came from another browser"),
+                        );
+                        return Err(PluginError::BadRequest(
+                            "This sign-in response belongs to a sign-in started in another browser. Try signing in again.".into(),
+                        ));
+                    }
+                }
+                (pending.return_to, Some((key, stored, id)))
+            }
+            None if !module.options.allow_idp_initiated => {
+                host.log(
+                    LogLevel::Warn,
+                    "IdP-initiated SAML response refused: not allowed on this route",
+                );
+                return Err(PluginError::BadRequest(
+                    "Sign-in started at the identity provider is not allowed for this application. Open the application's address to sign in.".into(),
+                ));
+            }
+            None => {
+                let target = relay_target(&relay_state, &module.origin).ok_or_else(|| {
+                    host.log(
+                        LogLevel::Warn,
+                        "IdP-initiated SAML response refused: RelayState points off the route's host",
+                    );
+                    PluginError::BadRequest(
+                        "The identity provider asked to send you to an address outside this application.".into(),
+                    )
+                })?;
+                (target, None)
+            }
+        };
+
         // Replay: an assertion is taken once, remembered for as long as any check would still
         // let it through.
         let valid_until = [
@@ -175,51 +231,12 @@ impl Saml {
         if host.kv_incr(&format!("assertion:{}", assertion.id), Some(ttl)) > 1 {
             return Err(refuse(format!("assertion {} was already used", assertion.id)));
         }
-
-        // SP-initiated: InResponseTo names a request of ours, once, made by this browser.
-        let in_response_to = confirmation.in_response_to.clone();
-        let return_to = match in_response_to {
-            Some(id) => {
-                let stored = host.kv_take(&format!("authn:{id}")).ok_or_else(|| {
-                    host.log(LogLevel::Warn, &format!("SAML response to unknown or used request {id}"));
-                    PluginError::BadRequest(
-                        "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
-                    )
-                })?;
-                let pending: Pending =
-                    serde_json::from_slice(&stored).map_err(|e| PluginError::Internal(e.to_string()))?;
-                if let Some(binding) = &pending.binding {
-                    if request.cookie(&binding_cookie(&module.entity_id)) != Some(binding.as_str()) {
-                        host.log(
-                            LogLevel::Warn,
-                            &format!("SAML response to request {id} came from another browser"),
-                        );
-                        return Err(PluginError::BadRequest(
-                            "This sign-in response belongs to a sign-in started in another browser. Try signing in again.".into(),
-                        ));
-                    }
-                }
-                pending.return_to
+        // The request is answered once: of two posts at once, one takes it.
+        if let Some((key, stored, id)) = pending_key {
+            if host.kv_take(&key).as_deref() != Some(stored.as_slice()) {
+                return Err(unknown_request(&id));
             }
-            None if !module.options.allow_idp_initiated => {
-                host.log(
-                    LogLevel::Warn,
-                    "IdP-initiated SAML response refused: not allowed on this route",
-                );
-                return Err(PluginError::BadRequest(
-                    "Sign-in started at the identity provider is not allowed for this application. Open the application's address to sign in.".into(),
-                ));
-            }
-            None => relay_target(&relay_state, &module.origin).ok_or_else(|| {
-                host.log(
-                    LogLevel::Warn,
-                    "IdP-initiated SAML response refused: RelayState points off the route's host",
-                );
-                PluginError::BadRequest(
-                    "The identity provider asked to send you to an address outside this application.".into(),
-                )
-            })?,
-        };
+        }
         let identity = identity_of(&assertion, module)?;
         let authorized = &module.options.authorized_groups;
         if !authorized.is_empty() && !identity.groups.iter().any(|g| authorized.contains(g)) {
