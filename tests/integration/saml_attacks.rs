@@ -775,3 +775,40 @@ async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign
     );
     site.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_is_intact() {
+    let site = site(json!({})).await;
+    let root = "<samlp:Response xmlns:samlp=";
+    type Break = fn(&str) -> String;
+    let cases: [(&str, Break); 6] = [
+        ("unclosed root", |r| r.replace("</samlp:Response>", "")),
+        ("duplicate attribute", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"a\" Consent=\"b\" ", 1)
+        }),
+        ("unquoted attribute", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=a ", 1)
+        }),
+        ("&#0;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#0;\" ", 1)
+        }),
+        ("undeclared attribute prefix", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response evil:x=\"1\" ", 1)
+        }),
+        ("undeclared element prefix", |r| {
+            r.replacen("<samlp:Status>", "<evil:Extensions/><samlp:Status>", 1)
+        }),
+    ];
+    for (case, break_it) in cases {
+        // Only the Assertion is signed: the Response around it is what is broken.
+        let response = Claims::genuine(&site, Some(request_id(&site).await)).response();
+        assert!(response.starts_with(root), "{response}");
+        let broken = break_it(&response);
+        assert_ne!(broken, response, "{case}");
+        assert_sign_in_refused(&post(&site, &broken, None).await, 400, case);
+    }
+    // The same Responses, well-formed, sign in.
+    let fine = Claims::genuine(&site, Some(request_id(&site).await)).response();
+    assert_eq!(post(&site, &fine, None).await.status, 303);
+    site.stop().await;
+}

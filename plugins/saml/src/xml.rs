@@ -54,9 +54,14 @@ enum Kind {
 /// Refuses what a SAML message never needs and attacks use: a DOCTYPE (entity expansion,
 /// external entities), comments and CDATA (text split so that a signed value reads as another),
 /// processing instructions, references to anything but a same-document element, transforms
-/// outside the SAML profile, and signature or digest algorithms not allowed.
+/// outside the SAML profile, and signature or digest algorithms not allowed. Then the message
+/// must be well-formed XML with every namespace prefix declared ([`parse_strict`]): xmlsec's
+/// libxml2 parses in recovery mode, and must never be the one to make sense of a broken message
+/// (an unclosed root, a duplicate attribute, `&#0;`, an undeclared prefix around an intact
+/// signed Assertion).
 pub fn screen(xml: &str, allow_sha1: bool) -> Result<(), String> {
-    screen_as(xml, allow_sha1, Kind::Message)
+    screen_as(xml, allow_sha1, Kind::Message)?;
+    parse_strict(xml).map(drop)
 }
 
 /// The screening of IdP metadata: no DOCTYPE or entities, UTF-8, one root; comments allowed;
@@ -559,6 +564,15 @@ mod tests {
                 r#"<r><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></r>"#,
                 "digest algorithm",
             ),
+            ("<r><a>", "well-formed"),
+            (r#"<r a="1" a="2"/>"#, "well-formed"),
+            ("<r a=1/>", "well-formed"),
+            (r#"<r a="&#0;"/>"#, "well-formed"),
+            ("<r>&#xFFFE;</r>", "well-formed"),
+            (r#"<r p:a="1"/>"#, "well-formed"),
+            ("<p:r/>", "well-formed"),
+            ("<r></s>", "well-formed"),
+            ("<r>&unknown;</r>", "well-formed"),
         ] {
             let error = screen(bad, false).expect_err(bad);
             assert!(error.contains(why), "{bad}: {error}");
