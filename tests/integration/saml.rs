@@ -370,6 +370,36 @@ async fn sp_initiated_login(loading: Loading) {
         id.len() == 33 && id.starts_with('_') && id[1..].chars().all(|c| c.is_ascii_hexdigit()),
         "{id}"
     );
+
+    // The URLs registered at the IdP are the route's public origin (its edge's first host), not
+    // the Host a request came with: a sign-in started through a second host of the edge still
+    // names app.test.
+    let patch = site
+        .gw
+        .api(
+            Method::PATCH,
+            &format!("/edges/https/{}", site.edge_id),
+            Some(json!({"hostports": [format!("{HOST}:80"), "alias.test:80"]})),
+        )
+        .await;
+    assert_eq!(patch.status, 200, "{}", patch.body);
+    let start = send(Method::GET, &site.url("/"), &[("host", "alias.test")], None).await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let encoded = location(&start)
+        .split("SAMLRequest=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let authn = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(&encoded)).unwrap();
+    let acs = portcullis_saml::xml::root_attribute(&authn, "AssertionConsumerServiceURL").unwrap();
+    assert_eq!(acs, format!("http://{HOST}/_portcullis/auth/{}/acs", site.route_id));
+    assert_eq!(
+        portcullis_saml::xml::element_text(&authn, "Issuer").unwrap(),
+        format!("http://{HOST}/_portcullis/auth/{}/metadata", site.route_id)
+    );
     idp.stop().await;
     site.stop().await;
 }
