@@ -17,6 +17,7 @@ mod plugins;
 mod proxy;
 mod saml;
 mod saml_attacks;
+mod saml_metadata;
 mod sessions;
 mod test_plugin;
 mod tls;

@@ -1,6 +1,7 @@
 //! The SAML module against a real identity provider: pysaml2 with Debian's xmlsec1
-//! (`tests/peers/saml_idp.py`, installed by `make test-deps`), started on loopback by each test
-//! and stopped by its pid. SP-initiated and IdP-initiated logins, group rules, Single Logout
+//! (`tests/peers/saml_idp.py`, installed by `make test-deps`, at pysaml2's defaults but for
+//! signing with SHA-256; its docstring says why), started on loopback by each test and stopped
+//! by its pid. SP-initiated and IdP-initiated logins, group rules, Single Logout
 //! both ways, the module's API and config forms; every flow runs with the plugin linked in
 //! and again loaded as a dynamic library.
 
@@ -31,13 +32,20 @@ pub struct Idp {
 }
 
 impl Idp {
+    /// The IdP signing `sign` (both, assertion, response) with SHA-256.
     pub async fn start(sign: &str) -> Idp {
+        Idp::start_with(&["--sign", sign]).await
+    }
+
+    /// The IdP with these command-line options (see `peers/saml_idp.py`).
+    pub async fn start_with(options: &[&str]) -> Idp {
         let python = tests_dir().join(".venv/bin/python");
         assert!(python.exists(), "tests/.venv is missing: run `make test-deps`");
         let dir = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new(python)
             .arg(tests_dir().join("peers/saml_idp.py"))
-            .args(["--workdir", dir.path().to_str().unwrap(), "--sign", sign])
+            .args(["--workdir", dir.path().to_str().unwrap()])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("idp.log")).unwrap())
             .kill_on_drop(true)
@@ -221,6 +229,12 @@ impl Site {
     /// An SP-initiated login over HTTP, as a browser does it: the route redirects to the IdP,
     /// the IdP's form is filled in, its answer is posted to the ACS. Returns the ACS's answer.
     pub async fn login(&self, idp: &Idp, path: &str, user: &str) -> Reply {
+        self.login_with(idp, path, &format!("username={user}&password={user}-password"))
+            .await
+    }
+
+    /// The same, sending the IdP's login form `fields` (form-encoded) instead of a password.
+    pub async fn login_with(&self, idp: &Idp, path: &str, fields: &str) -> Reply {
         let start = self.get(path, &[]).await;
         assert_eq!(start.status, 303, "{}", start.body);
         let sso = location(&start);
@@ -231,7 +245,7 @@ impl Site {
         let form = idp.get(&sso).await;
         assert_eq!(form.status, 200, "{}", form.body);
         let key = input_value(&form.body, "key").unwrap();
-        let body = format!("username={user}&password={user}-password&key={}", form_encode(&key));
+        let body = format!("{fields}&key={}", form_encode(&key));
         let answered = send(
             Method::POST,
             &format!("{}/login", idp.base_url),
@@ -249,7 +263,7 @@ impl Site {
 }
 
 /// The `value` of the `<input name="NAME">` of an HTML page, unescaped.
-fn input_value(html: &str, name: &str) -> Option<String> {
+pub fn input_value(html: &str, name: &str) -> Option<String> {
     html.split("<input")
         .skip(1)
         .map(|tag| tag.split('>').next().unwrap_or_default())
@@ -318,6 +332,17 @@ pub fn form_encode(value: &str) -> String {
 
 async fn sp_initiated_login(loading: Loading) {
     let idp = Idp::start("both").await;
+    // The metadata pysaml2 generates, algorithm-support extensions (MD5, SHA-1, ...) and all,
+    // and attributes under pysaml2's default OID names: the module takes both as they come.
+    let metadata = idp.metadata().await;
+    assert!(
+        metadata.contains("urn:oasis:names:tc:SAML:metadata:algsupport"),
+        "{metadata}"
+    );
+    assert!(
+        metadata.contains("http://www.w3.org/2001/04/xmldsig-more#md5"),
+        "{metadata}"
+    );
     let site = Site::start(&idp, loading, json!({})).await;
 
     let done = site.login(&idp, "/wiki/page?x=1", "alice").await;
@@ -344,6 +369,36 @@ async fn sp_initiated_login(loading: Loading) {
     assert!(
         id.len() == 33 && id.starts_with('_') && id[1..].chars().all(|c| c.is_ascii_hexdigit()),
         "{id}"
+    );
+
+    // The URLs registered at the IdP are the route's public origin (its edge's first host), not
+    // the Host a request came with: a sign-in started through a second host of the edge still
+    // names app.test.
+    let patch = site
+        .gw
+        .api(
+            Method::PATCH,
+            &format!("/edges/https/{}", site.edge_id),
+            Some(json!({"hostports": [format!("{HOST}:80"), "alias.test:80"]})),
+        )
+        .await;
+    assert_eq!(patch.status, 200, "{}", patch.body);
+    let start = send(Method::GET, &site.url("/"), &[("host", "alias.test")], None).await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let encoded = location(&start)
+        .split("SAMLRequest=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let authn = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(&encoded)).unwrap();
+    let acs = portcullis_saml::xml::root_attribute(&authn, "AssertionConsumerServiceURL").unwrap();
+    assert_eq!(acs, format!("http://{HOST}/_portcullis/auth/{}/acs", site.route_id));
+    assert_eq!(
+        portcullis_saml::xml::element_text(&authn, "Issuer").unwrap(),
+        format!("http://{HOST}/_portcullis/auth/{}/metadata", site.route_id)
     );
     idp.stop().await;
     site.stop().await;

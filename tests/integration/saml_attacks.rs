@@ -714,6 +714,29 @@ async fn a_declared_encoding_cannot_smuggle_a_remote_reference_past_the_screen()
     site.stop().await;
 }
 
+/// A sign-in started on the site: the browser's binding cookie (`name=value`) and the
+/// AuthnRequest's ID.
+async fn start_in_browser(site: &Site, cookie: Option<&str>) -> (String, String) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    let start = site.get("/", &headers).await;
+    assert_eq!(start.status, 303, "{}", start.body);
+    let pair = start
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("__Host-portcullis-saml-"))
+        .expect("a binding cookie");
+    assert!(pair.contains("; Secure") && pair.contains("SameSite=None") && pair.contains("HttpOnly"));
+    let url = location(&start);
+    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
+    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
+    (
+        pair.split(';').next().unwrap().to_string(),
+        portcullis_saml::xml::root_attribute(&xml, "ID").unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign_in() {
     let config = LISTENERS.replace(
@@ -726,43 +749,66 @@ async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign
         .as_str()
         .unwrap()
         .starts_with("https://app.test/"));
-    let start = site.get("/", &[]).await;
-    let cookie = start
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .find(|c| c.starts_with("__Host-portcullis-saml-"))
-        .expect("a binding cookie");
-    assert!(cookie.contains("; Secure") && cookie.contains("SameSite=None") && cookie.contains("HttpOnly"));
-    let pair = cookie.split(';').next().unwrap().to_string();
-    let url = location(&start);
-    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
-    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
-    let id = portcullis_saml::xml::root_attribute(&xml, "ID").unwrap();
-    let fields = |claims: &Claims| {
-        vec![(
-            "SAMLResponse",
-            base64::engine::general_purpose::STANDARD.encode(claims.response()),
-        )]
-    };
-    let claims = Claims::genuine(&site, Some(id.clone()));
-    // Posted from another browser (an attacker's captured Response in the victim's browser).
-    let elsewhere = site
-        .post_acs_with_cookie(&fields(&claims), "__Host-portcullis-saml-0=_0")
-        .await;
-    assert_sign_in_refused(&elsewhere, 400, "Response posted from another browser");
-    assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
-    // The refusal used up the request; the browser that started a new one completes it.
-    let start = site.get("/", &[("cookie", &pair)]).await;
-    let url = location(&start);
-    let encoded = url.split("SAMLRequest=").nth(1).unwrap().split('&').next().unwrap();
-    let xml = portcullis_saml::xml::inflate_base64(&portcullis_plugin_sdk::percent_decode(encoded)).unwrap();
-    let id = portcullis_saml::xml::root_attribute(&xml, "ID").unwrap();
-    let done = site
-        .post_acs_with_cookie(&fields(&Claims::genuine(&site, Some(id))), &pair)
-        .await;
+    let (victim, id) = start_in_browser(&site, None).await;
+    let (attacker, _) = start_in_browser(&site, None).await;
+    assert_ne!(victim, attacker, "each browser gets its own binding");
+    let response = Claims::genuine(&site, Some(id)).response();
+    let fields = vec![(
+        "SAMLResponse",
+        base64::engine::general_purpose::STANDARD.encode(&response),
+    )];
+    // The Response posted from other browsers (an attacker's, one without the cookie): refused.
+    for (case, cookie) in [("another browser", attacker.as_str()), ("no binding cookie", "")] {
+        let elsewhere = site.post_acs_with_cookie(&fields, cookie).await;
+        assert_sign_in_refused(&elsewhere, 400, case);
+        assert!(elsewhere.body.contains("another browser"), "{case}: {}", elsewhere.body);
+    }
+    // Those refusals spent nothing: the browser that started the sign-in completes it with the
+    // same Response, once.
+    let done = site.post_acs_with_cookie(&fields, &victim).await;
     assert_eq!(done.status, 303, "{}", done.body);
     assert!(set_cookie(&done, "portcullis.session").unwrap().contains("; Secure"));
+    assert_sign_in_refused(
+        &site.post_acs_with_cookie(&fields, &victim).await,
+        400,
+        "the same Response again",
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_is_intact() {
+    let site = site(json!({})).await;
+    let root = "<samlp:Response xmlns:samlp=";
+    type Break = fn(&str) -> String;
+    let cases: [(&str, Break); 6] = [
+        ("unclosed root", |r| r.replace("</samlp:Response>", "")),
+        ("duplicate attribute", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"a\" Consent=\"b\" ", 1)
+        }),
+        ("unquoted attribute", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=a ", 1)
+        }),
+        ("&#0;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#0;\" ", 1)
+        }),
+        ("undeclared attribute prefix", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response evil:x=\"1\" ", 1)
+        }),
+        ("undeclared element prefix", |r| {
+            r.replacen("<samlp:Status>", "<evil:Extensions/><samlp:Status>", 1)
+        }),
+    ];
+    for (case, break_it) in cases {
+        // Only the Assertion is signed: the Response around it is what is broken.
+        let response = Claims::genuine(&site, Some(request_id(&site).await)).response();
+        assert!(response.starts_with(root), "{response}");
+        let broken = break_it(&response);
+        assert_ne!(broken, response, "{case}");
+        assert_sign_in_refused(&post(&site, &broken, None).await, 400, case);
+    }
+    // The same Responses, well-formed, sign in.
+    let fine = Claims::genuine(&site, Some(request_id(&site).await)).response();
+    assert_eq!(post(&site, &fine, None).await.status, 303);
     site.stop().await;
 }

@@ -3,6 +3,7 @@
 Run with `tests/.venv/bin/python`:
 
     python3 saml_idp.py --workdir DIR [--port 0] [--sign both|assertion|response]
+                        [--signing sha256|pysaml2-default]
 
 It listens on 127.0.0.1 only (port 0 picks a free one), makes its own RSA-2048 key and self-signed
 certificate in DIR (idp.key, idp.crt), then prints exactly one JSON line on stdout:
@@ -16,12 +17,13 @@ drives logins and logouts through the gateway (over HTTP, or with a headless bro
 the login form). What the IdP saw is readable as JSON for the test's assertions.
 
 Endpoints:
-  GET  /metadata              EntityDescriptor (IDPSSODescriptor, signing key, SSO + SLO Redirect).
+  GET  /metadata              the EntityDescriptor pysaml2 generates for this IdP (IDPSSODescriptor,
+                              signing key, SSO + SLO Redirect).
   POST /sp                    body = SP metadata XML; registers (or replaces, by entityID) an SP. 204.
   GET  /sso/redirect          AuthnRequest, HTTP-Redirect binding. Verifies the Redirect-binding
                               signature against the SP's metadata (recorded, not enforced) and
-                              answers an HTML login form (#username, #password, #signin).
-  POST /login                 username/password/key. alice/alice-password, bob/bob-password.
+                              answers an HTML login form (#username, #password, #signin, #cancel).
+  POST /login                 username/password/key[/cancel]. alice/alice-password, bob/bob-password.
                               Wrong password: 401 and the form again. Success: an auto-submitting
                               HTML form POSTing a signed SAMLResponse (+ RelayState) to the ACS.
   GET  /idp-initiated         ?user=alice[&sp=ENTITY_ID][&relay_state=..][&name_id_format=..]:
@@ -36,9 +38,26 @@ Endpoints:
   GET  /last-logout-request   JSON of the latest LogoutRequest from an SP.
   GET  /last-logout-response  JSON of the latest LogoutResponse from an SP.
 
-Everything the IdP signs uses RSA-SHA256 with SHA-256 digests and exclusive c14n (XML signatures
-by xmlsec1 through pysaml2; Redirect-binding query signatures per saml-bindings 3.4.4.1).
-Attributes are sent with plain names (`email`, `name`, `groups`), NameFormat basic.
+The IdP runs at pysaml2's defaults except where a setting says otherwise:
+  - its metadata is what pysaml2 generates for its configuration (`saml2.metadata.entity_descriptor`:
+    algorithm-support extensions listing MD5 and SHA-1 among the rest, a signing KeyDescriptor,
+    no NameIDFormat);
+  - attributes go out as pysaml2 names them by default: OID names with the `uri` NameFormat and a
+    FriendlyName (`mail` -> urn:oid:0.9.2342.19200300.100.1.3, `displayName` ->
+    urn:oid:2.16.840.1.113730.3.1.241, `isMemberOf` -> urn:oid:1.3.6.1.4.1.5923.1.5.1.1);
+  - DIFFERENT FROM pysaml2's DEFAULTS, deliberately, one setting each:
+    * `sign_assertion` / `sign_response` (per --sign): pysaml2 signs nothing by default, and a
+      Service Provider must refuse unsigned assertions;
+    * `signing_algorithm` / `digest_algorithm` RSA-SHA256 / SHA-256: pysaml2 signs with RSA-SHA1 and
+      SHA-1 by default, while the IdPs people use (Okta, Entra ID, Google, Keycloak, AD FS) sign
+      with SHA-256. `--signing pysaml2-default` keeps pysaml2's SHA-1, for the test that the
+      gateway refuses it unless told to allow it.
+Redirect-binding query signatures (saml-bindings 3.4.4.1) use the same algorithm.
+
+Sign-in outcomes besides success, as real IdPs send them (unsigned error Responses, pysaml2's
+`create_error_response`): the form's Cancel button answers RequestDenied; the account `mallory`
+(password mallory-password) is disabled and answers AuthnFailed; an AuthnRequest asking for a
+NameID format this IdP does not issue answers InvalidNameIDPolicy.
 """
 
 import argparse
@@ -65,13 +84,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa  # noqa: 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, samlp, xmldsig  # noqa: E402
-from saml2.assertion import Policy  # noqa: E402
-from saml2.attribute_converter import AttributeConverterNOOP  # noqa: E402
 from saml2.config import IdPConfig  # noqa: E402
-from saml2.mdstore import InMemoryMetaData  # noqa: E402
+from saml2.mdstore import InMemoryMetaData, MetadataStore  # noqa: E402
+from saml2.metadata import create_metadata_string  # noqa: E402
 from saml2.s_utils import decode_base64_and_inflate, deflate_and_base64_encode  # noqa: E402
 from saml2.saml import (  # noqa: E402
-    NAME_FORMAT_BASIC,
     NAMEID_FORMAT_EMAILADDRESS,
     NAMEID_FORMAT_PERSISTENT,
     NAMEID_FORMAT_TRANSIENT,
@@ -82,8 +99,12 @@ from saml2.server import Server  # noqa: E402
 
 log = logging.getLogger("saml_idp")
 
-SIG_ALG = xmldsig.SIG_RSA_SHA256
-DIGEST_ALG = xmldsig.DIGEST_SHA256
+# --signing: (signature algorithm, digest algorithm) the IdP signs with.
+SIGNING = {
+    "sha256": (xmldsig.SIG_RSA_SHA256, xmldsig.DIGEST_SHA256),
+    "pysaml2-default": (xmldsig.sig_default, xmldsig.digest_default),
+}
+# The NameID formats this IdP issues (an AuthnRequest asking for another gets InvalidNameIDPolicy).
 NAME_ID_FORMATS = [
     NAMEID_FORMAT_PERSISTENT,
     NAMEID_FORMAT_EMAILADDRESS,
@@ -106,6 +127,15 @@ USERS = {
         "email": "bob@example.com",
         "name": "Bob Builder",
         "groups": ["sales"],
+    },
+    # A disabled account: the right password gets AuthnFailed.
+    "mallory": {
+        "password": "mallory-password",
+        "persistent": "mallory-pid",
+        "email": "mallory@example.com",
+        "name": "Mallory",
+        "groups": [],
+        "disabled": True,
     },
 }
 
@@ -163,31 +193,6 @@ def make_key_and_cert(workdir):
     return key, cert, key_path, cert_path
 
 
-def idp_metadata_xml(entity_id, base_url, cert):
-    cert_b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
-    formats = "".join(f"    <md:NameIDFormat>{f}</md:NameIDFormat>\n" for f in NAME_ID_FORMATS)
-    e = html.escape
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata"'
-        f' xmlns:ds="http://www.w3.org/2000/09/xmldsig#" entityID="{e(entity_id)}">\n'
-        '  <md:IDPSSODescriptor WantAuthnRequestsSigned="true"'
-        ' protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">\n'
-        '    <md:KeyDescriptor use="signing">\n'
-        "      <ds:KeyInfo><ds:X509Data>"
-        f"<ds:X509Certificate>{cert_b64}</ds:X509Certificate>"
-        "</ds:X509Data></ds:KeyInfo>\n"
-        "    </md:KeyDescriptor>\n"
-        f'    <md:SingleLogoutService Binding="{BINDING_HTTP_REDIRECT}"'
-        f' Location="{e(base_url)}/slo/redirect"/>\n'
-        f"{formats}"
-        f'    <md:SingleSignOnService Binding="{BINDING_HTTP_REDIRECT}"'
-        f' Location="{e(base_url)}/sso/redirect"/>\n'
-        "  </md:IDPSSODescriptor>\n"
-        "</md:EntityDescriptor>\n"
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Redirect binding (saml-bindings 3.4.4.1): raw query handling, signing, verification
 
@@ -243,13 +248,14 @@ def verify_redirect_signature(params, msg_name, cert_b64s):
     return False, sig_alg
 
 
-def signed_redirect_url(location, msg_name, xml, relay_state, private_key):
-    """A Redirect-binding URL carrying `xml`, signed with RSA-SHA256 over the encoded query."""
+def signed_redirect_url(location, msg_name, xml, relay_state, private_key, sig_alg):
+    """A Redirect-binding URL carrying `xml`, signed with `sig_alg` (RSA) over the encoded query."""
     query = urlencode({msg_name: deflate_and_base64_encode(xml).decode("ascii")})
     if relay_state is not None:
         query += "&" + urlencode({"RelayState": relay_state})
-    query += "&" + urlencode({"SigAlg": SIG_ALG})
-    signature = private_key.sign(query.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    query += "&" + urlencode({"SigAlg": sig_alg})
+    _kind, hash_cls = REDIRECT_SIG_ALGS[sig_alg]
+    signature = private_key.sign(query.encode("ascii"), padding.PKCS1v15(), hash_cls())
     query += "&" + urlencode({"Signature": base64.b64encode(signature).decode("ascii")})
     return location + ("&" if urlparse(location).query else "?") + query
 
@@ -279,6 +285,7 @@ def login_page(key, message=None):
         '  <input id="password" name="password" type="password" autocomplete="current-password">\n'
         f'  <input type="hidden" name="key" value="{e(key, quote=True)}">\n'
         '  <button type="submit" id="signin">Sign in</button>\n'
+        '  <button type="submit" id="cancel" name="cancel" value="1">Cancel</button>\n'
         "</form>",
     )
 
@@ -358,13 +365,11 @@ class SP:
 
 
 class IdP:
-    def __init__(self, base_url, key, cert, key_path, cert_path, sign_mode):
+    def __init__(self, base_url, key, key_path, cert_path, sign_mode, signing):
         self.base_url = base_url
         self.entity_id = f"{base_url}/metadata"
         self.private_key = key
-        self.metadata_xml = idp_metadata_xml(self.entity_id, base_url, cert)
-        self.sign_assertion = sign_mode in ("both", "assertion")
-        self.sign_response = sign_mode in ("both", "response")
+        self.sig_alg, digest_alg = SIGNING[signing]
         self.lock = threading.Lock()
         self.sps = {}  # entityID -> SP
         self.pending = {}  # login form key -> pending AuthnRequest
@@ -382,32 +387,26 @@ class IdP:
                 "key_file": key_path,
                 "cert_file": cert_path,
                 "xmlsec_binary": "/usr/bin/xmlsec1",
-                "accepted_time_diff": 120,
-                # The store must exist for SPs to be added; it starts with the IdP's own entity.
-                "metadata": {"inline": [self.metadata_xml]},
                 "service": {
                     "idp": {
-                        "name": "Portcullis test IdP",
                         "endpoints": {
                             "single_sign_on_service": [(f"{base_url}/sso/redirect", BINDING_HTTP_REDIRECT)],
                             "single_logout_service": [(f"{base_url}/slo/redirect", BINDING_HTTP_REDIRECT)],
                         },
-                        "name_id_format": NAME_ID_FORMATS,
-                        "signing_algorithm": SIG_ALG,
-                        "digest_algorithm": DIGEST_ALG,
-                        "want_authn_requests_signed": False,  # checked by hand, recorded, not enforced
+                        # The settings that differ from pysaml2's defaults (see the docstring).
+                        "sign_assertion": sign_mode in ("both", "assertion"),
+                        "sign_response": sign_mode in ("both", "response"),
+                        "signing_algorithm": self.sig_alg,
+                        "digest_algorithm": digest_alg,
                     }
                 },
             }
         )
         self.server = Server(config=config)
-        # Plain attribute names (no OIDs), NameFormat basic.
-        self.server.config.attribute_converters = [AttributeConverterNOOP(NAME_FORMAT_BASIC)]
-        # A release policy with no metadata store: every attribute goes to every SP, whatever
-        # its metadata requests; 5 minutes for Conditions and SubjectConfirmationData.
-        self.policy = Policy(
-            {"default": {"lifetime": {"minutes": 5}, "name_form": NAME_FORMAT_BASIC, "attribute_restrictions": None}}
-        )
+        # SPs registered with POST /sp are added to this store.
+        self.server.metadata = MetadataStore(config.attribute_converters, config)
+        self.server.config.metadata = self.server.metadata
+        self.metadata_xml = create_metadata_string(None, config=config, sign=False).decode("utf-8")
 
     # ---- SP registry
 
@@ -471,6 +470,10 @@ class IdP:
         if req.protocol_binding and req.protocol_binding != BINDING_HTTP_POST:
             raise BadRequest(f"unsupported ProtocolBinding {req.protocol_binding}")
         acs = sp.acs_for(req.assertion_consumer_service_url, req.assertion_consumer_service_index)
+        if nid_format and nid_format not in NAME_ID_FORMATS:
+            return self.error_form(
+                sp, acs, req.id, relay_state, samlp.STATUS_INVALID_NAMEID_POLICY, f"{nid_format} is not issued here"
+            )
         key = secrets.token_urlsafe(24)
         self.pending[key] = {
             "id": req.id,
@@ -484,7 +487,7 @@ class IdP:
     def response_form(self, user, sp, acs, in_response_to, relay_state, requested_format):
         """Signs a Response for `user` and answers the auto-submitting POST form."""
         info = USERS[user]
-        fmt = requested_format if requested_format in NAME_ID_FORMATS else NAMEID_FORMAT_PERSISTENT
+        fmt = requested_format or NAMEID_FORMAT_PERSISTENT
         if fmt == NAMEID_FORMAT_PERSISTENT:
             name_id = NameID(
                 format=fmt, text=info["persistent"], name_qualifier=self.entity_id, sp_name_qualifier=sp.entity_id
@@ -500,7 +503,8 @@ class IdP:
             name_id = NameID(format=fmt, text=info["email"])
         else:
             name_id = NameID(format=fmt, text=user)
-        identity = {"email": [info["email"]], "name": [info["name"]], "groups": list(info["groups"])}
+        # Attribute names as pysaml2's default converters send them (OID names, FriendlyName).
+        identity = {"mail": [info["email"]], "displayName": [info["name"]], "isMemberOf": list(info["groups"])}
         xml = self.server.create_authn_response(
             identity,
             in_response_to=in_response_to,
@@ -508,11 +512,6 @@ class IdP:
             sp_entity_id=sp.entity_id,
             name_id=name_id,
             authn={"class_ref": PASSWORD_CLASS},
-            sign_response=self.sign_response,
-            sign_assertion=self.sign_assertion,
-            sign_alg=SIG_ALG,
-            digest_alg=DIGEST_ALG,
-            release_policy=self.policy,
         )
         xml = str(xml)
         # The SessionIndex pysaml2 made (random) is remembered for logout.
@@ -524,11 +523,24 @@ class IdP:
         saml_response = base64.b64encode(xml.encode("utf-8")).decode("ascii")
         return post_form_page(acs, saml_response, relay_state)
 
+    def error_form(self, sp, acs, in_response_to, relay_state, status, message):
+        """An error Response (pysaml2's create_error_response, unsigned as pysaml2 leaves it)."""
+        response = self.server.create_error_response(in_response_to, acs, (status, message), sign=False)
+        log.info("error Response %s to %s (InResponseTo %s)", status, acs, in_response_to)
+        saml_response = base64.b64encode(str(response).encode("utf-8")).decode("ascii")
+        return post_form_page(acs, saml_response, relay_state)
+
     def handle_login(self, form):
         key = form.get("key", "")
         pending = self.pending.get(key)
         if pending is None:
             raise BadRequest("unknown or already used login request")
+        sp = self.sp(pending["sp"])
+        if form.get("cancel"):
+            del self.pending[key]
+            return 200, self.error_form(
+                sp, pending["acs"], pending["id"], pending["relay_state"], samlp.STATUS_REQUEST_DENIED, "cancelled"
+            )
         user = form.get("username", "")
         if user not in USERS or not secrets.compare_digest(
             form.get("password", "").encode(), USERS[user]["password"].encode()
@@ -536,7 +548,10 @@ class IdP:
             log.info("wrong password for %r", user)
             return 401, login_page(key, "Wrong username or password.")
         del self.pending[key]
-        sp = self.sp(pending["sp"])
+        if USERS[user].get("disabled"):
+            return 200, self.error_form(
+                sp, pending["acs"], pending["id"], pending["relay_state"], samlp.STATUS_AUTHN_FAILED, "account disabled"
+            )
         return 200, self.response_form(
             user, sp, pending["acs"], pending["id"], pending["relay_state"], pending["name_id_format"]
         )
@@ -586,7 +601,9 @@ class IdP:
             location = sp.slo_response_location()
             response = self.server.create_logout_response(req, [BINDING_HTTP_REDIRECT], sign=False)
             response.destination = location
-            return 303, signed_redirect_url(location, "SAMLResponse", str(response), relay_state, self.private_key)
+            return 303, signed_redirect_url(
+                location, "SAMLResponse", str(response), relay_state, self.private_key, self.sig_alg
+            )
         if "SAMLResponse" in params:
             try:
                 xml = decode_base64_and_inflate(params["SAMLResponse"][1])
@@ -633,7 +650,9 @@ class IdP:
         )
         self.logout_requests_sent[req_id] = (user, sp.entity_id)
         log.info("LogoutRequest %s for %s to %s", req_id, user, location)
-        return signed_redirect_url(location, "SAMLRequest", str(req), args.get("relay_state"), self.private_key)
+        return signed_redirect_url(
+            location, "SAMLRequest", str(req), args.get("relay_state"), self.private_key, self.sig_alg
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -747,19 +766,22 @@ def main():
     parser.add_argument(
         "--sign", choices=["both", "assertion", "response"], default="both", help="what the Response signs"
     )
+    parser.add_argument(
+        "--signing", choices=list(SIGNING), default="sha256", help="the signature and digest algorithms"
+    )
     opts = parser.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="saml_idp %(levelname)s %(message)s")
     logging.getLogger("saml2").setLevel(logging.WARNING)
 
     os.makedirs(opts.workdir, exist_ok=True)
-    key, cert, key_path, cert_path = make_key_and_cert(opts.workdir)
+    key, _cert, key_path, cert_path = make_key_and_cert(opts.workdir)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", opts.port), None)
     httpd.daemon_threads = True
     port = httpd.server_address[1]
     base_url = f"http://127.0.0.1:{port}"
-    idp = IdP(base_url, key, cert, key_path, cert_path, opts.sign)
+    idp = IdP(base_url, key, key_path, cert_path, opts.sign, opts.signing)
     httpd.RequestHandlerClass = make_handler(idp)
 
     def stop(signum, _frame):
@@ -770,7 +792,7 @@ def main():
     signal.signal(signal.SIGINT, stop)
 
     print(json.dumps({"base_url": base_url, "metadata_url": idp.entity_id, "pid": os.getpid()}), flush=True)
-    log.info("listening on %s (entityID %s, signing %s)", base_url, idp.entity_id, opts.sign)
+    log.info("listening on %s (entityID %s, signing %s with %s)", base_url, idp.entity_id, opts.sign, opts.signing)
     try:
         httpd.serve_forever()
     finally:

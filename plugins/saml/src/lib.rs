@@ -16,6 +16,7 @@
 //! route's own origin; an assertion ID is accepted once; `authorized_groups` is enforced.
 //! AuthnRequest IDs carry 128 random bits.
 
+mod metadata;
 mod module;
 pub mod xml;
 
@@ -115,11 +116,18 @@ impl Saml {
         {
             return Err(refuse("a signed Response without this ACS as its Destination".into()));
         }
-        if let Some(status) = xml::status_code(&response_xml).filter(|s| s != SUCCESS) {
-            host.log(LogLevel::Warn, &format!("the IdP answered with status {status}"));
-            return Err(PluginError::Forbidden(
-                "The identity provider did not sign you in.".into(),
-            ));
+        let statuses = xml::status_codes(&response_xml);
+        if statuses.first().map(String::as_str) != Some(SUCCESS) {
+            host.log(
+                LogLevel::Warn,
+                &format!("the IdP answered with status {}", statuses.join(" / ")),
+            );
+            // Unverified (IdPs often leave error Responses unsigned): it only picks the page.
+            let return_to = xml::root_attribute(&response_xml, "InResponseTo")
+                .and_then(|id| host.kv_get(&format!("authn:{id}")))
+                .and_then(|stored| serde_json::from_slice::<Pending>(&stored).ok())
+                .map_or_else(|| "/".to_string(), |p| p.return_to);
+            return Ok(Outcome::Respond(status_page(&statuses, &return_to)));
         }
         // PreDigest: samael verifies every signature, then hands on exactly the bytes the
         // Response's signature (or, if only the Assertion is signed, the Assertion's) covers, as
@@ -149,6 +157,62 @@ impl Saml {
             .find(|d| d.recipient.as_deref() == Some(module.acs_url.as_str()))
             .ok_or_else(|| refuse("no bearer confirmation for this ACS".into()))?;
 
+        // Everything that can refuse this browser is checked before anything is spent: a
+        // Response refused here (another browser's, an off-site RelayState) leaves the request
+        // and the assertion to the browser they belong to.
+        let unknown_request = |id: &str| {
+            host.log(
+                LogLevel::Warn,
+                &format!("SAML response to unknown or used request {id}"),
+            );
+            PluginError::BadRequest(
+                "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
+            )
+        };
+        // SP-initiated: InResponseTo names a request of ours, made by this browser.
+        let in_response_to = confirmation.in_response_to.clone();
+        let (return_to, pending_key) = match in_response_to {
+            Some(id) => {
+                let key = format!("authn:{id}");
+                let stored = host.kv_get(&key).ok_or_else(|| unknown_request(&id))?;
+                let pending: Pending =
+                    serde_json::from_slice(&stored).map_err(|e| PluginError::Internal(e.to_string()))?;
+                if let Some(binding) = &pending.binding {
+                    if request.cookie(&binding_cookie(&module.entity_id)) != Some(binding.as_str()) {
+                        host.log(
+                            LogLevel::Warn,
+                            &format!("SAML response to request {id} came from another browser"),
+                        );
+                        return Err(PluginError::BadRequest(
+                            "This sign-in response belongs to a sign-in started in another browser. Try signing in again.".into(),
+                        ));
+                    }
+                }
+                (pending.return_to, Some((key, stored, id)))
+            }
+            None if !module.options.allow_idp_initiated => {
+                host.log(
+                    LogLevel::Warn,
+                    "IdP-initiated SAML response refused: not allowed on this route",
+                );
+                return Err(PluginError::BadRequest(
+                    "Sign-in started at the identity provider is not allowed for this application. Open the application's address to sign in.".into(),
+                ));
+            }
+            None => {
+                let target = relay_target(&relay_state, &module.origin).ok_or_else(|| {
+                    host.log(
+                        LogLevel::Warn,
+                        "IdP-initiated SAML response refused: RelayState points off the route's host",
+                    );
+                    PluginError::BadRequest(
+                        "The identity provider asked to send you to an address outside this application.".into(),
+                    )
+                })?;
+                (target, None)
+            }
+        };
+
         // Replay: an assertion is taken once, remembered for as long as any check would still
         // let it through.
         let valid_until = [
@@ -167,51 +231,12 @@ impl Saml {
         if host.kv_incr(&format!("assertion:{}", assertion.id), Some(ttl)) > 1 {
             return Err(refuse(format!("assertion {} was already used", assertion.id)));
         }
-
-        // SP-initiated: InResponseTo names a request of ours, once, made by this browser.
-        let in_response_to = confirmation.in_response_to.clone();
-        let return_to = match in_response_to {
-            Some(id) => {
-                let stored = host.kv_take(&format!("authn:{id}")).ok_or_else(|| {
-                    host.log(LogLevel::Warn, &format!("SAML response to unknown or used request {id}"));
-                    PluginError::BadRequest(
-                        "This sign-in response does not answer a sign-in started here, or was already used. Try signing in again.".into(),
-                    )
-                })?;
-                let pending: Pending =
-                    serde_json::from_slice(&stored).map_err(|e| PluginError::Internal(e.to_string()))?;
-                if let Some(binding) = &pending.binding {
-                    if request.cookie(&binding_cookie(&module.entity_id)) != Some(binding.as_str()) {
-                        host.log(
-                            LogLevel::Warn,
-                            &format!("SAML response to request {id} came from another browser"),
-                        );
-                        return Err(PluginError::BadRequest(
-                            "This sign-in response belongs to a sign-in started in another browser. Try signing in again.".into(),
-                        ));
-                    }
-                }
-                pending.return_to
+        // The request is answered once: of two posts at once, one takes it.
+        if let Some((key, stored, id)) = pending_key {
+            if host.kv_take(&key).as_deref() != Some(stored.as_slice()) {
+                return Err(unknown_request(&id));
             }
-            None if !module.options.allow_idp_initiated => {
-                host.log(
-                    LogLevel::Warn,
-                    "IdP-initiated SAML response refused: not allowed on this route",
-                );
-                return Err(PluginError::BadRequest(
-                    "Sign-in started at the identity provider is not allowed for this application. Open the application's address to sign in.".into(),
-                ));
-            }
-            None => relay_target(&relay_state, &module.origin).ok_or_else(|| {
-                host.log(
-                    LogLevel::Warn,
-                    "IdP-initiated SAML response refused: RelayState points off the route's host",
-                );
-                PluginError::BadRequest(
-                    "The identity provider asked to send you to an address outside this application.".into(),
-                )
-            })?,
-        };
+        }
         let identity = identity_of(&assertion, module)?;
         let authorized = &module.options.authorized_groups;
         if !authorized.is_empty() && !identity.groups.iter().any(|g| authorized.contains(g)) {
@@ -447,6 +472,44 @@ Destination=\"{}\"><saml:Issuer>{}</saml:Issuer><saml:NameID{format}>{}</saml:Na
     }
 }
 
+/// The page for an IdP's refusal, by its status codes (top-level, then second-level).
+fn status_page(statuses: &[String], return_to: &str) -> HttpResponse {
+    const PREFIX: &str = "urn:oasis:names:tc:SAML:2.0:status:";
+    let detail = statuses
+        .get(1)
+        .or(statuses.first())
+        .map(String::as_str)
+        .unwrap_or_default();
+    let (title, message) = match detail.strip_prefix(PREFIX) {
+        Some("AuthnFailed") => (
+            "Sign-in failed",
+            "The identity provider could not confirm who you are, so you are not signed in.".to_string(),
+        ),
+        Some("RequestDenied") => (
+            "Sign-in cancelled",
+            "The sign-in was cancelled or declined at the identity provider, so you are not signed in.".to_string(),
+        ),
+        Some("InvalidNameIDPolicy") => (
+            "Sign-in not possible",
+            "The identity provider cannot name you the way this application asks (its NameID format). \
+An administrator needs to set the application's <code>nameid_format</code> to one the identity provider offers."
+                .to_string(),
+        ),
+        _ => (
+            "Not signed in",
+            format!(
+                "The identity provider did not sign you in (it answered <code>{}</code>).",
+                xml::escape(if detail.is_empty() { "no status" } else { detail })
+            ),
+        ),
+    };
+    HttpResponse::page(
+        403,
+        title,
+        &format!("{message}</p><p><a href=\"{}\">Try again</a>", xml::escape(return_to)),
+    )
+}
+
 /// The assertion must name this SP as its audience (samael checks only a restriction that is
 /// present).
 fn check_audience(assertion: &Assertion, entity_id: &str) -> Result<(), String> {
@@ -507,13 +570,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
         .filter(|n| !n.value.trim().is_empty())
         .ok_or_else(|| PluginError::BadRequest("The identity provider did not say who you are (no NameID).".into()))?;
     let mut attributes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut by_option: HashMap<&str, Vec<String>> = HashMap::new();
-    let options = &module.options;
-    let wanted = [
-        &options.email_attribute,
-        &options.name_attribute,
-        &options.groups_attribute,
-    ];
+    // Values by attribute Name and by FriendlyName (an IdP may name `mail` either way).
+    let mut by_name: HashMap<&str, Vec<String>> = HashMap::new();
     for attribute in assertion
         .attribute_statements
         .iter()
@@ -522,23 +580,28 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     {
         let values: Vec<String> = attribute.values.iter().filter_map(|v| v.value.clone()).collect();
         for name in [&attribute.name, &attribute.friendly_name].into_iter().flatten() {
-            if let Some(option) = wanted.iter().find(|w| **w == name) {
-                by_option
-                    .entry(option.as_str())
-                    .or_default()
-                    .extend(values.iter().cloned());
-            }
+            by_name.entry(name.as_str()).or_default().extend(values.iter().cloned());
         }
         if let Some(name) = attribute.name.as_ref().or(attribute.friendly_name.as_ref()) {
             attributes.entry(name.clone()).or_default().extend(values);
         }
     }
-    let first = |key: &str| by_option.get(key).and_then(|v| v.first()).cloned();
+    // The values of the first of `names` the assertion carries.
+    let read = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .find_map(|n| by_name.get(n).filter(|v| !v.is_empty()).cloned())
+    };
+    let options = &module.options;
     let format = name_id.format.clone();
-    let email = first(&options.email_attribute).or_else(|| {
-        (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
-            .then(|| name_id.value.trim().to_string())
-    });
+    let email = read(options.email_attributes())
+        .and_then(|v| v.into_iter().next())
+        .or_else(|| {
+            (format.as_deref() == Some("urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"))
+                .then(|| name_id.value.trim().to_string())
+        });
+    let name = read(options.name_attributes()).and_then(|v| v.into_iter().next());
+    let groups = read(options.groups_attributes()).unwrap_or_default();
     let session_index = assertion.authn_statements.iter().flatten().find_map(|s| {
         s.session_index
             .as_deref()
@@ -554,8 +617,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     Ok(Identity {
         subject: subject_of(&module.idp.entity_id, name_id.value.trim()),
         email,
-        name: first(&options.name_attribute),
-        groups: by_option.remove(options.groups_attribute.as_str()).unwrap_or_default(),
+        name,
+        groups,
         attributes,
         plugin_data: serde_json::to_string(&data).ok(),
         access_token: None,

@@ -2,17 +2,21 @@
 //! metadata read from them, and the module's service-provider side (URLs, key pair, samael's
 //! `ServiceProvider`), built once per module and options and then cached.
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
+use crate::metadata::{parse_metadata, Idp};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use portcullis_plugin_sdk::{option_error, read_options, Host, OptionError, PluginError};
 use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer};
-use samael::metadata::EntityDescriptor;
 use samael::service_provider::ServiceProvider;
 use serde::{Deserialize, Serialize};
 
-const REDIRECT_BINDING: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
+/// The XML signature algorithms accepted without `allow_sha1`.
+pub const STRONG_ALGORITHMS: [AllowedSignatureAlgorithm; 4] = [
+    AllowedSignatureAlgorithm::RsaSha256,
+    AllowedSignatureAlgorithm::RsaSha384,
+    AllowedSignatureAlgorithm::RsaSha512,
+    AllowedSignatureAlgorithm::EcdsaSha256,
+];
 /// NameID formats SAML 2.0 (core, section 8.3) defines for subjects. `entity` is left out: it
 /// names providers, not people.
 pub const NAMEID_FORMATS: [&str; 7] = [
@@ -25,12 +29,16 @@ pub const NAMEID_FORMATS: [&str; 7] = [
     "urn:oasis:names:tc:SAML:2.0:nameid-format:kerberos",
 ];
 /// The read-only fields the gateway computes; writing them is refused.
-pub const OUTPUTS: [&str; 5] = [
+pub const OUTPUTS: [&str; 9] = [
     "entity_id",
     "assertion_consumer_service_url",
     "single_logout_url",
     "request_signing_certificate_pem",
     "metadata_url",
+    "idp_single_sign_on_url",
+    "idp_single_logout_url",
+    "idp_signing_certificates_sha256",
+    "idp_metadata_signed",
 ];
 /// Tolerated clock difference with the IdP, in seconds.
 pub const CLOCK_SKEW: i64 = 60;
@@ -39,12 +47,52 @@ pub const MAX_ISSUE_DELAY: i64 = 120;
 /// Key of the module's SP key pair in the host's store.
 const KEYPAIR_KEY: &str = "sp-keypair";
 
+/// The assertion attributes read for a user's email when `email_attribute` is not set: the
+/// names real IdPs use (Okta's and Google's usual custom `email`; LDAP `mail` as a name and as
+/// its OID, as Shibboleth and pysaml2 send it; PKCS #9 `emailAddress`, Keycloak's X500 mapper;
+/// the claim URIs of Entra ID and AD FS). The first of these the assertion carries counts.
+pub const EMAIL_ATTRIBUTES: [&str; 7] = [
+    "email",
+    "mail",
+    "urn:oid:0.9.2342.19200300.100.1.3",
+    "urn:oid:1.2.840.113549.1.9.1",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
+    "http://schemas.xmlsoap.org/claims/EmailAddress",
+    "emailAddress",
+];
+/// Likewise for the display name (`displayName` and `cn`, by name and OID; Entra ID's display
+/// name claim; AD FS's common name). Not `.../claims/name`: Entra ID puts the UPN there.
+pub const NAME_ATTRIBUTES: [&str; 7] = [
+    "name",
+    "displayName",
+    "urn:oid:2.16.840.1.113730.3.1.241",
+    "http://schemas.microsoft.com/identity/claims/displayname",
+    "cn",
+    "urn:oid:2.5.4.3",
+    "http://schemas.xmlsoap.org/claims/CommonName",
+];
+/// Likewise for group memberships (`isMemberOf` by name and OID, Active Directory's `memberOf`
+/// by name and OID, Entra ID's and AD FS's group claims). Roles are not groups: name a role
+/// attribute in `groups_attribute` to use it.
+pub const GROUPS_ATTRIBUTES: [&str; 7] = [
+    "groups",
+    "isMemberOf",
+    "urn:oid:1.3.6.1.4.1.5923.1.5.1.1",
+    "memberOf",
+    "urn:oid:1.2.840.113556.1.2.102",
+    "http://schemas.microsoft.com/ws/2008/06/identity/claims/groups",
+    "http://schemas.xmlsoap.org/claims/Group",
+];
+
 /// The module's options (ngrok's fields, plus the attribute names a deployment needs).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// The IdP's metadata: its full `EntityDescriptor` XML.
+    /// The IdP's metadata: its `EntityDescriptor` XML, or an `EntitiesDescriptor` holding it.
     pub idp_metadata: String,
+    /// Which IdP of an `EntitiesDescriptor` to trust (needed when it describes several).
+    #[serde(default)]
+    pub idp_entity_id: Option<String>,
     #[serde(default)]
     pub force_authn: bool,
     #[serde(default)]
@@ -54,26 +102,28 @@ pub struct Options {
     pub authorized_groups: Vec<String>,
     #[serde(default)]
     pub nameid_format: Option<String>,
-    /// The assertion attribute that lists the user's groups.
-    #[serde(default = "default_groups_attribute")]
-    pub groups_attribute: String,
-    #[serde(default = "default_email_attribute")]
-    pub email_attribute: String,
-    #[serde(default = "default_name_attribute")]
-    pub name_attribute: String,
+    /// The assertion attribute (its Name or FriendlyName) that lists the user's groups; unset,
+    /// the first of [`GROUPS_ATTRIBUTES`] the assertion carries.
+    #[serde(default)]
+    pub groups_attribute: Option<String>,
+    /// Likewise for the email ([`EMAIL_ATTRIBUTES`]).
+    #[serde(default)]
+    pub email_attribute: Option<String>,
+    /// Likewise for the display name ([`NAME_ATTRIBUTES`]).
+    #[serde(default)]
+    pub name_attribute: Option<String>,
     /// Accepts RSA-SHA1 signatures and SHA-1 digests (off: SHA-1 is broken).
     #[serde(default)]
     pub allow_sha1: bool,
 }
 
-fn default_groups_attribute() -> String {
-    "groups".into()
-}
-fn default_email_attribute() -> String {
-    "email".into()
-}
-fn default_name_attribute() -> String {
-    "name".into()
+/// The attribute names that may carry one identity field: the one the option names, or the
+/// well-known ones.
+fn names_for<'a>(option: &'a Option<String>, known: &'a [&'static str]) -> Vec<&'a str> {
+    match option.as_deref() {
+        Some(name) if !name.is_empty() => vec![name],
+        _ => known.to_vec(),
+    }
 }
 
 impl Options {
@@ -84,17 +134,21 @@ impl Options {
             Some(format) => format,
         }
     }
-}
 
-/// What the module needs of the IdP's metadata.
-#[derive(Clone)]
-pub struct Idp {
-    pub entity_id: String,
-    pub certificates: Vec<X509>,
-    pub sso_url: String,
-    /// The IdP's SingleLogoutService (HTTP-Redirect), when it has one.
-    pub slo_url: Option<String>,
-    pub descriptor: EntityDescriptor,
+    /// The attribute names read for the email, in order of preference.
+    pub fn email_attributes(&self) -> Vec<&str> {
+        names_for(&self.email_attribute, &EMAIL_ATTRIBUTES)
+    }
+
+    /// The attribute names read for the display name, in order of preference.
+    pub fn name_attributes(&self) -> Vec<&str> {
+        names_for(&self.name_attribute, &NAME_ATTRIBUTES)
+    }
+
+    /// The attribute names read for the groups, in order of preference.
+    pub fn groups_attributes(&self) -> Vec<&str> {
+        names_for(&self.groups_attribute, &GROUPS_ATTRIBUTES)
+    }
 }
 
 /// Parses and checks the options.
@@ -115,63 +169,16 @@ pub fn parse_options(options: &serde_json::Value) -> Result<(Options, Idp), Vec<
         ("email_attribute", &parsed.email_attribute),
         ("name_attribute", &parsed.name_attribute),
     ] {
-        if value.trim().is_empty() {
-            return Err(option_error(key, "must not be empty"));
+        if value.as_deref().is_some_and(|v| !v.is_empty() && v.trim().is_empty()) {
+            return Err(option_error(
+                key,
+                "must name an attribute (or be left out for the usual names)",
+            ));
         }
     }
-    let idp = parse_metadata(&parsed.idp_metadata).map_err(|m| option_error("idp_metadata", m))?;
+    let idp = parse_metadata(&parsed.idp_metadata, parsed.idp_entity_id.as_deref(), parsed.allow_sha1)
+        .map_err(|m| option_error("idp_metadata", m))?;
     Ok((parsed, idp))
-}
-
-/// Reads the IdP's `EntityDescriptor`: its entity id, signing certificates (required: without
-/// one samael would check no signature) and SSO/SLO endpoints.
-pub fn parse_metadata(xml: &str) -> Result<Idp, String> {
-    crate::xml::screen(xml, true).map_err(|e| format!("is not acceptable metadata: {e}"))?;
-    let descriptor: EntityDescriptor = xml
-        .parse()
-        .map_err(|e| format!("is not a SAML EntityDescriptor: {e}"))?;
-    let entity_id = descriptor
-        .entity_id
-        .clone()
-        .filter(|id| !id.is_empty())
-        .ok_or("has no entityID")?;
-    let idp = descriptor
-        .idp_sso_descriptors
-        .as_ref()
-        .and_then(|d| d.first())
-        .ok_or("has no IDPSSODescriptor: is it an identity provider's metadata?")?;
-    let mut certificates = Vec::new();
-    for descriptor in idp.key_descriptors.iter().filter(|k| k.is_signing()) {
-        for text in descriptor.key_info.x509_data.iter().flat_map(|d| d.certificates.iter()) {
-            let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-            let der = BASE64
-                .decode(compact)
-                .map_err(|_| "has a signing certificate that is not base64".to_string())?;
-            certificates
-                .push(X509::from_der(&der).map_err(|e| format!("has a signing certificate that does not parse: {e}"))?);
-        }
-    }
-    if certificates.is_empty() {
-        return Err("has no signing certificate (a KeyDescriptor with an X509Certificate): without one no Response signature could be checked".into());
-    }
-    let sso_url = idp
-        .single_sign_on_services
-        .iter()
-        .find(|s| s.binding == REDIRECT_BINDING)
-        .map(|s| s.location.clone())
-        .ok_or("has no SingleSignOnService with the HTTP-Redirect binding")?;
-    let slo_url = idp
-        .single_logout_services
-        .iter()
-        .find(|s| s.binding == REDIRECT_BINDING)
-        .map(|s| s.location.clone());
-    Ok(Idp {
-        entity_id,
-        certificates,
-        sso_url,
-        slo_url,
-        descriptor,
-    })
 }
 
 /// The module's SP key pair, kept in the host's store.
@@ -214,14 +221,7 @@ impl Module {
         let entity_id = format!("{base}/metadata");
         let (key, cert) = key_pair(host)?;
         let cert_pem = String::from_utf8(cert.to_pem().map_err(internal)?).map_err(internal)?;
-        let allowed = (!options.allow_sha1).then(|| {
-            vec![
-                AllowedSignatureAlgorithm::RsaSha256,
-                AllowedSignatureAlgorithm::RsaSha384,
-                AllowedSignatureAlgorithm::RsaSha512,
-                AllowedSignatureAlgorithm::EcdsaSha256,
-            ]
-        });
+        let allowed = (!options.allow_sha1).then(|| STRONG_ALGORITHMS.to_vec());
         let sp = ServiceProvider {
             entity_id: Some(entity_id.clone()),
             key: Some(key.clone()),
@@ -259,7 +259,15 @@ impl Module {
     /// in, and the read-only outputs.
     pub fn outputs(&self) -> serde_json::Value {
         let o = &self.options;
+        let fingerprints: Vec<String> = self
+            .idp
+            .certificates
+            .iter()
+            .filter_map(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok())
+            .map(|d| d.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
         serde_json::json!({
+            "idp_entity_id": self.idp.entity_id,
             "force_authn": o.force_authn,
             "allow_idp_initiated": o.allow_idp_initiated,
             "authorized_groups": o.authorized_groups,
@@ -273,6 +281,10 @@ impl Module {
             "assertion_consumer_service_url": self.acs_url,
             "single_logout_url": self.slo_url,
             "request_signing_certificate_pem": self.cert_pem,
+            "idp_single_sign_on_url": self.idp.sso_url,
+            "idp_single_logout_url": self.idp.slo_url,
+            "idp_signing_certificates_sha256": fingerprints,
+            "idp_metadata_signed": self.idp.signed,
         })
     }
 }

@@ -38,15 +38,49 @@ const TRANSFORMS: [&str; 3] = [
 /// Largest inflated Redirect-binding message.
 const MAX_INFLATED: u64 = 256 * 1024;
 
+/// What a screened document is, and so what it may hold.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A SAML message (Response, LogoutRequest, LogoutResponse): nothing but elements, text and
+    /// same-document signatures; the signature rules hold for every element of their names.
+    Message,
+    /// An IdP's metadata: comments are allowed (Shibboleth's generated metadata opens with one);
+    /// the signature rules hold inside signatures only, since metadata also advertises
+    /// algorithms it supports (`alg:DigestMethod` and `alg:SigningMethod` in `md:Extensions`,
+    /// the Metadata Profile for Algorithm Support) and names the digests of its encryption keys.
+    Metadata,
+}
+
 /// Refuses what a SAML message never needs and attacks use: a DOCTYPE (entity expansion,
 /// external entities), comments and CDATA (text split so that a signed value reads as another),
 /// processing instructions, references to anything but a same-document element, transforms
-/// outside the SAML profile, and signature or digest algorithms not allowed.
+/// outside the SAML profile, and signature or digest algorithms not allowed. Then the message
+/// must be well-formed XML with every namespace prefix declared ([`parse_strict`]): xmlsec's
+/// libxml2 parses in recovery mode, and must never be the one to make sense of a broken message
+/// (an unclosed root, a duplicate attribute, `&#0;`, an undeclared prefix around an intact
+/// signed Assertion).
 pub fn screen(xml: &str, allow_sha1: bool) -> Result<(), String> {
+    screen_as(xml, allow_sha1, Kind::Message)?;
+    parse_strict(xml).map(drop)
+}
+
+/// The screening of IdP metadata: no DOCTYPE or entities, UTF-8, one root; comments allowed;
+/// inside its signature (if it has one) the same references, transforms and algorithms as in a
+/// message. Well-formedness is checked by the reader ([`parse_strict`]).
+pub fn screen_metadata(xml: &str, allow_sha1: bool) -> Result<(), String> {
+    screen_as(xml, allow_sha1, Kind::Metadata)
+}
+
+fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
     let mut reader = Reader::from_str(xml);
     let mut depth = 0usize;
     let mut seen_root = false;
+    // Depth of the element inside which signature rules hold (metadata: a `Signature`).
+    let mut signature_depth: Option<usize> = None;
     loop {
+        let checked = |depth: usize, signature_depth: Option<usize>| {
+            matches!(kind, Kind::Message) || signature_depth.is_some_and(|d| depth >= d)
+        };
         match reader.read_event() {
             Ok(Event::Eof) => return Ok(()),
             // libxml2 decodes by the declared encoding, this screen by UTF-8: they must agree,
@@ -55,37 +89,51 @@ pub fn screen(xml: &str, allow_sha1: bool) -> Result<(), String> {
                 let encoding = declaration.encoding().transpose().map_err(|e| e.to_string())?;
                 if let Some(encoding) = encoding.filter(|e| !e.eq_ignore_ascii_case(b"utf-8")) {
                     return Err(format!(
-                        "the message declares the encoding {}",
+                        "the document declares the encoding {}",
                         String::from_utf8_lossy(&encoding)
                     ));
                 }
             }
             Ok(Event::Start(element)) => {
-                check_element(&element, allow_sha1)?;
+                if signature_depth.is_none() && element.local_name().as_ref() == b"Signature" {
+                    signature_depth = Some(depth);
+                }
+                if checked(depth, signature_depth) {
+                    check_element(&element, allow_sha1)?;
+                }
                 if depth == 0 && std::mem::replace(&mut seen_root, true) {
-                    return Err("the message has more than one root element".into());
+                    return Err("the document has more than one root element".into());
                 }
                 depth += 1;
             }
             Ok(Event::Empty(element)) => {
-                check_element(&element, allow_sha1)?;
+                if checked(depth, signature_depth) {
+                    check_element(&element, allow_sha1)?;
+                }
                 if depth == 0 && std::mem::replace(&mut seen_root, true) {
-                    return Err("the message has more than one root element".into());
+                    return Err("the document has more than one root element".into());
                 }
             }
-            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::End(_)) => {
+                depth = depth.saturating_sub(1);
+                if signature_depth == Some(depth) {
+                    signature_depth = None;
+                }
+            }
             Ok(Event::Text(text)) if depth == 0 && !text.iter().all(u8::is_ascii_whitespace) => {
-                return Err("the message has text outside its root element".into());
+                return Err("the document has text outside its root element".into());
             }
             Ok(Event::GeneralRef(_)) if depth == 0 => {
-                return Err("the message has a reference outside its root element".into());
+                return Err("the document has a reference outside its root element".into());
             }
-            Ok(Event::DocType(_)) => return Err("the message has a DOCTYPE".into()),
-            Ok(Event::Comment(_)) => return Err("the message has an XML comment".into()),
-            Ok(Event::CData(_)) => return Err("the message has a CDATA section".into()),
-            Ok(Event::PI(_)) => return Err("the message has a processing instruction".into()),
+            Ok(Event::DocType(_)) => return Err("the document has a DOCTYPE".into()),
+            Ok(Event::Comment(_)) if matches!(kind, Kind::Message) => {
+                return Err("the message has an XML comment".into())
+            }
+            Ok(Event::CData(_)) => return Err("the document has a CDATA section".into()),
+            Ok(Event::PI(_)) => return Err("the document has a processing instruction".into()),
             Ok(_) => {}
-            Err(e) => return Err(format!("the message is not well-formed XML: {e}")),
+            Err(e) => return Err(format!("the document is not well-formed XML: {e}")),
         }
     }
 }
@@ -121,6 +169,22 @@ fn check_element(element: &BytesStart<'_>, allow_sha1: bool) -> Result<(), Strin
         b"RetrievalMethod" => Err("the message asks to fetch a key (RetrievalMethod)".into()),
         _ => Ok(()),
     }
+}
+
+/// Most nodes a SAML document may have (a Response has some hundred; Entra ID's metadata, a
+/// large one, some two thousand).
+const MAX_NODES: u32 = 100_000;
+
+/// Parses `xml` strictly: well-formed (tags closed and matched, attributes quoted and unique,
+/// character references to XML characters only), every namespace prefix declared, no DTD.
+pub fn parse_strict(xml: &str) -> Result<roxmltree::Document<'_>, String> {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+        ..roxmltree::ParsingOptions::default()
+    };
+    roxmltree::Document::parse_with_options(xml, options)
+        .map_err(|e| format!("the document is not well-formed XML: {e}"))
 }
 
 /// Where a Response may carry XML signatures (SAML core 5.4.2): each an immediate child of the
@@ -197,6 +261,25 @@ pub fn check_signatures(xml: &str) -> Result<bool, String> {
             path.push((name, attribute(b"ID")));
         }
     }
+}
+
+/// The `Value`s of the message's status code and the codes nested in it, top-level first
+/// (unverified: to choose an error page); empty when the message does not parse.
+pub fn status_codes(xml: &str) -> Vec<String> {
+    let Ok(document) = parse_strict(xml) else {
+        return Vec::new();
+    };
+    let mut codes = Vec::new();
+    let status = document
+        .root_element()
+        .children()
+        .find(|n| n.tag_name().name() == "Status");
+    let mut code = status.and_then(|s| s.children().find(|n| n.tag_name().name() == "StatusCode"));
+    while let Some(node) = code {
+        codes.push(node.attribute("Value").unwrap_or_default().to_string());
+        code = node.children().find(|n| n.tag_name().name() == "StatusCode");
+    }
+    codes
 }
 
 /// The value of the first `StatusCode` element's `Value` (unverified: for error messages only).
@@ -481,6 +564,15 @@ mod tests {
                 r#"<r><DigestMethod Algorithm="http://www.w3.org/2000/09/xmldsig#sha1"/></r>"#,
                 "digest algorithm",
             ),
+            ("<r><a>", "well-formed"),
+            (r#"<r a="1" a="2"/>"#, "well-formed"),
+            ("<r a=1/>", "well-formed"),
+            (r#"<r a="&#0;"/>"#, "well-formed"),
+            ("<r>&#xFFFE;</r>", "well-formed"),
+            (r#"<r p:a="1"/>"#, "well-formed"),
+            ("<p:r/>", "well-formed"),
+            ("<r></s>", "well-formed"),
+            ("<r>&unknown;</r>", "well-formed"),
         ] {
             let error = screen(bad, false).expect_err(bad);
             assert!(error.contains(why), "{bad}: {error}");
