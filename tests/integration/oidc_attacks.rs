@@ -77,6 +77,28 @@ async fn crafted_id_tokens_are_refused() {
 }
 
 #[tokio::test]
+async fn claims_the_id_token_lacks_come_from_userinfo_for_the_same_sub_only() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site_with(&op, json!({"allow_domains": ["example.com"]}), StartOptions::default()).await;
+    mode(&op, "claims_in_userinfo_only").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let claims = &serde_json::from_str::<Value>(&op.get("/test/last-token").await.body).unwrap()["id_token_claims"];
+    assert!(claims.get("email").is_none(), "{claims}");
+    let seen = echoed(&site.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice Liddell");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering");
+
+    // Userinfo about someone else is not used: the sign-in is refused.
+    mode(&op, "userinfo_other_sub").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_sign_in_refused(&reply, 400, "userinfo for another sub");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn a_rotated_key_is_fetched_once_and_accepted() {
     let op = Op::start("oidc_forge.mjs").await;
     let mut site = forge_site(&op).await;
