@@ -4,7 +4,7 @@
 //! flow with the forge's normal answers signs in first, so each refusal is the check under test.
 
 use crate::harness::{assert_sign_in_refused, dead_address, echoed, session_token, Reply, TestGateway};
-use crate::oidc::{Jar, Op, Site};
+use crate::oidc::{moved_clock, upkeep_after, Jar, Op, Site};
 use http::Method;
 use portcullis::server::StartOptions;
 use serde_json::{json, Value};
@@ -281,7 +281,7 @@ async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_err
 #[tokio::test]
 async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotated_tokens() {
     let op = Op::start("oidc_forge.mjs").await;
-    let (clock, start) = crate::harness::manual_clock();
+    let (clock, start) = moved_clock();
     let mut site = forge_site_with(
         &op,
         json!({"forward_access_token": true, "recheck_interval": 300}),
@@ -297,16 +297,14 @@ async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotat
     // Near the access token's expiry the re-check renews it (the forge rotates refresh
     // tokens: each works once), then finds userinfo down: the session stays, with the new token.
     mode(&op, "userinfo_503").await;
-    clock.advance(3300);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 3300).await;
     let second = forwarded(&site.with_session("/", &token).await);
     assert_ne!(second, first);
 
     // The provider is back; the next renewal must use the rotated refresh token, not the spent
     // one (which the forge would answer with invalid_grant, ending the session).
     mode(&op, "normal").await;
-    clock.advance(3300);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 3300).await;
     let third = forwarded(&site.with_session("/", &token).await);
     assert!(third.is_string() && third != second, "{third}");
     op.stop().await;
