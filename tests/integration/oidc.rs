@@ -239,6 +239,12 @@ impl Site {
     /// Signs `user` in through the provider's login (and, the first time, consent) forms;
     /// returns the gateway's answer to the callback.
     pub async fn login(&mut self, op_jar: &mut Jar, path: &str, user: &str) -> Reply {
+        let callback = self.login_until_callback(op_jar, path, user).await;
+        self.get(path_of(&callback)).await
+    }
+
+    /// [`Site::login`] up to the provider's answer: the callback URL the browser is sent to.
+    pub async fn login_until_callback(&mut self, op_jar: &mut Jar, path: &str, user: &str) -> String {
         let start = self.get(path).await;
         assert_eq!(start.status, 303, "{}", start.body);
         let mut url = location(&start);
@@ -246,7 +252,7 @@ impl Site {
         assert!(url.starts_with(&authorization_endpoint), "{url}");
         for _ in 0..10 {
             if url.starts_with(&self.origin) {
-                return self.get(path_of(&url)).await;
+                return url;
             }
             let reply = visit(op_jar, Method::GET, &url, None).await;
             if reply.status == 303 || reply.status == 302 {
@@ -347,6 +353,50 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     )
     .await;
     assert_eq!(echoed(&spoofed)["headers"]["x-portcullis-access-token"], access_token);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_without_the_provider_s_name_is_refused_and_leaves_the_sign_in_to_its_browser() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let callback = site.login_until_callback(&mut Jar::default(), "/", "alice").await;
+    let answer = url::Url::parse(&callback).unwrap();
+    let params: Vec<(String, String)> = answer.query_pairs().into_owned().collect();
+    assert!(
+        params.iter().any(|(k, v)| k == "iss" && *v == op.issuer),
+        "the provider names itself (RFC 9207): {callback}"
+    );
+    let with_iss = |iss: Option<&str>| {
+        let mut url = answer.clone();
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (k, v) in params.iter().filter(|(k, _)| k != "iss") {
+            query.append_pair(k, v);
+        }
+        if let Some(iss) = iss {
+            query.append_pair("iss", iss);
+        }
+        drop(query);
+        path_of(url.as_str()).to_string()
+    };
+    // The provider's discovery says it always sends `iss`: an answer without it, or naming
+    // another provider, is refused (a mix-up attack)...
+    let stripped = site.get(&with_iss(None)).await;
+    crate::harness::assert_sign_in_refused(&stripped, 400, "no iss");
+    assert!(
+        stripped.body.contains("does not name its provider"),
+        "{}",
+        stripped.body
+    );
+    let other = site.get(&with_iss(Some("https://evil.example"))).await;
+    crate::harness::assert_sign_in_refused(&other, 400, "another iss");
+    // ...and, as any refused answer, does not spend the sign-in: the genuine answer completes it.
+    let done = site.get(path_of(&callback)).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    echoed(&site.with_session("/", &session_token(&done)).await);
     op.stop().await;
     site.stop().await;
 }

@@ -169,6 +169,9 @@ async fn state_nonce_code_and_browser_binding_are_checked() {
     let elsewhere = crate::harness::send(Method::GET, &callback, &[], None).await;
     assert_sign_in_refused(&elsewhere, 400, "callback in another browser");
     assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
+    // ...without spending the sign-in: the browser that started it still completes it.
+    let rightful = site.get(callback.strip_prefix(&site.origin).unwrap()).await;
+    assert_eq!(rightful.status, 303, "{}", rightful.body);
 
     // The provider says no.
     mode(&op, "error_redirect").await;

@@ -741,15 +741,21 @@ impl Oidc {
         let module = self.module(host, context)?;
         let query = request.query.as_deref().unwrap_or_default();
         let state = form_value(query, "state").unwrap_or_default();
+        let state_key = format!("state:{state}");
+        let unknown_state = || {
+            host.log(LogLevel::Warn, "OIDC callback with an unknown or used state");
+            PluginError::BadRequest(
+                "This sign-in answer does not match a sign-in started here, or was already used. Try signing in again."
+                    .into(),
+            )
+        };
+        // The sign-in is looked at first and taken only once this answer is found to be its
+        // own, so a refused answer (another browser's, one without the provider's name) does not
+        // spend the sign-in the rightful browser is completing.
         let pending = host
-            .kv_take(&format!("state:{state}"))
+            .kv_get(&state_key)
             .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok())
-            .ok_or_else(|| {
-                host.log(LogLevel::Warn, "OIDC callback with an unknown or used state");
-                PluginError::BadRequest(
-                    "This sign-in answer does not match a sign-in started here, or was already used. Try signing in again.".into(),
-                )
-            })?;
+            .ok_or_else(unknown_state)?;
         if request.cookie(&binding_cookie(&module.redirect_uri)) != Some(pending.binding.as_str()) {
             host.log(
                 LogLevel::Warn,
@@ -758,6 +764,38 @@ impl Oidc {
             return Err(PluginError::BadRequest(
                 "This sign-in answer belongs to a sign-in started in another browser. Try signing in again.".into(),
             ));
+        }
+        // RFC 9207: the provider's name in the answer must be the module's issuer, and must be
+        // there when the provider says it always sends it (a mix-up attack strips it).
+        let names_itself = module
+            .metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            == Some(true);
+        match form_value(query, "iss") {
+            Some(iss) if iss != module.options.issuer => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("OIDC callback from issuer {}", iss.escape_debug()),
+                );
+                return Err(PluginError::BadRequest(
+                    "The sign-in answer came from another provider.".into(),
+                ));
+            }
+            None if names_itself => {
+                host.log(
+                    LogLevel::Warn,
+                    "OIDC callback without `iss`, which the provider says it always sends (RFC 9207)",
+                );
+                return Err(PluginError::BadRequest(
+                    "The sign-in answer does not name its provider. Try signing in again.".into(),
+                ));
+            }
+            _ => {}
+        }
+        // Taken once (a concurrent answer for the same sign-in finds it gone).
+        if host.kv_take(&state_key).is_none() {
+            return Err(unknown_state());
         }
         if let Some(error) = form_value(query, "error") {
             host.log(
@@ -772,14 +810,6 @@ impl Oidc {
             return Err(PluginError::Forbidden(
                 "The identity provider did not sign you in.".into(),
             ));
-        }
-        // RFC 9207: when the provider names itself, it must be the module's issuer.
-        if let Some(iss) = form_value(query, "iss") {
-            if iss != module.options.issuer {
-                return Err(PluginError::BadRequest(
-                    "The sign-in answer came from another provider.".into(),
-                ));
-            }
         }
         let code = form_value(query, "code")
             .ok_or_else(|| PluginError::BadRequest("The sign-in answer has no code.".into()))?;
