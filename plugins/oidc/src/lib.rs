@@ -1355,6 +1355,70 @@ mod tests {
         }
     }
 
+    fn module_with(options: serde_json::Value, scopes_supported: &[&str]) -> Module {
+        let metadata: Metadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://op.example",
+            "authorization_endpoint": "https://op.example/auth",
+            "jwks_uri": "https://op.example/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": scopes_supported,
+        }))
+        .unwrap();
+        Module {
+            options_json: String::new(),
+            origin: "https://app.example".into(),
+            options: self::options(options),
+            metadata,
+            fetched_at: 0,
+            jwks_refreshed_at: 0,
+            redirect_uri: "https://app.example/cb".into(),
+            base: "https://app.example".into(),
+        }
+    }
+
+    #[test]
+    fn the_groups_scope_and_offline_access_are_asked_for_only_when_offered_and_needed() {
+        let all = ["openid", "offline_access", "email", "profile", "groups"];
+        let scopes = |options, offered: &[&str]| module_with(options, offered).requested_scopes();
+        assert_eq!(
+            scopes(serde_json::json!({}), &all),
+            ["openid", "profile", "email", "groups"]
+        );
+        assert_eq!(
+            scopes(serde_json::json!({"recheck_interval": 60}), &all),
+            ["openid", "profile", "email", "groups", "offline_access"]
+        );
+        assert_eq!(
+            scopes(
+                serde_json::json!({"forward_access_token": true, "groups_scope": ""}),
+                &all
+            ),
+            ["openid", "profile", "email", "offline_access"]
+        );
+        // A provider that does not list them (Google lists openid, email, profile) gets neither.
+        assert_eq!(
+            scopes(
+                serde_json::json!({"forward_access_token": true}),
+                &["openid", "email", "profile"]
+            ),
+            ["openid", "profile", "email"]
+        );
+        assert_eq!(
+            scopes(
+                serde_json::json!({"groups_scope": "roles", "scopes": ["openid", "roles"]}),
+                &["openid", "roles"]
+            ),
+            ["openid", "roles"]
+        );
+        let value =
+            serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "groups_scope": "a b"});
+        assert_eq!(parse_options(&value).unwrap_err()[0].key, "groups_scope");
+        let value = serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "offline_access_prompt": "none"});
+        assert_eq!(parse_options(&value).unwrap_err()[0].key, "offline_access_prompt");
+    }
+
     #[test]
     fn email_verification_and_binding_cookie_names() {
         assert!(is_verified(&serde_json::json!(true), false));
