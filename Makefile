@@ -6,7 +6,7 @@ VENV := tests/.venv
 # What the build needs on a fresh Debian machine (see ARCHITECTURE.md, "System packages").
 SYSTEM_PACKAGES := build-essential pkg-config libclang-dev libssl-dev libxml2-dev libxmlsec1-dev libxslt1-dev
 # What the tests and benchmarks need besides.
-TEST_SYSTEM_PACKAGES := python3 python3-venv curl chromium xmlsec1
+TEST_SYSTEM_PACKAGES := python3 python3-venv curl chromium xmlsec1 libnss3-tools
 BENCH_SYSTEM_PACKAGES := wrk nginx-light
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -45,6 +45,9 @@ pub struct StartOptions {
     pub clock: Arc<dyn crate::clock::Clock>,
     /// Linked-in plugins registered besides the built-ins (before libraries).
     pub extra_plugins: Vec<Arc<dyn portcullis_plugin_sdk::Plugin>>,
+    /// How often the background upkeep runs (tests that move a `ManualClock` shorten it, so
+    /// the real upkeep acts on the new time without a test waiting ten seconds).
+    pub upkeep_interval: Duration,
 }
 
 impl Default for StartOptions {
@@ -52,9 +55,15 @@ impl Default for StartOptions {
         StartOptions {
             clock: Arc::new(crate::clock::SystemClock),
             extra_plugins: Vec::new(),
+            upkeep_interval: UPKEEP_INTERVAL,
         }
     }
 }
+
+/// How often the background upkeep runs in production.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the upkeep sweeps expired sessions and plugin state (every so many runs).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// A running gateway: its listeners, addresses and shared state.
 pub struct Gateway {
@@ -83,6 +92,7 @@ impl Gateway {
         let proxy_config = config.proxy.clone();
         let listeners = config.listeners.clone();
         let echo = config.echo.clone();
+        let upkeep_interval = options.upkeep_interval.max(Duration::from_millis(10));
         // Plugin libraries are loaded before any listener takes traffic.
         let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins).map_err(|reason| {
             StartError::Plugin {
@@ -195,7 +205,10 @@ impl Gateway {
         let s = shared.clone();
         let mut stop = shutdown.subscribe();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            let mut tick = tokio::time::interval(upkeep_interval);
+            let sweep_every = u64::try_from(SWEEP_EVERY.as_millis() / upkeep_interval.as_millis())
+                .unwrap_or(1)
+                .max(1);
             let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
@@ -206,7 +219,7 @@ impl Gateway {
                     }
                 }
                 ticks += 1;
-                maintain(&s, ticks % 6 == 0).await;
+                maintain(&s, ticks % sweep_every == 0).await;
             }
         });
 
@@ -312,6 +325,7 @@ async fn maintain(shared: &Arc<Shared>, sweep: bool) {
         let shared = shared.clone();
         tokio::spawn(async move {
             crate::auth::recheck_sessions(&shared).await;
+            shared.recheck_passes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             shared.rechecking.store(false, std::sync::atomic::Ordering::Release);
         });
     }

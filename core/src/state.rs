@@ -15,7 +15,7 @@ use crate::store::{Store, StoreError};
 use arc_swap::ArcSwap;
 use rand::RngCore;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
 /// The client plugins' HTTP calls go through.
@@ -42,6 +42,8 @@ pub struct Shared {
     pub egress_client: EgressClient,
     /// Set while a pass of session re-checks runs (see `auth::recheck_sessions`).
     pub rechecking: AtomicBool,
+    /// Passes of session re-checks the upkeep has finished (tests wait on it).
+    pub recheck_passes: AtomicU64,
 }
 
 /// Why a config could not be applied.
@@ -87,6 +89,7 @@ impl Shared {
             metrics: Metrics::default(),
             ready: AtomicBool::new(false),
             rechecking: AtomicBool::new(false),
+            recheck_passes: AtomicU64::new(0),
         });
         shared.apply_config(config).await?;
         Ok(shared)

@@ -6,11 +6,16 @@
 
 use crate::harness::{
     browser_sign_in, echoed, location, send, session_token, set_cookie, tests_dir, Reply, TestGateway, Upstream,
+    LISTENERS,
 };
 use http::Method;
+use portcullis::clock::ManualClock;
 use portcullis::server::StartOptions;
+use portcullis::state::Shared;
 use serde_json::{json, Value};
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
 const COOKIE: &str = "portcullis.session";
@@ -19,10 +24,17 @@ const COOKIE: &str = "portcullis.session";
 pub struct Op {
     child: tokio::process::Child,
     pub issuer: String,
+    /// Where the provider's token endpoint and userinfo are, when not on the issuer's host.
+    pub endpoints: Option<String>,
 }
 
 impl Op {
     pub async fn start(script: &str) -> Op {
+        Op::start_with(script, &[]).await
+    }
+
+    /// Starts the peer with further command-line arguments.
+    pub async fn start_with(script: &str, args: &[&str]) -> Op {
         assert!(
             tests_dir().join("node_modules/oidc-provider").is_dir(),
             "oidc-provider is missing: run `make test-deps`"
@@ -31,6 +43,7 @@ impl Op {
         let mut child = tokio::process::Command::new("node")
             .arg(tests_dir().join("peers").join(script))
             .args(["--port", "0"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
             .kill_on_drop(true)
@@ -46,6 +59,7 @@ impl Op {
         Op {
             child,
             issuer: ready["issuer"].as_str().unwrap().to_string(),
+            endpoints: ready["endpoints"].as_str().map(str::to_string),
         }
     }
 
@@ -164,8 +178,14 @@ impl Site {
         }
     }
 
-    /// Registers the module's client at the real provider.
+    /// Registers the module's client at the real provider, as an operator would: a web
+    /// client with the code and refresh-token grants.
     pub async fn register(&self, op: &Op, auth_method: &str) {
+        self.register_with_grants(op, auth_method, &["authorization_code", "refresh_token"])
+            .await;
+    }
+
+    pub async fn register_with_grants(&self, op: &Op, auth_method: &str, grant_types: &[&str]) {
         let m = &self.module;
         let reply = op
             .post(
@@ -176,10 +196,27 @@ impl Site {
                     "post_logout_redirect_uris": [m["post_logout_redirect_uri"]],
                     "backchannel_logout_uri": m["backchannel_logout_uri"],
                     "token_endpoint_auth_method": auth_method,
+                    "grant_types": grant_types,
                 }),
             )
             .await;
         assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+
+    /// Stops the gateway and starts it again on the same data dir and edge address (the
+    /// routes name it), with `options`.
+    pub async fn restart(self, options: StartOptions) -> Site {
+        let edge = self.gw.gateway.edge_addr.to_string();
+        let TestGateway { gateway, dir, .. } = self.gw;
+        gateway.shutdown().await;
+        std::fs::write(
+            dir.path().join("config.toml"),
+            LISTENERS.replacen("127.0.0.1:0", &edge, 1),
+        )
+        .unwrap();
+        let gw = TestGateway::start_in_with(dir, options).await;
+        assert_eq!(gw.gateway.edge_addr.to_string(), edge);
+        Site { gw, ..self }
     }
 
     pub async fn get(&mut self, path: &str) -> Reply {
@@ -202,17 +239,24 @@ impl Site {
     /// Signs `user` in through the provider's login (and, the first time, consent) forms;
     /// returns the gateway's answer to the callback.
     pub async fn login(&mut self, op_jar: &mut Jar, path: &str, user: &str) -> Reply {
+        let callback = self.login_until_callback(op_jar, path, user).await;
+        self.get(path_of(&callback)).await
+    }
+
+    /// [`Site::login`] up to the provider's answer: the callback URL the browser is sent to.
+    pub async fn login_until_callback(&mut self, op_jar: &mut Jar, path: &str, user: &str) -> String {
         let start = self.get(path).await;
         assert_eq!(start.status, 303, "{}", start.body);
         let mut url = location(&start);
-        assert!(url.starts_with(&op_jar_issuer(&url)), "{url}");
+        let authorization_endpoint = format!("{}/auth?", self.module["issuer"].as_str().unwrap());
+        assert!(url.starts_with(&authorization_endpoint), "{url}");
         for _ in 0..10 {
             if url.starts_with(&self.origin) {
-                return self.get(path_of(&url)).await;
+                return url;
             }
             let reply = visit(op_jar, Method::GET, &url, None).await;
             if reply.status == 303 || reply.status == 302 {
-                url = location(&reply);
+                url = resolve(&url, &location(&reply));
                 continue;
             }
             assert_eq!(reply.status, 200, "{url}: {}", reply.body);
@@ -224,7 +268,7 @@ impl Site {
             };
             let posted = visit(op_jar, Method::POST, &url, Some(form)).await;
             assert_eq!(posted.status, 303, "{}", posted.body);
-            url = location(&posted);
+            url = resolve(&url, &location(&posted));
         }
         panic!("the sign-in did not come back to the gateway");
     }
@@ -234,9 +278,31 @@ impl Site {
     }
 }
 
-fn op_jar_issuer(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    format!("http://{}", rest.split('/').next().unwrap())
+/// A `Location` (absolute or relative) as the absolute URL a browser goes to from `base`.
+fn resolve(base: &str, location: &str) -> String {
+    url::Url::parse(base).unwrap().join(location).unwrap().to_string()
+}
+
+/// Start options whose clock the test moves by hand, with the real upkeep running often (so a
+/// re-check runs soon after the clock moves, as it would in production within ten seconds).
+pub fn moved_clock() -> (ManualClock, StartOptions) {
+    let (clock, mut options) = crate::harness::manual_clock();
+    options.upkeep_interval = std::time::Duration::from_millis(50);
+    (clock, options)
+}
+
+/// Moves the clock and waits for the background upkeep to finish a pass of re-checks that
+/// started after the move (the pass running at the move may have read the old time).
+pub async fn upkeep_after(clock: &ManualClock, shared: &Arc<Shared>, secs: i64) {
+    let before = shared.recheck_passes.load(Ordering::Acquire);
+    clock.advance(secs);
+    for _ in 0..400 {
+        if shared.recheck_passes.load(Ordering::Acquire) >= before + 2 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the upkeep ran no re-check pass");
 }
 
 #[tokio::test]
@@ -245,13 +311,14 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     let mut site = Site::start(&op, json!({"forward_access_token": true}), StartOptions::default()).await;
     site.register(&op, "client_secret_basic").await;
 
-    // The authorization request: code flow, PKCE S256, state, nonce, the default scopes.
+    // The authorization request: code flow, PKCE S256, state, nonce, the default scopes, the
+    // groups scope the provider offers, and offline_access (the forwarded token is renewed).
     let start = site.get("/reports?q=1").await;
     let authorize = url::Url::parse(&location(&start)).unwrap();
     let query: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
     assert_eq!(query["response_type"], "code");
     assert_eq!(query["code_challenge_method"], "S256");
-    assert_eq!(query["scope"], "openid profile email");
+    assert_eq!(query["scope"], "openid profile email groups offline_access");
     assert_eq!(query["redirect_uri"], site.module["redirect_uri"]);
     assert!(query["state"].len() >= 43 && query["nonce"].len() >= 43);
 
@@ -259,6 +326,10 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     let done = site.login(&mut op_jar, "/reports?q=1", "alice").await;
     assert_eq!(done.status, 303, "{}", done.body);
     assert_eq!(location(&done), "/reports?q=1");
+    // The provider keeps email, name and groups out of the ID token (the code flow's ID token
+    // carries only sub): the module read them from userinfo.
+    let userinfo: Value = serde_json::from_str(&op.get("/test/userinfo-requests").await.body).unwrap();
+    assert_eq!(userinfo["ok"], 1);
     let token = session_token(&done);
     let seen = echoed(&site.with_session("/reports?q=1", &token).await);
     assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
@@ -282,6 +353,50 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     )
     .await;
     assert_eq!(echoed(&spoofed)["headers"]["x-portcullis-access-token"], access_token);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_without_the_provider_s_name_is_refused_and_leaves_the_sign_in_to_its_browser() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let callback = site.login_until_callback(&mut Jar::default(), "/", "alice").await;
+    let answer = url::Url::parse(&callback).unwrap();
+    let params: Vec<(String, String)> = answer.query_pairs().into_owned().collect();
+    assert!(
+        params.iter().any(|(k, v)| k == "iss" && *v == op.issuer),
+        "the provider names itself (RFC 9207): {callback}"
+    );
+    let with_iss = |iss: Option<&str>| {
+        let mut url = answer.clone();
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (k, v) in params.iter().filter(|(k, _)| k != "iss") {
+            query.append_pair(k, v);
+        }
+        if let Some(iss) = iss {
+            query.append_pair("iss", iss);
+        }
+        drop(query);
+        path_of(url.as_str()).to_string()
+    };
+    // The provider's discovery says it always sends `iss`: an answer without it, or naming
+    // another provider, is refused (a mix-up attack)...
+    let stripped = site.get(&with_iss(None)).await;
+    crate::harness::assert_sign_in_refused(&stripped, 400, "no iss");
+    assert!(
+        stripped.body.contains("does not name its provider"),
+        "{}",
+        stripped.body
+    );
+    let other = site.get(&with_iss(Some("https://evil.example"))).await;
+    crate::harness::assert_sign_in_refused(&other, 400, "another iss");
+    // ...and, as any refused answer, does not spend the sign-in: the genuine answer completes it.
+    let done = site.get(path_of(&callback)).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    echoed(&site.with_session("/", &session_token(&done)).await);
     op.stop().await;
     site.stop().await;
 }
@@ -319,6 +434,12 @@ async fn email_domain_and_group_rules_allow_and_deny() {
         (
             json!({"allow_domains": ["example.com"], "authorized_groups": ["admins"]}),
             303,
+            403,
+        ),
+        // Without the groups scope the provider sends no groups: a group rule admits no one.
+        (
+            json!({"authorized_groups": ["admins", "sales"], "groups_scope": ""}),
+            403,
             403,
         ),
     ] {
@@ -404,22 +525,31 @@ async fn rp_initiated_and_back_channel_logout_end_the_session() {
 }
 
 #[tokio::test]
-async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
+async fn re_checks_outlive_the_access_token_and_end_a_user_removed_at_the_provider() {
     let op = Op::start("oidc_provider.mjs").await;
-    let (clock, options) = crate::harness::manual_clock();
+    let (clock, options) = moved_clock();
     let mut site = Site::start(&op, json!({"recheck_interval": 300}), options).await;
     site.register(&op, "client_secret_basic").await;
     let alice = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
     site.jar = Jar::default();
     let bob = session_token(&site.login(&mut Jar::default(), "/", "bob").await);
-    assert_eq!(op.post("/test/users/alice/remove", json!({})).await.status, 204);
+    let shared = site.gw.gateway.shared().clone();
+
+    // Past the access tokens' hour, re-checks go on with tokens renewed by the refresh token
+    // the module asked for (offline_access): nobody is signed out.
+    for _ in 0..13 {
+        upkeep_after(&clock, &shared, 301).await;
+    }
+    echoed(&site.with_session("/", &alice).await);
+    echoed(&site.with_session("/", &bob).await);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["grant_type"], "refresh_token");
 
     // Not yet due: nothing is asked, both stay.
-    let shared = site.gw.gateway.shared().clone();
-    portcullis::auth::recheck_sessions(&shared).await;
+    assert_eq!(op.post("/test/users/alice/remove", json!({})).await.status, 204);
+    upkeep_after(&clock, &shared, 0).await;
     echoed(&site.with_session("/", &alice).await);
-    clock.advance(301);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 301).await;
     assert_eq!(
         site.with_session("/", &alice).await.status,
         303,
@@ -433,7 +563,7 @@ async fn a_user_removed_at_the_provider_loses_access_at_the_next_re_check() {
 #[tokio::test]
 async fn a_forwarded_access_token_is_renewed_before_it_expires() {
     let op = Op::start("oidc_provider.mjs").await;
-    let (clock, options) = crate::harness::manual_clock();
+    let (clock, options) = moved_clock();
     let mut site = Site::start(&op, json!({"forward_access_token": true}), options).await;
     site.register(&op, "client_secret_basic").await;
     let token = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
@@ -448,20 +578,23 @@ async fn a_forwarded_access_token_is_renewed_before_it_expires() {
     // The provider's access tokens live an hour; without re-checks configured the gateway still
     // looks every half hour and renews one that would expire before the next look.
     let shared = site.gw.gateway.shared().clone();
-    clock.advance(1700);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 1700).await;
     assert_eq!(forwarded(&site.with_session("/", &token).await), first, "not due yet");
-    clock.advance(200);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 200).await;
     let second = forwarded(&site.with_session("/", &token).await);
     assert_ne!(second, first);
     let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
     assert_eq!(token_request["grant_type"], "refresh_token");
-    let stored = shared.store.all_sessions().unwrap();
+
+    // The renewed token is kept across a restart of the gateway.
+    drop(shared);
+    let (_, mut options) = moved_clock();
+    options.clock = Arc::new(clock.clone());
+    let site = site.restart(options).await;
     assert_eq!(
-        stored[0].access_token.as_deref(),
-        Some(second.as_str()),
-        "kept across restarts"
+        forwarded(&site.with_session("/", &token).await),
+        second,
+        "kept across a restart"
     );
     // The renewed token is one the provider honours.
     let me = send(
@@ -476,9 +609,72 @@ async fn a_forwarded_access_token_is_renewed_before_it_expires() {
 
     // A grant the provider no longer honours ends the session at the next renewal.
     assert_eq!(op.post("/test/users/alice/remove", json!({})).await.status, 204);
-    clock.advance(1900);
-    portcullis::auth::recheck_sessions(&shared).await;
+    let shared = site.gw.gateway.shared().clone();
+    upkeep_after(&clock, &shared, 1900).await;
     assert_eq!(site.with_session("/", &token).await.status, 303);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_refresh_token_the_session_ends_when_its_access_token_expires() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let (clock, options) = moved_clock();
+    let mut site = Site::start(&op, json!({"forward_access_token": true}), options).await;
+    // A client without the refresh_token grant: the provider drops offline_access and issues
+    // no refresh token.
+    site.register_with_grants(&op, "client_secret_basic", &["authorization_code"])
+        .await;
+    let token = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    let first = echoed(&site.with_session("/", &token).await)["headers"]["x-portcullis-access-token"].clone();
+    assert!(first.is_string(), "{first}");
+    let shared = site.gw.gateway.shared().clone();
+    upkeep_after(&clock, &shared, 1800).await;
+    let still = echoed(&site.with_session("/", &token).await)["headers"]["x-portcullis-access-token"].clone();
+    assert_eq!(still, first, "the token still lives");
+    // At its expiry the session ends rather than forward a dead token; signing in again works.
+    upkeep_after(&clock, &shared, 1800).await;
+    assert_eq!(site.with_session("/", &token).await.status, 303);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(
+        token_request["grant_type"], "authorization_code",
+        "no renewal was tried"
+    );
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_with_endpoints_on_another_host_is_reached_through_provider_hosts() {
+    let op = Op::start_with("oidc_provider.mjs", &["--endpoints-host", "localhost"]).await;
+    let endpoints = op.endpoints.clone().unwrap();
+    let endpoints_host = endpoints.strip_prefix("http://").unwrap().to_string();
+    assert!(endpoints_host.starts_with("localhost:"), "{endpoints_host}");
+
+    // The token endpoint is on a host the module may not reach: the sign-in fails with a page.
+    let mut site = Site::start(&op, json!({}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let refused = site.login(&mut Jar::default(), "/", "alice").await;
+    crate::harness::assert_sign_in_refused(&refused, 502, "token endpoint on another host");
+    site.stop().await;
+
+    // Named in provider_hosts, it is reached (the token request came to that host), and so is
+    // userinfo there (email and groups come from it).
+    let mut site = Site::start(
+        &op,
+        json!({"provider_hosts": [endpoints_host], "authorized_groups": ["admins"]}),
+        StartOptions::default(),
+    )
+    .await;
+    site.register(&op, "client_secret_basic").await;
+    let done = site.login(&mut Jar::default(), "/", "alice").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["host"], endpoints_host);
+    assert_eq!(token_request["status"], 200);
+    let seen = echoed(&site.with_session("/", &session_token(&done)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering,admins");
     op.stop().await;
     site.stop().await;
 }

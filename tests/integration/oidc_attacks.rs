@@ -4,7 +4,7 @@
 //! flow with the forge's normal answers signs in first, so each refusal is the check under test.
 
 use crate::harness::{assert_sign_in_refused, dead_address, echoed, session_token, Reply, TestGateway};
-use crate::oidc::{Jar, Op, Site};
+use crate::oidc::{moved_clock, upkeep_after, Jar, Op, Site};
 use http::Method;
 use portcullis::server::StartOptions;
 use serde_json::{json, Value};
@@ -72,6 +72,28 @@ async fn crafted_id_tokens_are_refused() {
     }
     mode(&op, "normal").await;
     assert_eq!(sign_in(&mut site).await.0.status, 303, "the genuine flow still works");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn claims_the_id_token_lacks_come_from_userinfo_for_the_same_sub_only() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site_with(&op, json!({"allow_domains": ["example.com"]}), StartOptions::default()).await;
+    mode(&op, "claims_in_userinfo_only").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let claims = &serde_json::from_str::<Value>(&op.get("/test/last-token").await.body).unwrap()["id_token_claims"];
+    assert!(claims.get("email").is_none(), "{claims}");
+    let seen = echoed(&site.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice Liddell");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering");
+
+    // Userinfo about someone else is not used: the sign-in is refused.
+    mode(&op, "userinfo_other_sub").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_sign_in_refused(&reply, 400, "userinfo for another sub");
     op.stop().await;
     site.stop().await;
 }
@@ -147,6 +169,9 @@ async fn state_nonce_code_and_browser_binding_are_checked() {
     let elsewhere = crate::harness::send(Method::GET, &callback, &[], None).await;
     assert_sign_in_refused(&elsewhere, 400, "callback in another browser");
     assert!(elsewhere.body.contains("another browser"), "{}", elsewhere.body);
+    // ...without spending the sign-in: the browser that started it still completes it.
+    let rightful = site.get(callback.strip_prefix(&site.origin).unwrap()).await;
+    assert_eq!(rightful.status, 303, "{}", rightful.body);
 
     // The provider says no.
     mode(&op, "error_redirect").await;
@@ -259,7 +284,7 @@ async fn malformed_requests_to_the_module_get_a_readable_page_never_a_server_err
 #[tokio::test]
 async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotated_tokens() {
     let op = Op::start("oidc_forge.mjs").await;
-    let (clock, start) = crate::harness::manual_clock();
+    let (clock, start) = moved_clock();
     let mut site = forge_site_with(
         &op,
         json!({"forward_access_token": true, "recheck_interval": 300}),
@@ -275,16 +300,14 @@ async fn a_provider_outage_after_a_token_renewal_keeps_the_session_and_the_rotat
     // Near the access token's expiry the re-check renews it (the forge rotates refresh
     // tokens: each works once), then finds userinfo down: the session stays, with the new token.
     mode(&op, "userinfo_503").await;
-    clock.advance(3300);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 3300).await;
     let second = forwarded(&site.with_session("/", &token).await);
     assert_ne!(second, first);
 
     // The provider is back; the next renewal must use the rotated refresh token, not the spent
     // one (which the forge would answer with invalid_grant, ending the session).
     mode(&op, "normal").await;
-    clock.advance(3300);
-    portcullis::auth::recheck_sessions(&shared).await;
+    upkeep_after(&clock, &shared, 3300).await;
     let third = forwarded(&site.with_session("/", &token).await);
     assert!(third.is_string() && third != second, "{third}");
     op.stop().await;

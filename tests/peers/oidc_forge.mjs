@@ -35,7 +35,7 @@
 //                     expires_in: 3600, id_token, refresh_token}. grant_type=refresh_token: a
 //                     refresh token works once (rotation): {access_token, token_type, expires_in:
 //                     3600, refresh_token}; unknown or used: 400 invalid_grant.
-//   GET|POST /userinfo   Authorization: Bearer ACCESS_TOKEN -> {sub, email, name, groups};
+//   GET|POST /userinfo   Authorization: Bearer ACCESS_TOKEN -> {sub, email, email_verified, name, groups};
 //                     unknown or revoked token: 401 (WWW-Authenticate: Bearer error="invalid_token");
 //                     mode userinfo_503: 503 (a provider outage).
 //   GET  /logout      id_token_hint, post_logout_redirect_uri, state: recorded; 303 to
@@ -70,7 +70,9 @@
 //              multi_aud_no_azp, multi_aud_wrong_azp (azp other), expired (exp now-600,
 //              iat now-900), future_iat (iat now+3600, exp now+7200), wrong_nonce (not-the-nonce),
 //              no_nonce, tampered (signed, then email changed to mallory@example.com),
-//              unknown_kid (signed by evil, kid k-evil), rotated_kid (signed by rotated, kid k2).
+//              unknown_kid (signed by evil, kid k-evil), rotated_kid (signed by rotated, kid k2),
+//              claims_in_userinfo_only (no email, email_verified, name, groups: userinfo has them),
+//              userinfo_other_sub (as claims_in_userinfo_only, and userinfo answers for sub mallory).
 //   /token:    garbage_token_response (200, body `not json`), token_500 (500 {"error":"server_error"}),
 //              slow_token (waits 30 s, then answers as normal). These answer before any check.
 //   /authorize: state_mismatch (state returned is STATE + "-forged"), error_redirect
@@ -130,7 +132,7 @@ const MODES = new Set([
   'normal', 'alg_none', 'hs256_with_public_key', 'wrong_iss', 'wrong_aud', 'multi_aud_no_azp',
   'multi_aud_wrong_azp', 'expired', 'future_iat', 'wrong_nonce', 'no_nonce', 'tampered',
   'unknown_kid', 'rotated_kid', 'garbage_token_response', 'token_500', 'slow_token',
-  'state_mismatch', 'error_redirect', 'userinfo_503',
+  'state_mismatch', 'error_redirect', 'userinfo_503', 'claims_in_userinfo_only', 'userinfo_other_sub',
 ]);
 const VARIANTS = new Set(['good', 'bad_signature', 'has_nonce', 'no_event', 'wrong_aud', 'expired']);
 const USERS = {
@@ -169,6 +171,10 @@ function idToken({ clientId, nonce, user, sid }) {
     case 'future_iat': claims.iat = t + 3600; claims.exp = t + 7200; break;
     case 'wrong_nonce': claims.nonce = 'not-the-nonce'; break;
     case 'no_nonce': delete claims.nonce; break;
+    case 'claims_in_userinfo_only':
+    case 'userinfo_other_sub':
+      for (const claim of ['email', 'email_verified', 'name', 'groups']) delete claims[claim];
+      break;
     default: break;
   }
   let token;
@@ -385,8 +391,10 @@ function userinfo(req, res) {
   if (!entry) {
     return send(res, 401, { error: 'invalid_token' }, { 'WWW-Authenticate': 'Bearer error="invalid_token"' });
   }
-  const { sub, email, name, groups } = USERS[entry.user];
-  return send(res, 200, { sub, email, name, groups }, { 'Cache-Control': 'no-store' });
+  const { sub, email, email_verified, name, groups } = USERS[entry.user];
+  const answer = { sub, email, email_verified, name, groups };
+  if (mode === 'userinfo_other_sub') answer.sub = 'mallory';
+  return send(res, 200, answer, { 'Cache-Control': 'no-store' });
 }
 
 function logout(res, url) {

@@ -1,38 +1,65 @@
 // A real OpenID Provider for Portcullis's integration tests: npm `oidc-provider` 9.x (panva's
-// certified OP) on loopback, with in-memory accounts, clients registered at run time by the test,
-// and test-control endpoints under /test/. Run by the Rust integration tests (and a headless
-// browser drives its login and consent forms):
+// certified OP) on loopback, at its defaults except where noted below, with in-memory accounts,
+// clients registered at run time by the test, and test-control endpoints under /test/. Run by the
+// Rust integration tests (and a headless browser drives its login and consent forms):
 //
-//   node oidc_provider.mjs [--port 0]
+//   node oidc_provider.mjs [--port 0] [--host 127.0.0.1] [--tls-cert FILE --tls-key FILE]
+//                          [--endpoints-host NAME]
 //
-// It listens on 127.0.0.1 only (port 0 picks a free one); the issuer is http://127.0.0.1:PORT. It
-// makes a fresh RS256 signing key (and fresh cookie-signing keys) at every start, keeps sessions,
-// grants and tokens in memory, logs to stderr, exits 0 on SIGTERM/SIGINT, and when ready prints
-// exactly one JSON line on stdout:
+// It listens on 127.0.0.1 only (port 0 picks a free one); the issuer is http://HOST:PORT, or
+// https://HOST:PORT with --tls-cert/--tls-key (PEM files; the certificate must name HOST). HOST
+// (default 127.0.0.1) must resolve to 127.0.0.1 for its clients. It keeps sessions, grants and
+// tokens in memory, logs to stderr, exits 0 on SIGTERM/SIGINT, and when ready prints exactly one
+// JSON line on stdout:
 //
-//   {"issuer":"http://127.0.0.1:PORT","pid":PID}
+//   {"issuer":"http://127.0.0.1:PORT","pid":PID}            (+ "endpoints":"http://NAME:PORT2")
 //
 // OpenID endpoints (from /.well-known/openid-configuration): /auth, /token, /me (userinfo), /jwks,
-// /session/end (+ /session/end/confirm), /token/revocation. Access tokens are opaque. Every Host
-// header is rewritten to 127.0.0.1:PORT, so discovery and redirects always name the issuer.
+// /session/end (+ /session/end/confirm), /request (PAR). Access tokens are opaque. Every Host
+// header is rewritten to HOST:PORT, so discovery and redirects always name the issuer.
+//
+// --endpoints-host NAME: the provider's endpoints sit on two hosts, as Google's (token endpoint on
+// another host than the issuer) and Entra's (userinfo on Microsoft Graph) do: a second listener on
+// 127.0.0.1 (a free port PORT2) serves the token endpoint and userinfo, discovery names them as
+// http(s)://NAME:PORT2/token and /me, and the issuer's host answers 404 for those paths.
 //
 // Accounts (login / password -> claims):
 //   alice / alice-password  sub alice, email alice@example.com, email_verified true,
 //                           name "Alice Liddell", groups ["engineering","admins"]
 //   bob   / bob-password    sub bob, email bob@corp.example, email_verified false,
 //                           name "Bob Builder", groups ["sales"]
-// Scopes -> claims: openid: sub; email: email, email_verified; profile: name, groups;
-// groups: groups. The claims go into the ID token too (conformIdTokenClaims: false) and userinfo.
 //
-// Login and consent are this file's own interaction pages (oidc-provider's devInteractions accept
-// any password and pull a web font from the internet): the same markup and field names as
-// devInteractions, but the password is checked.
+// Differences from oidc-provider's defaults, each because a test cannot run without it:
+//   claims               oidc-provider declares only `openid: ['sub']`: every deployment declares
+//                        the claims it can supply. This declares OpenID Connect Core 5.4's scopes
+//                        (address, email, phone, profile, as oidc-provider's own example
+//                        configuration does) and a `groups` scope with a `groups` claim, as
+//                        Keycloak (a "groups" client scope with a group-membership mapper) and Okta
+//                        (its `groups` scope) are set up to send groups. conformIdTokenClaims stays
+//                        true: with the code flow the ID token carries sub (and sid, auth_time,
+//                        acr), and the scopes' claims come from userinfo only.
+//   findAccount, adapter the accounts above; one in-memory store for every model (oidc-provider's
+//                        default is in memory too, but cannot be listed) so /test/logout can find
+//                        a user's sessions and /test/clients can add clients at run time.
+//   devInteractions      off: its login form accepts any password and its pages pull a web font
+//                        from the internet (this machine must not reach it). This file serves the
+//                        same markup and field names (see below), with the password checked.
+//   logoutSource, postLogoutSuccessSource, renderError: the default pages' markup without that web font.
+//   features.backchannelLogout  on (off by default): the back-channel logout tests need it, and a
+//                        deployment that uses it turns it on the same way.
+//   fetch                oidc-provider refuses to send back-channel logouts to loopback addresses
+//                        (its SSRF guard): the gateways of these tests are all on 127.0.0.1. The
+//                        requests are recorded for /test/last-backchannel.
+//   jwks, cookies.keys   left at their defaults (development keys, unsigned cookies; oidc-provider
+//                        warns on stderr).
+//
+// Login and consent are this file's own interaction pages:
 //   login   GET  /interaction/<uid>   form[method=post] with input[name=login] (id username),
 //                                     input[name=password] (id password), hidden prompt=login,
 //                                     button[type=submit] "Sign-in". Wrong password or removed
 //                                     account: 401 and the form again, p.error "Invalid login or
 //                                     password". (#username/#password/button[type=submit] are what
-//                                     browser_login.mjs fills in, with skip_consent below.)
+//                                     browser_login.mjs fills in.)
 //   consent GET  /interaction/<uid>   form with hidden prompt=consent, button[type=submit] "Continue".
 //   both    POST /interaction/<uid>   303 to /auth/<uid> (fetch that resume URL once only).
 //   cancel  GET  /interaction/<uid>/abort   303 to /auth/<uid>, which ends in error=access_denied.
@@ -42,35 +69,34 @@
 // answers 303 to post_logout_redirect_uri?state=.. .
 //
 // Login without a browser (plain HTTP, redirects not followed, a cookie jar that honours Path;
-// every Location is absolute):
+// Locations may be relative, e.g. /interaction/<uid>):
 //   1. GET /auth?client_id&redirect_uri&response_type=code&scope&state&nonce&code_challenge
-//      &code_challenge_method=S256 -> 303 /interaction/<uid>; sets _interaction + _interaction.sig
-//      (Path=/interaction/<uid>) and _interaction_resume + _interaction_resume.sig (Path=/auth/<uid>).
-//   2. GET /interaction/<uid> (send _interaction*) -> 200 login form. Optional; sets nothing.
-//   3. POST /interaction/<uid> (send _interaction*) prompt=login&login=alice&password=alice-password
+//      &code_challenge_method=S256 -> 303 /interaction/<uid>; sets _interaction (Path=/interaction/<uid>)
+//      and _interaction_resume (Path=/auth/<uid>).
+//   2. GET /interaction/<uid> (send _interaction) -> 200 login form. Optional; sets nothing.
+//   3. POST /interaction/<uid> (send _interaction) prompt=login&login=alice&password=alice-password
 //      -> 303 /auth/<uid>.
-//   4. GET /auth/<uid> (send _interaction_resume*) -> sets _session + _session.sig (Path=/), clears
-//      the resume cookies, 303 /interaction/<uid2> with new _interaction* and _interaction_resume*.
+//   4. GET /auth/<uid> (send _interaction_resume) -> sets _session (Path=/), clears the resume
+//      cookie, 303 /interaction/<uid2> with new _interaction and _interaction_resume.
 //   5. GET /interaction/<uid2> -> 200 consent form; POST /interaction/<uid2> prompt=consent
 //      -> 303 /auth/<uid2>.
-//   6. GET /auth/<uid2> (send _interaction_resume* and _session*) -> 303
+//   6. GET /auth/<uid2> (send _interaction_resume and _session) -> 303
 //      redirect_uri?code=..&state=..&iss=<issuer>.
-// With a live _session and an existing grant for the client, step 1 answers the final 303 at once;
-// for a new client of the same session only the consent steps remain.
+// With a live _session and an existing grant for the client that covers the scopes asked for,
+// step 1 answers the final 303 at once; otherwise only the consent steps remain.
+//
+// Refresh tokens are oidc-provider's default: issued only when the grant includes offline_access,
+// which it keeps only for clients allowed the refresh_token grant (and asks consent for).
 //
 // Test control (JSON):
 //   POST /test/clients               {"client_id","client_secret","redirect_uris":[..],
 //                                     "post_logout_redirect_uris":[..],"backchannel_logout_uri":"..",
 //                                     "token_endpoint_auth_method":"client_secret_basic"|"client_secret_post",
-//                                     "require_pkce": false, "skip_consent": false}
-//                                     -> 204 (400 + error JSON if invalid).
-//                                     Re-posting a client_id replaces it. Grant types
-//                                     authorization_code + refresh_token, response type code,
-//                                     backchannel_logout_session_required true. PKCE is S256 only
-//                                     and optional unless require_pkce is true. The registered
-//                                     token_endpoint_auth_method is enforced strictly at /token (401
-//                                     invalid_client for the other one; plain oidc-provider takes both).
-//                                     skip_consent: true grants every scope without the consent page.
+//                                     "grant_types":[..] (default authorization_code + refresh_token)}
+//                                     -> 204 (400 + error JSON if invalid). The client registration an
+//                                     operator makes (oidc-provider validates it as any client
+//                                     metadata); re-posting a client_id replaces it. Response type
+//                                     code, backchannel_logout_session_required true.
 //   POST /test/users/<login>/remove  the account disappears: login fails, findAccount gives
 //                                     undefined, userinfo answers 401 invalid_token. 204.
 //   POST /test/users/<login>/restore 204.
@@ -85,9 +111,13 @@
 //   GET  /test/backchannels          all of them, oldest first.
 //   GET  /test/last-token-request    {"client_id","grant_type","auth_method":"client_secret_basic"|
 //                                     "client_secret_post"|"none","code_verifier_present","status",
-//                                     "error"}; 404 before any.
+//                                     "error","host"}; 404 before any. (oidc-provider itself enforces
+//                                     the registered token_endpoint_auth_method.)
+//   GET  /test/userinfo-requests     how many userinfo requests were answered 200: {"ok":N}.
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as querystring from 'node:querystring';
 import { parseArgs } from 'node:util';
 
@@ -98,8 +128,21 @@ console.log = console.error;
 console.info = console.error;
 const log = (...args) => console.error('[oidc_provider]', ...args);
 
-const { values: args } = parseArgs({ options: { port: { type: 'string', default: '0' } } });
-const HOST = '127.0.0.1';
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string', default: '0' },
+    host: { type: 'string', default: '127.0.0.1' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'endpoints-host': { type: 'string' },
+  },
+});
+const LISTEN = '127.0.0.1';
+const HOST = args.host;
+const tls = args['tls-cert'] && args['tls-key']
+  ? { cert: fs.readFileSync(args['tls-cert']), key: fs.readFileSync(args['tls-key']) }
+  : undefined;
+const SCHEME = tls ? 'https' : 'http';
 
 // ---------------------------------------------------------------------------------------------
 // Accounts
@@ -194,13 +237,13 @@ class MemoryAdapter {
   }
 }
 
-const clientOptions = new Map(); // client_id -> { requirePkce, skipConsent, authMethod }
 
 // ---------------------------------------------------------------------------------------------
 // What the tests read back
 
 const backchannels = [];
 let lastTokenRequest;
+let userinfoOk = 0;
 
 // oidc-provider sends back-channel logouts through `fetch`. Its own dispatcher refuses loopback
 // addresses (SSRF protection), so drop it: the RPs of these tests are all on 127.0.0.1.
@@ -314,64 +357,24 @@ async function renderError(ctx, out) {
 // ---------------------------------------------------------------------------------------------
 // The provider
 
-// oidc-provider's default, plus: a client registered with skip_consent gets every scope and claim
-// granted without the consent page (login is still asked for).
-async function loadExistingGrant(ctx) {
-  const { client, session, provider } = ctx.oidc;
-  const grantId = ctx.oidc.result?.consent?.grantId || session.grantIdFor(client.clientId);
-  if (grantId) return provider.Grant.find(grantId);
-  if (!clientOptions.get(client.clientId)?.skipConsent || !session.accountId) return undefined;
-  const grant = new provider.Grant({ clientId: client.clientId, accountId: session.accountId });
-  grant.addOIDCScope('openid offline_access email profile groups');
-  grant.addOIDCClaims(['sub', 'email', 'email_verified', 'name', 'groups']);
-  await grant.save();
-  return grant;
-}
-
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingKey = {
-  ...privateKey.export({ format: 'jwk' }), kid: crypto.randomUUID(), alg: 'RS256', use: 'sig',
-};
-
 const configuration = {
   adapter: MemoryAdapter,
   findAccount,
-  jwks: { keys: [signingKey] },
-  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
   claims: {
-    openid: ['sub'],
+    address: ['address'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'groups'],
+    phone: ['phone_number', 'phone_number_verified'],
+    profile: ['birthdate', 'family_name', 'gender', 'given_name', 'locale', 'middle_name', 'name',
+      'nickname', 'picture', 'preferred_username', 'profile', 'updated_at', 'website', 'zoneinfo'],
     groups: ['groups'],
-  },
-  conformIdTokenClaims: false,
-  responseTypes: ['code'],
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
-  clientDefaults: {
-    grant_types: ['authorization_code', 'refresh_token'],
-    response_types: ['code'],
-    token_endpoint_auth_method: 'client_secret_basic',
-    id_token_signed_response_alg: 'RS256',
   },
   features: {
     devInteractions: { enabled: false },
     rpInitiatedLogout: { enabled: true, logoutSource, postLogoutSuccessSource },
     backchannelLogout: { enabled: true },
-    revocation: { enabled: true },
-    userinfo: { enabled: true },
   },
-  loadExistingGrant,
-  // A refresh token with every code exchange (plain oidc-provider wants offline_access + prompt=consent).
-  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
-  pkce: {
-    required: (_ctx, client) => client.clientAuthMethod === 'none' || clientOptions.get(client.clientId)?.requirePkce === true,
-  },
-  interactions: { url: (_ctx, interaction) => `${issuer}/interaction/${interaction.uid}` },
   renderError,
   fetch: recordingFetch,
-  ttl: {
-    AccessToken: 3600, AuthorizationCode: 60, IdToken: 3600, Interaction: 3600, Session: 86400, Grant: 86400, RefreshToken: 86400,
-  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +483,7 @@ async function interactionRoutes(provider, ctx) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Token requests: record (and enforce) the client authentication method
+// Token requests: record the client authentication method (oidc-provider enforces it)
 
 function tokenAuth(ctx, body) {
   const header = ctx.get('authorization');
@@ -511,18 +514,10 @@ async function tokenRoute(ctx, next) {
     code_verifier_present: typeof body.code_verifier === 'string' && body.code_verifier.length > 0,
     status: null,
     error: null,
+    host: ctx.get('x-original-host') || null,
   };
   lastTokenRequest = record;
-
-  const registered = clientOptions.get(auth.clientId)?.authMethod;
-  if (registered && registered !== auth.method) {
-    json(ctx, 401, {
-      error: 'invalid_client',
-      error_description: `client is registered for ${registered} but authenticated with ${auth.method}`,
-    });
-  } else {
-    await next();
-  }
+  await next();
   record.status = ctx.status;
   if (ctx.status >= 400) record.error = ctx.body?.error ?? null;
   log('token request', JSON.stringify(record));
@@ -570,16 +565,14 @@ async function logoutUser(provider, login) {
 // Test control
 
 async function registerClient(provider, body) {
-  const authMethod = body.token_endpoint_auth_method ?? 'client_secret_basic';
   const metadata = {
     client_id: body.client_id,
     client_secret: body.client_secret,
     redirect_uris: body.redirect_uris ?? [],
     post_logout_redirect_uris: body.post_logout_redirect_uris ?? [],
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: body.grant_types ?? ['authorization_code', 'refresh_token'],
     response_types: ['code'],
-    token_endpoint_auth_method: authMethod,
-    id_token_signed_response_alg: 'RS256',
+    token_endpoint_auth_method: body.token_endpoint_auth_method ?? 'client_secret_basic',
   };
   if (body.backchannel_logout_uri) {
     metadata.backchannel_logout_uri = body.backchannel_logout_uri;
@@ -588,9 +581,6 @@ async function registerClient(provider, body) {
   if (body.client_name) metadata.client_name = body.client_name;
   await provider.Client.validate(metadata); // throws InvalidClientMetadata
   await provider.Client.adapter.upsert(metadata.client_id, metadata);
-  clientOptions.set(metadata.client_id, {
-    requirePkce: body.require_pkce === true, skipConsent: body.skip_consent === true, authMethod,
-  });
   log('client registered', JSON.stringify(metadata));
 }
 
@@ -635,6 +625,8 @@ async function testRoutes(provider, ctx) {
     else json(ctx, 404, { error: 'no back-channel logout sent yet' });
   } else if (method === 'GET' && path === '/test/backchannels') {
     json(ctx, 200, backchannels);
+  } else if (method === 'GET' && path === '/test/userinfo-requests') {
+    json(ctx, 200, { ok: userinfoOk });
   } else if (method === 'GET' && path === '/test/last-token-request') {
     if (lastTokenRequest) json(ctx, 200, lastTokenRequest);
     else json(ctx, 404, { error: 'no token request yet' });
@@ -646,14 +638,24 @@ async function testRoutes(provider, ctx) {
 // ---------------------------------------------------------------------------------------------
 // Start
 
-const server = http.createServer();
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(Number(args.port), HOST, resolve);
-});
+async function listen() {
+  const server = tls ? https.createServer(tls) : http.createServer();
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(Number(args.port), LISTEN, resolve);
+  });
+  return server;
+}
+
+const server = await listen();
 const { port } = server.address();
-const issuer = `http://${HOST}:${port}`;
+const issuerHost = `${HOST}:${port}`;
+const issuer = `${SCHEME}://${issuerHost}`;
 const provider = new Provider(issuer, configuration);
+// The token endpoint and userinfo on a second host (--endpoints-host), as some providers have them.
+const split = args['endpoints-host'] ? await listen() : undefined;
+const endpoints = split && `${SCHEME}://${args['endpoints-host']}:${split.address().port}`;
+const SPLIT_PATHS = new Set(['/token', '/me']);
 
 provider.on('server_error', (_ctx, err) => log('server_error', err));
 provider.on('backchannel.error', (_ctx, err, client) => log('backchannel.error', client.clientId, err.message));
@@ -665,10 +667,15 @@ provider.on('end_session.success', () => log('end_session.success'));
 
 provider.use(async (ctx, next) => {
   // Discovery and every URL the provider builds come from the Host header: pin it to the issuer.
-  ctx.req.headers.host = `${HOST}:${port}`;
+  const original = ctx.req.headers.host;
+  ctx.req.headers['x-original-host'] = original;
+  ctx.req.headers.host = issuerHost;
   const started = Date.now();
+  const onEndpointsHost = split !== undefined && ctx.req.socket.localPort === split.address().port;
   try {
-    if (ctx.path.startsWith('/test/')) {
+    if (split && onEndpointsHost !== SPLIT_PATHS.has(ctx.path)) {
+      json(ctx, 404, { error: 'not_found', error_description: `${ctx.path} is not served on ${original}` });
+    } else if (ctx.path.startsWith('/test/')) {
       await testRoutes(provider, ctx);
     } else if (ctx.path.startsWith('/interaction/')) {
       if (!(await interactionRoutes(provider, ctx))) await next();
@@ -676,6 +683,10 @@ provider.use(async (ctx, next) => {
       await tokenRoute(ctx, next);
     } else {
       await next();
+      if (ctx.path === '/me' && ctx.status === 200) userinfoOk += 1;
+      if (endpoints && ctx.path === '/.well-known/openid-configuration' && ctx.status === 200) {
+        ctx.body = { ...ctx.body, token_endpoint: `${endpoints}/token`, userinfo_endpoint: `${endpoints}/me` };
+      }
     }
   } catch (err) {
     log('error in', ctx.method, ctx.path, err);
@@ -685,15 +696,18 @@ provider.use(async (ctx, next) => {
 });
 
 server.on('request', provider.callback());
+split?.on('request', provider.callback());
 
 function stop(signal) {
   log(`${signal}: stopping`);
-  server.close();
-  server.closeAllConnections();
+  for (const s of [server, split]) {
+    s?.close();
+    s?.closeAllConnections();
+  }
   process.exit(0);
 }
 process.on('SIGTERM', () => stop('SIGTERM'));
 process.on('SIGINT', () => stop('SIGINT'));
 
-process.stdout.write(`${JSON.stringify({ issuer, pid: process.pid })}\n`);
-log('ready at', issuer);
+process.stdout.write(`${JSON.stringify({ issuer, pid: process.pid, ...(endpoints ? { endpoints } : {}) })}\n`);
+log('ready at', issuer, endpoints ? `(token and userinfo at ${endpoints})` : '');

@@ -12,8 +12,10 @@
 //! signed with an unknown `kid` refetches the JWKS (at most once a minute). ID tokens are
 //! checked for signature (asymmetric algorithms only: `none` and HMAC are refused), `iss`,
 //! `aud` (and `azp` with several audiences), `exp`, `iat` (not in the future), `nonce`.
-//! Access rules (`allow_emails`, `allow_domains`, `authorized_groups`) are checked at sign-in
-//! and, with `recheck_interval`, again against the provider's userinfo endpoint.
+//! Claims the ID token lacks (email, name, groups: providers put the scopes' claims in userinfo)
+//! are read from userinfo for the same `sub`. Access rules (`allow_emails`, `allow_domains`,
+//! `authorized_groups`) are checked at sign-in and, with `recheck_interval`, again against the
+//! provider's userinfo endpoint. Sessions that need a refresh token ask for `offline_access`.
 
 mod jwt;
 
@@ -61,13 +63,16 @@ const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-log
 
 /// Provider metadata fields openidconnect leaves to the caller.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-struct LogoutMetadata {
+struct ExtraMetadata {
     end_session_endpoint: Option<String>,
+    /// RFC 9207: the provider names itself (`iss`) in every authorization response.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: Option<bool>,
 }
-impl AdditionalProviderMetadata for LogoutMetadata {}
+impl AdditionalProviderMetadata for ExtraMetadata {}
 
 type Metadata = ProviderMetadata<
-    LogoutMetadata,
+    ExtraMetadata,
     CoreAuthDisplay,
     CoreClientAuthMethod,
     CoreClaimName,
@@ -101,8 +106,16 @@ struct Options {
     #[serde(default)]
     authorized_groups: Vec<String>,
     /// The claim that lists the user's groups.
-    #[serde(default = "default_groups_claim")]
+    #[serde(default = "default_groups")]
     groups_claim: String,
+    /// The scope that asks the provider for the groups claim, requested when the provider's
+    /// discovery lists it in `scopes_supported` (empty: never requested).
+    #[serde(default = "default_groups")]
+    groups_scope: String,
+    /// The `prompt` sent with `offline_access` (OpenID Connect Core 11 requires `consent`;
+    /// empty: none, for providers that issue refresh tokens without it).
+    #[serde(default = "default_offline_access_prompt")]
+    offline_access_prompt: String,
     /// Seconds between checks at the provider's userinfo endpoint that the user still has
     /// access (0: never).
     #[serde(default)]
@@ -127,8 +140,12 @@ struct Options {
     allow_insecure_issuer: bool,
 }
 
-fn default_groups_claim() -> String {
+fn default_groups() -> String {
     "groups".into()
+}
+
+fn default_offline_access_prompt() -> String {
+    "consent".into()
 }
 
 impl Options {
@@ -138,6 +155,12 @@ impl Options {
         } else {
             self.scopes.clone()
         }
+    }
+
+    /// Whether sessions need a refresh token: to renew the forwarded access token, or to ask
+    /// userinfo again after the first access token expired.
+    fn needs_refresh_token(&self) -> bool {
+        self.forward_access_token || self.recheck_interval > 0
     }
 
     /// Whether a user with this email and these groups may sign in.
@@ -180,6 +203,18 @@ fn parse_options(value: &serde_json::Value) -> Result<Options, Vec<OptionError>>
     }
     if options.groups_claim.trim().is_empty() {
         return Err(option_error("groups_claim", "must not be empty"));
+    }
+    if options.groups_scope.contains(char::is_whitespace) {
+        return Err(option_error("groups_scope", "must be one scope (no spaces)"));
+    }
+    if !matches!(
+        options.offline_access_prompt.as_str(),
+        "" | "consent" | "login" | "select_account" | "consent login"
+    ) {
+        return Err(option_error(
+            "offline_access_prompt",
+            "must be `consent`, `login`, `select_account`, `consent login` or empty",
+        ));
     }
     if let Some(method) = options.token_auth_method.as_deref() {
         if !matches!(method, "client_secret_basic" | "client_secret_post") {
@@ -272,10 +307,35 @@ impl Module {
         }))
     }
 
+    /// The scopes the authorization request asks for: the configured ones, the groups scope
+    /// when the provider offers it, and `offline_access` when sessions need a refresh token and
+    /// the provider offers it (OpenID Connect Core 11; most providers issue refresh tokens only
+    /// then). A scope a provider does not list is not added: some refuse unknown scopes.
+    fn requested_scopes(&self) -> Vec<String> {
+        let mut scopes = self.options.scopes();
+        let offered = |scope: &str| {
+            self.metadata
+                .scopes_supported()
+                .is_some_and(|s| s.iter().any(|o| o.as_str() == scope))
+        };
+        let mut add = |scope: &str| {
+            if !scope.is_empty() && offered(scope) && !scopes.iter().any(|s| s == scope) {
+                scopes.push(scope.to_string());
+            }
+        };
+        add(&self.options.groups_scope);
+        if self.options.needs_refresh_token() {
+            add("offline_access");
+        }
+        scopes
+    }
+
     fn outputs(&self) -> serde_json::Value {
         let o = &self.options;
         serde_json::json!({
             "scopes": o.scopes(),
+            "groups_scope": o.groups_scope,
+            "offline_access_prompt": o.offline_access_prompt,
             "allow_emails": o.allow_emails,
             "allow_domains": o.allow_domains,
             "authorized_groups": o.authorized_groups,
@@ -463,6 +523,77 @@ fn userinfo_allows(
     }
 }
 
+/// The claims of a verified ID token, completed from the provider's userinfo endpoint when it
+/// lacks one the module uses (email, name, groups): providers that follow OpenID Connect Core
+/// 5.4 return the claims of the `email` and `profile` scopes from userinfo only, unless the
+/// ID token is the only token issued. Userinfo counts only for the same `sub` (Core 5.3.2);
+/// the ID token's claims win where both have one.
+fn with_userinfo_claims(
+    host: &dyn Host,
+    module: &Module,
+    mut claims: serde_json::Value,
+    access_token: &str,
+) -> Result<serde_json::Value, PluginError> {
+    let options = &module.options;
+    let wanted = ["email", "name", options.groups_claim.as_str()];
+    if wanted.iter().all(|claim| claims.get(claim).is_some()) || module.metadata.userinfo_endpoint().is_none() {
+        return Ok(claims);
+    }
+    // Without an answer, a sign-in goes on only if no rule needs what is missing.
+    let address_rules = !options.allow_emails.is_empty() || !options.allow_domains.is_empty();
+    let needed = (address_rules && claims.get("email").is_none())
+        || (!options.authorized_groups.is_empty() && claims.get(options.groups_claim.as_str()).is_none());
+    let unavailable = |why: String| {
+        if needed {
+            Err(PluginError::Upstream(why))
+        } else {
+            host.log(
+                LogLevel::Warn,
+                &format!("{why}; signing in with the ID token's claims only"),
+            );
+            Ok(None)
+        }
+    };
+    let answer = userinfo(host, module, access_token);
+    let extra = match answer {
+        Ok(answer) if answer.status == 200 => match serde_json::from_slice::<serde_json::Value>(&answer.body) {
+            Ok(serde_json::Value::Object(extra)) => Some(extra),
+            _ => unavailable(
+                "userinfo did not answer a JSON object (a signed userinfo response is not supported)".into(),
+            )?,
+        },
+        Ok(answer) => unavailable(format!("userinfo answered {}", answer.status))?,
+        Err(e) => unavailable(format!("userinfo: {e}"))?,
+    };
+    let Some(extra) = extra else {
+        return Ok(claims);
+    };
+    if extra.get("sub") != claims.get("sub") {
+        host.log(
+            LogLevel::Warn,
+            &format!(
+                "userinfo answered for sub {} where the ID token names {}: refused",
+                extra.get("sub").unwrap_or(&serde_json::Value::Null),
+                claims["sub"]
+            ),
+        );
+        return Err(PluginError::BadRequest(
+            "The identity provider's answer was not accepted. Try signing in again.".into(),
+        ));
+    }
+    let id_token_has_email = claims.get("email").is_some();
+    if let serde_json::Value::Object(object) = &mut claims {
+        for (name, value) in extra {
+            // An address and its verification come from the same place.
+            if name == "email_verified" && id_token_has_email {
+                continue;
+            }
+            object.entry(name).or_insert(value);
+        }
+    }
+    Ok(claims)
+}
+
 /// Calls the provider's userinfo endpoint with an access token.
 fn userinfo(host: &dyn Host, module: &Module, access_token: &str) -> Result<HttpResponse, PluginError> {
     let endpoint = module
@@ -610,15 +741,21 @@ impl Oidc {
         let module = self.module(host, context)?;
         let query = request.query.as_deref().unwrap_or_default();
         let state = form_value(query, "state").unwrap_or_default();
+        let state_key = format!("state:{state}");
+        let unknown_state = || {
+            host.log(LogLevel::Warn, "OIDC callback with an unknown or used state");
+            PluginError::BadRequest(
+                "This sign-in answer does not match a sign-in started here, or was already used. Try signing in again."
+                    .into(),
+            )
+        };
+        // The sign-in is looked at first and taken only once this answer is found to be its
+        // own, so a refused answer (another browser's, one without the provider's name) does not
+        // spend the sign-in the rightful browser is completing.
         let pending = host
-            .kv_take(&format!("state:{state}"))
+            .kv_get(&state_key)
             .and_then(|bytes| serde_json::from_slice::<Pending>(&bytes).ok())
-            .ok_or_else(|| {
-                host.log(LogLevel::Warn, "OIDC callback with an unknown or used state");
-                PluginError::BadRequest(
-                    "This sign-in answer does not match a sign-in started here, or was already used. Try signing in again.".into(),
-                )
-            })?;
+            .ok_or_else(unknown_state)?;
         if request.cookie(&binding_cookie(&module.redirect_uri)) != Some(pending.binding.as_str()) {
             host.log(
                 LogLevel::Warn,
@@ -627,6 +764,38 @@ impl Oidc {
             return Err(PluginError::BadRequest(
                 "This sign-in answer belongs to a sign-in started in another browser. Try signing in again.".into(),
             ));
+        }
+        // RFC 9207: the provider's name in the answer must be the module's issuer, and must be
+        // there when the provider says it always sends it (a mix-up attack strips it).
+        let names_itself = module
+            .metadata
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported
+            == Some(true);
+        match form_value(query, "iss") {
+            Some(iss) if iss != module.options.issuer => {
+                host.log(
+                    LogLevel::Warn,
+                    &format!("OIDC callback from issuer {}", iss.escape_debug()),
+                );
+                return Err(PluginError::BadRequest(
+                    "The sign-in answer came from another provider.".into(),
+                ));
+            }
+            None if names_itself => {
+                host.log(
+                    LogLevel::Warn,
+                    "OIDC callback without `iss`, which the provider says it always sends (RFC 9207)",
+                );
+                return Err(PluginError::BadRequest(
+                    "The sign-in answer does not name its provider. Try signing in again.".into(),
+                ));
+            }
+            _ => {}
+        }
+        // Taken once (a concurrent answer for the same sign-in finds it gone).
+        if host.kv_take(&state_key).is_none() {
+            return Err(unknown_state());
         }
         if let Some(error) = form_value(query, "error") {
             host.log(
@@ -641,14 +810,6 @@ impl Oidc {
             return Err(PluginError::Forbidden(
                 "The identity provider did not sign you in.".into(),
             ));
-        }
-        // RFC 9207: when the provider names itself, it must be the module's issuer.
-        if let Some(iss) = form_value(query, "iss") {
-            if iss != module.options.issuer {
-                return Err(PluginError::BadRequest(
-                    "The sign-in answer came from another provider.".into(),
-                ));
-            }
         }
         let code = form_value(query, "code")
             .ok_or_else(|| PluginError::BadRequest("The sign-in answer has no code.".into()))?;
@@ -716,8 +877,11 @@ impl Oidc {
                 "The identity provider's answer was not accepted. Try signing in again.".into(),
             ));
         }
-        // Verified: read every claim (the groups claim is not a standard one) from the payload.
-        let claims = jwt::payload(&id_token.to_string()).map_err(PluginError::BadRequest)?;
+        // Verified: read every claim (the groups claim is not a standard one) from the payload,
+        // and what it lacks from userinfo.
+        let id_claims = jwt::payload(&id_token.to_string()).map_err(PluginError::BadRequest)?;
+        let access_token = token.access_token().secret().clone();
+        let claims = with_userinfo_claims(host, &module, id_claims, &access_token)?;
         let sub = claims["sub"].as_str().unwrap_or_default().to_string();
         let email = claims["email"].as_str().map(str::to_string);
         let email_verified = is_verified(&claims["email_verified"], module.options.trust_unverified_email);
@@ -732,7 +896,6 @@ impl Oidc {
         if let Some(sid) = &sid {
             host.kv_put(&format!("sid:{sid}"), sub.as_bytes(), Some(SID_TTL));
         }
-        let access_token = token.access_token().secret().clone();
         let data = SessionData {
             id_token: id_token.to_string(),
             sid: sid.clone(),
@@ -740,10 +903,25 @@ impl Oidc {
             refresh_token: token.refresh_token().map(|t| t.secret().clone()),
             expires_at: expiry(host, token.expires_in()),
         };
-        // A forwarded access token that can be renewed is looked at every half of its life,
-        // whether or not the module re-checks access.
-        let renew_every = match (&data.refresh_token, token.expires_in()) {
-            (Some(_), Some(life)) if module.options.forward_access_token => {
+        if data.refresh_token.is_none() && module.options.needs_refresh_token() {
+            host.log(
+                LogLevel::Warn,
+                &format!(
+                    "the provider gave {sub} no refresh token (is the refresh_token grant enabled for this client, and offline_access allowed?): {}",
+                    match token.expires_in() {
+                        Some(life) => format!(
+                            "the session ends when its access token expires, in {} s, and the person signs in again",
+                            life.as_secs()
+                        ),
+                        None => "the provider did not say when its access token expires; the session ends when userinfo refuses it".into(),
+                    }
+                ),
+            );
+        }
+        // A forwarded access token is looked at every half of its life, whether or not the
+        // module re-checks access: renewed when it can be, the session ended when it expires.
+        let renew_every = match token.expires_in() {
+            Some(life) if module.options.forward_access_token => {
                 Some((life.as_secs() / 2).clamp(RENEW_EVERY.0, RENEW_EVERY.1))
             }
             _ => None,
@@ -947,7 +1125,11 @@ impl Plugin for Oidc {
                 move || Nonce::new(nonce_value),
             )
             .set_pkce_challenge(challenge);
-        for scope in module.options.scopes().into_iter().filter(|s| s != "openid") {
+        let scopes = module.requested_scopes();
+        if scopes.iter().any(|s| s == "offline_access") && !module.options.offline_access_prompt.is_empty() {
+            authorize = authorize.add_extra_param("prompt", module.options.offline_access_prompt.clone());
+        }
+        for scope in scopes.into_iter().filter(|s| s != "openid") {
             authorize = authorize.add_scope(Scope::new(scope));
         }
         let (url, _, _) = authorize.url();
@@ -1001,14 +1183,24 @@ impl Plugin for Oidc {
                 expires_at: data.expires_at,
             });
         let forwarding = module.options.forward_access_token;
+        let now = host.now_unix();
+        if tokens.refresh_token.is_none() && tokens.expires_at.is_some_and(|at| at <= now + CLOCK_SKEW) {
+            // Neither the forwarded token nor userinfo can be used any longer.
+            host.log(
+                LogLevel::Info,
+                "the access token expired and the provider gave no refresh token: the session ends (the person signs in again)",
+            );
+            return Ok(Recheck::ended());
+        }
         let mut renewed = false;
         // A forwarded access token is renewed while it is still good, when it would expire
-        // before the next check.
-        let next_check = host
-            .now_unix()
+        // before the next check; another one when it has expired (or is about to), before
+        // userinfo sees it.
+        let next_check = now
             .saturating_add(i64::try_from(identity.recheck_interval_secs).unwrap_or(i64::MAX))
             .saturating_add(RENEW_MARGIN);
-        if forwarding && tokens.refresh_token.is_some() && tokens.expires_at.is_some_and(|at| at <= next_check) {
+        let renew_by = if forwarding { next_check } else { now + CLOCK_SKEW };
+        if tokens.refresh_token.is_some() && tokens.expires_at.is_some_and(|at| at <= renew_by) {
             if !refresh_tokens(host, &module, &mut tokens, &tokens_key)? {
                 return Ok(Recheck::ended());
             }
@@ -1161,6 +1353,70 @@ mod tests {
             let value = serde_json::json!({"issuer": fine, "client_id": "c", "client_secret": "s"});
             assert!(parse_options(&value).is_ok(), "{fine}");
         }
+    }
+
+    fn module_with(options: serde_json::Value, scopes_supported: &[&str]) -> Module {
+        let metadata: Metadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://op.example",
+            "authorization_endpoint": "https://op.example/auth",
+            "jwks_uri": "https://op.example/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "scopes_supported": scopes_supported,
+        }))
+        .unwrap();
+        Module {
+            options_json: String::new(),
+            origin: "https://app.example".into(),
+            options: self::options(options),
+            metadata,
+            fetched_at: 0,
+            jwks_refreshed_at: 0,
+            redirect_uri: "https://app.example/cb".into(),
+            base: "https://app.example".into(),
+        }
+    }
+
+    #[test]
+    fn the_groups_scope_and_offline_access_are_asked_for_only_when_offered_and_needed() {
+        let all = ["openid", "offline_access", "email", "profile", "groups"];
+        let scopes = |options, offered: &[&str]| module_with(options, offered).requested_scopes();
+        assert_eq!(
+            scopes(serde_json::json!({}), &all),
+            ["openid", "profile", "email", "groups"]
+        );
+        assert_eq!(
+            scopes(serde_json::json!({"recheck_interval": 60}), &all),
+            ["openid", "profile", "email", "groups", "offline_access"]
+        );
+        assert_eq!(
+            scopes(
+                serde_json::json!({"forward_access_token": true, "groups_scope": ""}),
+                &all
+            ),
+            ["openid", "profile", "email", "offline_access"]
+        );
+        // A provider that does not list them (Google lists openid, email, profile) gets neither.
+        assert_eq!(
+            scopes(
+                serde_json::json!({"forward_access_token": true}),
+                &["openid", "email", "profile"]
+            ),
+            ["openid", "profile", "email"]
+        );
+        assert_eq!(
+            scopes(
+                serde_json::json!({"groups_scope": "roles", "scopes": ["openid", "roles"]}),
+                &["openid", "roles"]
+            ),
+            ["openid", "roles"]
+        );
+        let value =
+            serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "groups_scope": "a b"});
+        assert_eq!(parse_options(&value).unwrap_err()[0].key, "groups_scope");
+        let value = serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "offline_access_prompt": "none"});
+        assert_eq!(parse_options(&value).unwrap_err()[0].key, "offline_access_prompt");
     }
 
     #[test]
