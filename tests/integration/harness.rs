@@ -179,7 +179,8 @@ type UpstreamBody = BoxBody<Bytes, std::io::Error>;
 
 /// A real HTTP upstream on a free port, independent of the gateway's code.
 ///
-/// - any path: JSON `{"method","path","headers","body"}` of what it received;
+/// - any path: JSON `{"method","path","headers","body"}` of what it received (a header
+///   received on several lines as an array of its values);
 /// - `/stream`: sends `first`, waits for [`Upstream::go`], then sends `second`;
 /// - `/upload`: reads one body frame, signals [`Upstream::arrived`], reads the rest, answers the total length;
 /// - `/redirect`: a 302 to `/elsewhere`;
@@ -314,16 +315,22 @@ async fn upstream_handle(
         _ => {
             let method = req.method().to_string();
             let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-            let headers: serde_json::Map<String, Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                    )
-                })
-                .collect();
+            // A header received once is a string; one received on several lines is an array of
+            // its values, so an assertion expecting one value notices a duplicate.
+            let mut headers = serde_json::Map::new();
+            for name in req.headers().keys() {
+                let values: Vec<Value> = req
+                    .headers()
+                    .get_all(name)
+                    .iter()
+                    .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let value = match <[Value; 1]>::try_from(values) {
+                    Ok([one]) => one,
+                    Err(many) => Value::Array(many),
+                };
+                headers.insert(name.to_string(), value);
+            }
             let body = req
                 .into_body()
                 .collect()
