@@ -763,6 +763,8 @@ async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign
         .post_acs_with_cookie(&fields(&Claims::genuine(&site, Some(id))), &pair)
         .await;
     assert_eq!(done.status, 303, "{}", done.body);
-    assert!(set_cookie(&done, "portcullis.session").unwrap().contains("; Secure"));
+    assert!(set_cookie(&done, "__Host-portcullis.session")
+        .unwrap()
+        .contains("; Secure"));
     site.stop().await;
 }
