@@ -240,10 +240,12 @@ pub async fn gate(
         return Gate::Pass(None);
     }
     let now = shared.clock.now();
-    // Exactly one session cookie: a second one is someone else's cookie tossed in (a sibling
-    // subdomain can set one for the parent domain), and neither may be chosen over the other.
+    // One session cookie (sent once or repeated): a second, different one is someone else's
+    // cookie tossed in (a sibling subdomain can set one for the parent domain), and neither
+    // may be chosen over the other.
     let mut tokens = cookie_values(req.headers(), &auth.cookie_name);
-    if let (Some(token), None) = (tokens.next(), tokens.next()) {
+    let first = tokens.next();
+    if let Some(token) = first.filter(|first| tokens.all(|other| other == *first)) {
         if let Some(entry) = shared.sessions.check(token, &target.route_id, now) {
             return Gate::Pass(Some(entry));
         }

@@ -427,7 +427,7 @@ async fn headers_other_proxies_set_never_reach_an_upstream_and_forwarding_header
 // ----- cookie tossing -----
 
 #[tokio::test]
-async fn two_session_cookies_are_no_session_so_a_tossed_cookie_cannot_swap_sessions() {
+async fn two_different_session_cookies_are_no_session_so_a_tossed_cookie_cannot_swap_sessions() {
     let upstream = Upstream::start().await;
     let gw = start(upstream.addr, "").await;
     let victim = token(&sign_in(&gw, "victim").await, COOKIE);
@@ -458,6 +458,9 @@ async fn two_session_cookies_are_no_session_so_a_tossed_cookie_cannot_swap_sessi
     )
     .await;
     assert_eq!(reply.status, 303, "{}", reply.body);
+    // One cookie sent twice is still one session.
+    let twice = format!("{victim_cookie}; {victim_cookie}");
+    assert_eq!(get(&gw, "/app/", &[("cookie", &twice)]).await.status, 200);
     gw.stop().await;
 }
 
