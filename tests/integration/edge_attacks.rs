@@ -84,6 +84,24 @@ async fn raw_exchange(gw: &TestGateway, request: &[u8]) -> Option<String> {
     }
 }
 
+/// Asks, over HTTP/2 on `stream` (a connection a 101 handed over), for a protected page;
+/// fails the test with what came back.
+async fn smuggle_through(stream: TcpStream, how: &str) -> ! {
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("http://app.test/app/secret")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    panic!(
+        "{how}; through it the protected route answered without a session: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
 /// Reads an HTTP/1.1 response head, byte by byte so that nothing after it is consumed.
 async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
@@ -145,8 +163,9 @@ fn echo(req: &Request<Incoming>, extra: Value) -> Response<TestBody> {
 /// rewrites `Connection`) is answered `101 Switching Protocols`, and the connection is
 /// HTTP/2 from then on, served by hyper's HTTP/2 server (hyper has no h2c upgrade of its
 /// own, so the switch is made here, the way Apache's `mod_http2` with `Protocols h2c` does).
-/// Counts the requests it served over HTTP/2. Any other request gets its path and headers
-/// echoed.
+/// Counts the requests it served over HTTP/2. At `/switch-anyway` it misbehaves and answers
+/// any upgrade request (a WebSocket one too) with that switch to h2c. Any other request gets
+/// its path and headers echoed.
 struct H2cUpstream {
     addr: SocketAddr,
     h2_requests: Arc<AtomicUsize>,
@@ -171,7 +190,8 @@ async fn h2c_upstream() -> H2cUpstream {
                 let counter = counter.clone();
                 async move {
                     let h2c = req.headers().get("upgrade").is_some_and(|v| v == "h2c")
-                        && req.headers().contains_key("http2-settings");
+                        && req.headers().contains_key("http2-settings")
+                        || req.uri().path().ends_with("/switch-anyway") && req.headers().contains_key("upgrade");
                     if !h2c {
                         return Ok::<_, std::convert::Infallible>(echo(&req, Value::Null));
                     }
@@ -226,19 +246,7 @@ async fn an_h2c_upgrade_is_never_relayed_so_no_tunnel_reaches_a_protected_route(
     let head = read_head(&mut stream).await;
     if head.starts_with("HTTP/1.1 101") {
         // The tunnel is open: the upstream takes HTTP/2 requests the gateway never sees.
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let request = Request::get("http://app.test/app/secret")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        panic!(
-            "the gateway relayed an h2c upgrade; through it the protected route answered without a session: {}",
-            String::from_utf8_lossy(&body)
-        );
+        smuggle_through(stream, "the gateway relayed an h2c upgrade").await;
     }
     assert!(head.starts_with("HTTP/1.1 200"), "served as a plain request: {head}");
     let seen: Value = serde_json::from_str(&read_body(&mut stream, &head).await).unwrap();
@@ -249,6 +257,26 @@ async fn an_h2c_upgrade_is_never_relayed_so_no_tunnel_reaches_a_protected_route(
             "{name} reached the upstream: {seen}"
         );
     }
+    assert_eq!(upstream.h2_requests.load(Ordering::SeqCst), 0);
+    // A WebSocket upgrade is relayed, but an upstream that answers it by switching to
+    // anything else gets no tunnel either.
+    let mut stream = TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /public/switch-anyway HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    if head.starts_with("HTTP/1.1 101") {
+        smuggle_through(
+            stream,
+            "the gateway relayed a switch to h2c answering a WebSocket upgrade",
+        )
+        .await;
+    }
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     assert_eq!(upstream.h2_requests.load(Ordering::SeqCst), 0);
     gw.stop().await;
 }
