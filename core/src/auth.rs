@@ -240,7 +240,12 @@ pub async fn gate(
         return Gate::Pass(None);
     }
     let now = shared.clock.now();
-    for token in cookie_values(req.headers(), &auth.cookie_name) {
+    // One session cookie (sent once or repeated): a second, different one is someone else's
+    // cookie tossed in (a sibling subdomain can set one for the parent domain), and neither
+    // may be chosen over the other.
+    let mut tokens = cookie_values(req.headers(), &auth.cookie_name);
+    let first = tokens.next();
+    if let Some(token) = first.filter(|first| tokens.all(|other| other == *first)) {
         if let Some(entry) = shared.sessions.check(token, &target.route_id, now) {
             return Gate::Pass(Some(entry));
         }
@@ -306,8 +311,9 @@ pub async fn gate(
     }
 }
 
-/// Removes incoming identity headers (and, on a protected route, the gateway's own session
-/// cookie: the upstream never sees a session token), then adds the session's identity.
+/// Removes incoming identity headers and every other header upstreams might trust (see
+/// `routing::UNTRUSTED_REQUEST_HEADERS`) and the gateway's own cookies (the upstream never
+/// sees a session token), then adds the session's identity.
 pub fn set_identity_headers(
     shared: &Shared,
     table: &RouteTable,
@@ -316,17 +322,10 @@ pub fn set_identity_headers(
     session: Option<&SessionEntry>,
 ) {
     let names = &table.identity_headers;
-    // One pass over the request's header names finds the identity headers and their
+    // One pass over the request's header names finds the removed headers and their
     // look-alikes: names that differ only by `_` for `-` reach CGI-style upstreams as the same
     // variable (`HTTP_X_PORTCULLIS_USER_ID`).
-    let is_identity = |name: &HeaderName| {
-        let name = name.as_str().as_bytes();
-        names.all().iter().any(|n| {
-            let n = n.as_str().as_bytes();
-            n.len() == name.len() && n.iter().zip(name).all(|(a, b)| a == b || (*a == b'-' && *b == b'_'))
-        })
-    };
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| is_identity(k)).cloned().collect();
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| names.is_removed(k)).cloned().collect();
     for name in spoofed {
         headers.remove(name);
     }
@@ -459,16 +458,9 @@ pub async fn reserved(
         );
     };
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_PLUGIN_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return error_page(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request too large",
-                "The sign-in request was too large or incomplete.",
-                request_id,
-            )
-        }
+    let body = match read_body(body, shared.proxy_config.body_read_timeout()).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.page(request_id),
     };
     let head = Request::from_parts(parts, ());
     let request = sdk_request(&head, body.to_vec(), peer);
@@ -518,6 +510,57 @@ pub async fn reserved(
             request_id,
         ),
         Err(e) => plugin_failure(e, &auth.module.plugin, request_id),
+    }
+}
+
+/// Why the body of a request the gateway reads itself was refused.
+enum BodyRefusal {
+    TooLarge,
+    Malformed,
+    TimedOut,
+}
+
+impl BodyRefusal {
+    /// The page for the client; the connection closes after it (the rest of the body is not
+    /// waited for).
+    fn page(self, request_id: &str) -> Response<Body> {
+        let (status, title, detail) = match self {
+            BodyRefusal::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                "The sign-in request was larger than the gateway accepts.",
+            ),
+            BodyRefusal::Malformed => (
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The sign-in request's body was malformed or incomplete.",
+            ),
+            BodyRefusal::TimedOut => (
+                StatusCode::REQUEST_TIMEOUT,
+                "Request timed out",
+                "The sign-in request's body did not arrive in time.",
+            ),
+        };
+        let mut page = error_page(status, title, detail, request_id);
+        page.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        page
+    }
+}
+
+/// Reads a body the gateway handles itself: at most [`MAX_PLUGIN_BODY`] bytes, all of them
+/// within `timeout` (a client that announces a body and never sends it holds nothing open).
+async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<Bytes, BodyRefusal> {
+    use hyper::body::Body as _;
+    // A body announced larger than the cap is refused before any of it is waited for.
+    if body.size_hint().lower() > MAX_PLUGIN_BODY as u64 {
+        return Err(BodyRefusal::TooLarge);
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_PLUGIN_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyRefusal::TooLarge),
+        Ok(Err(_)) => Err(BodyRefusal::Malformed),
+        Err(_) => Err(BodyRefusal::TimedOut),
     }
 }
 
@@ -617,21 +660,13 @@ fn complete_login(
     };
     tracing::info!(target: "portcullis::audit", request_id, event = "login", user = %user.id, session = %entry.session.id, route = %target.route_id, plugin = %auth.module.plugin, "login");
     let location = safe_return_to(return_to).map_or_else(|| "/".to_string(), encode_non_ascii);
-    // TLS may end in front of the gateway: an https public URL also makes the cookie Secure.
-    let behind_tls = shared
-        .config
-        .load()
-        .listeners
-        .edge
-        .public_url
-        .as_deref()
-        .is_some_and(|u| u.starts_with("https://"));
-    let secure = origin.starts_with("https://") || behind_tls;
+    // An https edge (its own TLS, or an https public URL in front) has a `__Host-` cookie:
+    // `Secure`, `Path=/` and no `Domain`, so no other host can set one of that name.
     let cookie = format!(
         "{}={token}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
         auth.cookie_name,
         auth.module.maximum_duration,
-        if secure { "; Secure" } else { "" }
+        if auth.cookie_secure { "; Secure" } else { "" }
     );
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SEE_OTHER;
@@ -727,20 +762,27 @@ async fn logout(
     let mut clear = Vec::new();
     for target in table.routes_of(hostport) {
         let Some(auth) = &target.auth else { continue };
-        for token in cookie_values(req.headers(), &auth.cookie_name) {
-            let Some(entry) = shared.sessions.find_by_token(token) else {
-                continue;
-            };
-            // A session belongs to the route it was made on, whichever route shares its cookie name.
-            let owner = table.find_route(hostport, &entry.session.route_id);
-            if let Some(owner) = owner.filter(|_| !ended.iter().any(|(e, _)| e.session.id == entry.session.id)) {
-                ended.push((entry, owner));
-            }
+        // The module's cookie, and on https its name from before the `__Host-` prefix.
+        let mut names = vec![&auth.cookie_name];
+        if auth.plain_cookie_name != auth.cookie_name {
+            names.push(&auth.plain_cookie_name);
         }
-        clear.push(format!(
-            "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax",
-            auth.cookie_name
-        ));
+        for name in names {
+            for token in cookie_values(req.headers(), name) {
+                let Some(entry) = shared.sessions.find_by_token(token) else {
+                    continue;
+                };
+                // A session belongs to the route it was made on, whichever route shares its cookie name.
+                let owner = table.find_route(hostport, &entry.session.route_id);
+                if let Some(owner) = owner.filter(|_| !ended.iter().any(|(e, _)| e.session.id == entry.session.id)) {
+                    ended.push((entry, owner));
+                }
+            }
+            clear.push(format!(
+                "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+                if auth.cookie_secure { "; Secure" } else { "" }
+            ));
+        }
     }
     clear.sort();
     clear.dedup();

@@ -175,6 +175,14 @@ pub struct ProxyConfig {
     /// How long an upstream may take to answer with headers before a 504.
     #[serde(default = "default_response_timeout")]
     pub upstream_response_timeout_secs: u64,
+    /// How long a client may take to send the whole body of a request the gateway reads
+    /// itself (a sign-in post to a plugin's endpoint) before a 408.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
+    /// The longest a client may pause while sending a request body that is proxied upstream
+    /// before the request is ended with a 408.
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout_secs: u64,
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "default_idle_timeout")]
     pub upstream_idle_timeout_secs: u64,
@@ -196,6 +204,8 @@ impl Default for ProxyConfig {
             header_read_timeout_secs: default_header_read_timeout(),
             upstream_connect_timeout_secs: default_connect_timeout(),
             upstream_response_timeout_secs: default_response_timeout(),
+            body_read_timeout_secs: default_body_read_timeout(),
+            body_idle_timeout_secs: default_body_idle_timeout(),
             upstream_idle_timeout_secs: default_idle_timeout(),
             shutdown_grace_secs: default_shutdown_grace(),
             upstream_ca_file: None,
@@ -213,6 +223,12 @@ impl ProxyConfig {
     }
     pub fn upstream_response_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_response_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
+    }
+    pub fn body_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_idle_timeout_secs)
     }
     pub fn upstream_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.upstream_idle_timeout_secs)
@@ -274,6 +290,10 @@ pub struct IdentityHeaders {
     pub assertion: String,
     /// The identity provider's access token, for modules that forward it (opt-in).
     pub access_token: String,
+    /// More header names removed from every request before it goes upstream, besides the
+    /// six above and the built-in set of headers other proxies set
+    /// (`routing::UNTRUSTED_REQUEST_HEADERS`).
+    pub remove: Vec<String>,
 }
 
 impl Default for IdentityHeaders {
@@ -285,6 +305,7 @@ impl Default for IdentityHeaders {
             groups: "X-Portcullis-User-Groups".into(),
             assertion: "X-Portcullis-Assertion".into(),
             access_token: "X-Portcullis-Access-Token".into(),
+            remove: Vec::new(),
         }
     }
 }
@@ -354,6 +375,12 @@ fn default_connect_timeout() -> u64 {
     10
 }
 fn default_response_timeout() -> u64 {
+    60
+}
+fn default_body_read_timeout() -> u64 {
+    30
+}
+fn default_body_idle_timeout() -> u64 {
     60
 }
 fn default_idle_timeout() -> u64 {
@@ -533,6 +560,28 @@ impl Config {
                 ));
             }
         }
+        for (i, name) in h.remove.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err((
+                    format!("identity_headers.remove[{i}]"),
+                    format!("`{name}` is not a valid header name"),
+                ));
+            }
+            if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("cookie") {
+                return Err((
+                    format!("identity_headers.remove[{i}]"),
+                    format!("`{name}` cannot be removed: upstreams need it"),
+                ));
+            }
+        }
+        for (key, secs) in [
+            ("body_read_timeout_secs", self.proxy.body_read_timeout_secs),
+            ("body_idle_timeout_secs", self.proxy.body_idle_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err((format!("proxy.{key}"), "must be at least 1 second".into()));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             (
                 "log.level".to_string(),
@@ -707,5 +756,12 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("backends.a.address"));
         let err = load(&MINIMAL.replace("version = 1", "version = 2")).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("version"));
+        let err = load(&format!(
+            "{MINIMAL}[identity_headers]\nremove = [\"X-Ok\", \"bad name\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("identity_headers.remove[1]"));
+        let err = load(&format!("{MINIMAL}[proxy]\nbody_idle_timeout_secs = 0\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("proxy.body_idle_timeout_secs"));
     }
 }

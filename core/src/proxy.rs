@@ -1,6 +1,7 @@
 //! The edge reverse proxy: match a request to a route, forward it to the route's upstream
-//! with streaming bodies both ways, relay WebSocket upgrades, and answer with a readable page
-//! when there is no route or the upstream fails.
+//! with streaming bodies both ways, relay WebSocket upgrades (and no other protocol switch),
+//! and answer with a readable page when there is no route, the client's request body is
+//! malformed or stalls, or the upstream fails.
 
 use crate::auth::{self, Gate};
 use crate::metrics::UpstreamError;
@@ -9,16 +10,21 @@ use crate::routing::{RouteTable, RouteTarget, Upstream};
 use crate::sessions::SessionEntry;
 use crate::state::Shared;
 use crate::upstream::UpstreamPool;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{pem::PemObject, CertificateDer};
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// A pooling HTTP client on the gateway's connector (used for plugins' HTTP calls).
 pub fn upstream_client<B>(
@@ -77,8 +83,10 @@ fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsC
         .wrap_connector(http))
 }
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1), with
+/// `Upgrade` (set again only for a WebSocket upgrade) and `HTTP2-Settings`, which exists only
+/// to upgrade one connection to h2c (RFC 7540 section 3.2.1).
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -87,8 +95,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -155,7 +166,7 @@ pub async fn handle(
                             &request_id,
                         ),
                         Some(upstream) => {
-                            let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+                            let upgrade = wants_websocket(&req).then(|| hyper::upgrade::on(&mut req));
                             let hop = Hop {
                                 shared: &shared,
                                 client: &client,
@@ -231,17 +242,25 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let upgrade_protocol = client_upgrade
-        .as_ref()
-        .and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    // A chunked body's framing is the client's: its first chunk is read (and so checked)
+    // before the upstream is contacted, so a malformed one reaches no upstream.
+    let chunked = parts.version <= Version::HTTP_11 && parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut body = ClientBody::new(body, shared.proxy_config.body_idle_timeout());
+    let body_failure = body.failure();
+    if chunked {
+        if let Err(failure) = body.read_first_frame().await {
+            return client_body_page(failure, request_id);
+        }
+    }
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::UPGRADE);
     auth::set_identity_headers(shared, table, target, &mut parts.headers, session);
-    if let Some(protocol) = upgrade_protocol {
+    if client_upgrade.is_some() {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, protocol);
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     // The upstream URI reuses the request's path and query when normalisation left them as
     // they were (no copy, no re-parse).
@@ -276,7 +295,15 @@ async fn forward(
         parts.headers.insert(header::HOST, host.clone());
         parts.headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    append_forwarded_for(&mut parts.headers, peer);
+    // The client's own forwarding headers were removed with the other untrusted ones: the
+    // connection's peer is the client (there are no trusted proxies in front yet).
+    let client_ip = peer.ip().to_canonical();
+    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
+        parts.headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Some(value) = forwarded(client_ip, is_tls, original_host.as_ref()) {
+        parts.headers.insert(FORWARDED, value);
+    }
     parts.headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if is_tls { "https" } else { "http" }),
@@ -290,6 +317,11 @@ async fn forward(
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
+            // The client's body failed: its error, not the upstream's.
+            if let Some(failure) = body_failure.get() {
+                tracing::info!(request_id, route = %target.route_id, error = %error_chain(&e), "request body refused: {failure:?}");
+                return client_body_page(failure, request_id);
+            }
             let kind = if matches!(e, crate::upstream::UpstreamError::Connect(_)) {
                 UpstreamError::Connect
             } else {
@@ -316,25 +348,38 @@ async fn forward(
         }
     };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let request_id = request_id.to_string();
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            tracing::debug!(request_id, "upgraded connection ended: {e}");
-                        }
+        // Only a WebSocket the client asked for is relayed; any other switch would hand the
+        // upstream a raw connection the gateway no longer sees (h2c smuggling).
+        let to_websocket = response
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let Some(client_upgrade) = client_upgrade.filter(|_| to_websocket) else {
+            target.metrics.upstream_error(UpstreamError::Other);
+            tracing::warn!(request_id, route = %target.route_id, upstream = %upstream.authority, "upstream switched protocols unasked; not relayed");
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                "Upstream unavailable",
+                "The application behind this route answered with a protocol switch the gateway does not relay.",
+                request_id,
+            );
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let request_id = request_id.to_string();
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                        tracing::debug!(request_id, "upgraded connection ended: {e}");
                     }
-                    Err(e) => tracing::warn!(request_id, "protocol upgrade failed: {e}"),
                 }
-            });
-            return response.map(|body| body.boxed());
-        }
+                Err(e) => tracing::warn!(request_id, "protocol upgrade failed: {e}"),
+            }
+        });
+        return response.map(|body| body.boxed());
     }
     strip_hop_by_hop(response.headers_mut());
-    response.headers_mut().remove(header::UPGRADE);
     response.map(|body| body.boxed())
 }
 
@@ -364,9 +409,18 @@ fn request_host<'a>(
     Some(std::borrow::Cow::Owned(format!("{host}:{port}")))
 }
 
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
+/// Whether the request asks to upgrade its connection to a WebSocket (RFC 6455: an HTTP/1.1
+/// GET whose `Upgrade` names `websocket` alone). No other upgrade is relayed: the request
+/// goes upstream as a plain request, its `Upgrade` removed.
+fn wants_websocket<B>(req: &Request<B>) -> bool {
+    let mut upgrades = req.headers().get_all(header::UPGRADE).iter();
+    let only_websocket = matches!(
+        (upgrades.next(), upgrades.next()),
+        (Some(p), None) if p.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    );
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.method() == http::Method::GET
+        && only_websocket
         && req
             .headers()
             .get_all(header::CONNECTION)
@@ -394,14 +448,188 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ip}"),
-        _ => ip,
+/// The gateway's own `Forwarded` (RFC 7239): the client, the scheme and the host it asked for.
+fn forwarded(client: IpAddr, is_tls: bool, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let mut value = match client {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
+    value.push_str(if is_tls { ";proto=https" } else { ";proto=http" });
+    // A host that a quoted-string cannot carry as it is is left out.
+    if let Some(host) = host
+        .map(HeaderValue::as_bytes)
+        .filter(|h| h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        value.push_str(";host=\"");
+        value.push_str(&String::from_utf8_lossy(host));
+        value.push('"');
+    }
+    HeaderValue::from_str(&value).ok()
+}
+
+/// Why a client's request body failed on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// Bad framing (a malformed chunk), or the client went away mid-body.
+    Malformed = 1,
+    /// The client paused longer than `proxy.body_idle_timeout_secs`.
+    TimedOut = 2,
+}
+
+/// The page for a request whose body failed: the client's error, so a 4xx, and the
+/// connection closes after it.
+fn client_body_page(failure: BodyFailure, request_id: &str) -> Response<Body> {
+    let mut page = match failure {
+        BodyFailure::Malformed => error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request body was malformed or incomplete.",
+            request_id,
+        ),
+        BodyFailure::TimedOut => error_page(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request timed out",
+            "The request body stopped arriving.",
+            request_id,
+        ),
+    };
+    page.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    page
+}
+
+/// Where a [`ClientBody`] records why it failed, for the proxy to answer the client.
+pub struct BodyFailureCell(Option<Arc<AtomicU8>>);
+
+impl BodyFailureCell {
+    fn get(&self) -> Option<BodyFailure> {
+        match self.0.as_ref()?.load(Ordering::Acquire) {
+            1 => Some(BodyFailure::Malformed),
+            2 => Some(BodyFailure::TimedOut),
+            _ => None,
+        }
+    }
+}
+
+/// A client's request body on its way upstream. It fails (and records why) when the
+/// client's framing is bad or when it waits on the client longer than the idle timeout;
+/// waiting on the upstream to take more counts for nothing. A body that turns out malformed
+/// after forwarding began is cut off there: the upstream gets an incomplete request.
+pub struct ClientBody {
+    inner: Incoming,
+    /// The first frame, when it was read before the upstream was contacted.
+    first: Option<Frame<Bytes>>,
+    /// `None` for a request without a body (nothing to wait for, nothing allocated).
+    watch: Option<Box<BodyWatch>>,
+}
+
+struct BodyWatch {
+    idle_timeout: Duration,
+    /// Armed while the client's next frame is awaited.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    failure: Arc<AtomicU8>,
+}
+
+/// Why a [`ClientBody`] failed, as the upstream connection sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client sent nothing of its body for {0:?}")]
+    Idle(Duration),
+    #[error("reading the client's body")]
+    Read(#[source] hyper::Error),
+}
+
+impl ClientBody {
+    fn new(inner: Incoming, idle_timeout: Duration) -> ClientBody {
+        let watch = (!inner.is_end_stream()).then(|| {
+            Box::new(BodyWatch {
+                idle_timeout,
+                idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                waiting: false,
+                failure: Arc::new(AtomicU8::new(0)),
+            })
+        });
+        ClientBody {
+            inner,
+            first: None,
+            watch,
+        }
+    }
+
+    fn failure(&self) -> BodyFailureCell {
+        BodyFailureCell(self.watch.as_ref().map(|w| w.failure.clone()))
+    }
+
+    /// Reads the first frame now (it is sent upstream first later).
+    async fn read_first_frame(&mut self) -> Result<(), BodyFailure> {
+        match self.frame().await {
+            Some(Ok(frame)) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            None => Ok(()),
+            Some(Err(_)) => Err(self.failure().get().unwrap_or(BodyFailure::Malformed)),
+        }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(watch) = this.watch.as_mut() else {
+            return polled.map_err(ClientBodyError::Read);
+        };
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                watch.failure.store(BodyFailure::Malformed as u8, Ordering::Release);
+                Poll::Ready(Some(Err(ClientBodyError::Read(e))))
+            }
+            Poll::Ready(ready) => {
+                watch.waiting = false;
+                Poll::Ready(ready.map(|frame| frame.map_err(ClientBodyError::Read)))
+            }
+            Poll::Pending => {
+                if !watch.waiting {
+                    watch.waiting = true;
+                    let deadline = tokio::time::Instant::now() + watch.idle_timeout;
+                    watch.idle.as_mut().reset(deadline);
+                }
+                match watch.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        watch.failure.store(BodyFailure::TimedOut as u8, Ordering::Release);
+                        Poll::Ready(Some(Err(ClientBodyError::Idle(watch.idle_timeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = self.first.as_ref().and_then(Frame::data_ref) {
+            let len = data.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(len));
+            }
+            hint.set_lower(hint.lower().saturating_add(len));
+        }
+        hint
     }
 }
 

@@ -43,13 +43,20 @@ pub struct RouteTarget {
 /// An enabled auth module, resolved against the registry.
 pub struct AuthTarget {
     pub module: AuthModule,
-    /// `<cookie_prefix>session`.
+    /// The session cookie: `__Host-<cookie_prefix>session` on an https edge (see
+    /// [`session_cookie_name`]), `<cookie_prefix>session` on a plain http one.
     pub cookie_name: String,
+    /// `<cookie_prefix>session`: the name sessions had on https edges before they took the
+    /// `__Host-` prefix. Never accepted there; logout still ends and clears it.
+    pub plain_cookie_name: String,
+    /// Whether the edge is https: the cookie is then `Secure` (and `__Host-`).
+    pub cookie_secure: bool,
     /// `None` when the plugin is not registered: the route then refuses every request.
     pub plugin: Option<Arc<Registered>>,
 }
 
-/// The identity header names, parsed once.
+/// The identity header names, parsed once, and every header name removed from a request
+/// before it goes upstream.
 pub struct IdentityHeaderNames {
     pub user_id: HeaderName,
     pub email: HeaderName,
@@ -57,6 +64,107 @@ pub struct IdentityHeaderNames {
     pub groups: HeaderName,
     pub assertion: HeaderName,
     pub access_token: HeaderName,
+    /// The six names above, [`UNTRUSTED_REQUEST_HEADERS`] and `identity_headers.remove`.
+    removed: RemovedHeaders,
+}
+
+/// Headers that other authenticating proxies, URL rewriters and load balancers set and that
+/// applications behind them trust; a client could send any of them. Removed from every
+/// request on every route, besides the gateway's own identity headers (`X-Forwarded-For`,
+/// `-Host` and `-Proto` and `Forwarded` are then set by the gateway). Operators add names
+/// with `identity_headers.remove`; this set cannot be shrunk.
+pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
+    // Identity, as oauth2-proxy, Authelia, Authentik, Apache, Grafana's auth proxy,
+    // Kubernetes' front proxy, Google IAP and Cloudflare Access send it.
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-preferred-username",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+    "remote-user",
+    "remote-email",
+    "remote-name",
+    "remote-groups",
+    "x-remote-user",
+    "x-remote-group",
+    "x-authenticated-user",
+    "x-webauth-user",
+    "x-authentik-username",
+    "x-authentik-email",
+    "x-authentik-groups",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "x-goog-iap-jwt-assertion",
+    "cf-access-authenticated-user-email",
+    "cf-access-jwt-assertion",
+    // The URL, as IIS, Symfony, Laravel, Traefik, Envoy and Spring read it from a proxy.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    // The method, as method-override middleware reads it (an OPTIONS let through by
+    // `options_passthrough` must stay an OPTIONS).
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    // The client and the scheme, as frameworks read them from a proxy. The gateway sets
+    // `X-Forwarded-For`, `-Host`, `-Proto` and `Forwarded` itself.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-url-scheme",
+    "front-end-https",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+];
+
+/// A set of header names matched the way CGI-style upstreams see them: `_` and `-` are the
+/// same character (`X_Forwarded_User` reaches them as `HTTP_X_FORWARDED_USER` too). Names
+/// are kept by length so a request header is compared with the few of its own length.
+#[derive(Default)]
+struct RemovedHeaders {
+    by_len: Vec<Vec<Box<[u8]>>>,
+}
+
+impl RemovedHeaders {
+    fn insert(&mut self, name: &str) {
+        let name: Box<[u8]> = name
+            .bytes()
+            .map(|b| if b == b'_' { b'-' } else { b.to_ascii_lowercase() })
+            .collect();
+        if self.by_len.len() <= name.len() {
+            self.by_len.resize_with(name.len() + 1, Vec::new);
+        }
+        let bucket = &mut self.by_len[name.len()];
+        if !bucket.contains(&name) {
+            bucket.push(name);
+        }
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.by_len.get(name.len()).is_some_and(|bucket| {
+            bucket
+                .iter()
+                .any(|n| n.iter().zip(name).all(|(a, b)| a == b || (*a == b'-' && *b == b'_')))
+        })
+    }
 }
 
 impl IdentityHeaderNames {
@@ -69,14 +177,35 @@ impl IdentityHeaderNames {
                 .or_else(|_| HeaderName::from_bytes(default.as_bytes()))
                 .unwrap_or(HeaderName::from_static("x-portcullis-identity"))
         };
-        IdentityHeaderNames {
+        let mut names = IdentityHeaderNames {
             user_id: parse(&config.user_id, &defaults.user_id),
             email: parse(&config.email, &defaults.email),
             name: parse(&config.name, &defaults.name),
             groups: parse(&config.groups, &defaults.groups),
             assertion: parse(&config.assertion, &defaults.assertion),
             access_token: parse(&config.access_token, &defaults.access_token),
+            removed: RemovedHeaders::default(),
+        };
+        let mut removed = RemovedHeaders::default();
+        for name in names.all() {
+            removed.insert(name.as_str());
         }
+        for name in UNTRUSTED_REQUEST_HEADERS
+            .iter()
+            .copied()
+            .chain(config.remove.iter().map(String::as_str))
+        {
+            removed.insert(name);
+        }
+        names.removed = removed;
+        names
+    }
+
+    /// Whether a request header is removed before the request goes upstream: an identity
+    /// header, one that other proxies set (see [`UNTRUSTED_REQUEST_HEADERS`]), one the config
+    /// adds, or a look-alike of any of them with `_` for `-`.
+    pub fn is_removed(&self, name: &HeaderName) -> bool {
+        self.removed.contains(name)
     }
 
     /// Every name.
@@ -141,11 +270,19 @@ impl RouteTable {
         let mut by_hostport = HashMap::new();
         for edge in edges {
             let mut routes = EdgeRoutes::default();
+            let https = edge_scheme == "https";
+            // Both spellings of every module's cookie: one left from before the `__Host-`
+            // prefix must not reach an upstream either.
             let mut cookies: Vec<String> = edge
                 .routes
                 .iter()
                 .filter_map(|r| r.auth.as_ref())
-                .map(|m| format!("{}session", m.cookie_prefix))
+                .flat_map(|m| {
+                    [
+                        session_cookie_name(&m.cookie_prefix, true),
+                        session_cookie_name(&m.cookie_prefix, false),
+                    ]
+                })
                 .collect();
             cookies.sort();
             cookies.dedup();
@@ -158,7 +295,9 @@ impl RouteTable {
                     .filter(|b| b.enabled)
                     .and_then(|b| upstreams.get(b.backend_id.as_str()).cloned().flatten());
                 let auth = route.auth.as_ref().filter(|m| m.enabled).map(|module| AuthTarget {
-                    cookie_name: format!("{}session", module.cookie_prefix),
+                    cookie_name: session_cookie_name(&module.cookie_prefix, https),
+                    plain_cookie_name: session_cookie_name(&module.cookie_prefix, false),
+                    cookie_secure: https,
                     plugin: registry.get(&module.plugin).cloned(),
                     module: module.clone(),
                 });
@@ -228,6 +367,18 @@ impl RouteTable {
     }
 }
 
+/// The session cookie of a module with `cookie_prefix`: `__Host-<prefix>session` on an https
+/// edge, so that only this host can set it (browsers refuse a `__Host-` cookie that is not
+/// `Secure`, has a `Domain` or another `Path` than `/`): a sibling subdomain cannot toss its
+/// own session cookie in. Plain http edges cannot use the prefix (it needs `Secure`).
+pub fn session_cookie_name(cookie_prefix: &str, https: bool) -> String {
+    if https {
+        format!("__Host-{cookie_prefix}session")
+    } else {
+        format!("{cookie_prefix}session")
+    }
+}
+
 /// An edge's public origin: the edge listener's scheme (`http`/`https`) and the edge's first
 /// `host:port`, without a default port. An identity provider knows a route's sign-in URLs by
 /// this origin, whatever `Host` a request arrives with. Behind a TLS-terminating proxy (an
@@ -247,21 +398,29 @@ pub fn public_origin(scheme: &str, hostports: &[String]) -> String {
 
 /// The canonical form of a request path, which routing matches and the upstream receives:
 /// percent-encoded unreserved characters decoded, `.` and `..` segments resolved, repeated
-/// slashes collapsed. Backslashes and encoded `/` or `\` are refused: upstreams disagree on
-/// them, and a route decision (which may be a sign-in decision) must mean the same path to
-/// the upstream as to the gateway.
+/// slashes collapsed. Backslashes, `;` and encoded `/`, `\` or `;` are refused: upstreams
+/// disagree on them (a servlet container reads `/public/..;/app` as `/app`, nginx as a
+/// folder named `..;` under `/public/`), and a route decision (which may be a sign-in
+/// decision) must mean the same path to the upstream as to the gateway.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
     if !raw.starts_with('/') {
         return Err("the request path must start with `/`");
     }
-    let needs_work = raw.contains('%') || raw.contains("//") || raw.contains("/.") || raw.contains('\\');
+    // One pass over the bytes: most paths need nothing done.
+    let bytes = raw.as_bytes();
+    let mut needs_work = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err("the request path contains a backslash"),
+            b';' => return Err("the request path contains `;` (a path parameter)"),
+            b'%' => needs_work = true,
+            b'/' if matches!(bytes.get(i + 1), Some(b'/' | b'.')) => needs_work = true,
+            _ => {}
+        }
+    }
     if !needs_work {
         return Ok(Cow::Borrowed(raw));
     }
-    if raw.contains('\\') {
-        return Err("the request path contains a backslash");
-    }
-    let bytes = raw.as_bytes();
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -277,6 +436,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
         let byte = (hi * 16 + lo) as u8;
         match byte {
             b'/' | b'\\' => return Err("the request path contains an encoded `/` or `\\`"),
+            b';' => return Err("the request path contains an encoded `;`"),
             b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => decoded.push(b as char),
             _ => decoded.push_str(&raw[i..i + 3].to_ascii_uppercase()),
         }
@@ -342,6 +502,16 @@ mod tests {
         assert!(n("/admin%2Fx").is_err());
         assert!(n("/admin%5cx").is_err());
         assert!(n("/admin\\x").is_err());
+        for parameter in [
+            "/public/..;/app/x",
+            "/a/.;/b",
+            "/a;jsessionid=1",
+            "/a/..%3b/b",
+            "/a/..%3B/b",
+            "/a%3bb",
+        ] {
+            assert!(n(parameter).is_err(), "{parameter}");
+        }
         assert!(n("/bad%zz").is_err());
         assert!(n("/bad%4").is_err());
         assert!(n("*").is_err());

@@ -5,6 +5,7 @@
 //! body has been read to its end; one that is closed, upgraded (WebSocket) or idle past
 //! `upstream_idle_timeout_secs` is dropped.
 
+use crate::proxy::ClientBody;
 use crate::routing::Upstream;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -33,7 +34,7 @@ pub enum UpstreamError {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ClientBody>,
     since: Instant,
 }
 
@@ -59,7 +60,7 @@ impl UpstreamPool {
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
-        request: Request<Incoming>,
+        request: Request<ClientBody>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
         let key = upstream.key.clone();
         let mut sender = loop {
@@ -94,7 +95,7 @@ impl UpstreamPool {
         Ok(Response::from_parts(parts, pooled))
     }
 
-    fn take(&self, key: &str) -> Option<SendRequest<Incoming>> {
+    fn take(&self, key: &str) -> Option<SendRequest<ClientBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(entry) = list.pop() {
@@ -105,7 +106,7 @@ impl UpstreamPool {
         None
     }
 
-    fn put(&self, key: Arc<str>, sender: SendRequest<Incoming>) {
+    fn put(&self, key: Arc<str>, sender: SendRequest<ClientBody>) {
         if sender.is_closed() {
             return;
         }
@@ -119,7 +120,7 @@ impl UpstreamPool {
         }
     }
 
-    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<ClientBody>, UpstreamError> {
         let uri = http::Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
@@ -149,7 +150,7 @@ impl UpstreamPool {
 struct Lease {
     pool: Weak<UpstreamPool>,
     key: Arc<str>,
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ClientBody>,
 }
 
 impl Lease {

@@ -10,6 +10,7 @@ mod api;
 mod browser;
 mod cli;
 mod config;
+mod edge_attacks;
 mod ngrok_client;
 mod oidc;
 mod oidc_attacks;

@@ -767,7 +767,9 @@ async fn on_https_a_response_only_completes_in_the_browser_that_started_the_sign
     // same Response, once.
     let done = site.post_acs_with_cookie(&fields, &victim).await;
     assert_eq!(done.status, 303, "{}", done.body);
-    assert!(set_cookie(&done, "portcullis.session").unwrap().contains("; Secure"));
+    assert!(set_cookie(&done, "__Host-portcullis.session")
+        .unwrap()
+        .contains("; Secure"));
     assert_sign_in_refused(
         &site.post_acs_with_cookie(&fields, &victim).await,
         400,

@@ -212,7 +212,7 @@ async fn the_session_cookie_is_secure_on_an_https_edge() {
         .unwrap();
     let cookie = done.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.starts_with("portcullis.session=") && cookie.ends_with("; HttpOnly; SameSite=Lax; Secure"),
+        cookie.starts_with("__Host-portcullis.session=") && cookie.ends_with("; HttpOnly; SameSite=Lax; Secure"),
         "{cookie}"
     );
     gw.stop().await;
