@@ -288,7 +288,7 @@ fn assert_signed_in_securely(result: &Value, groups: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "portcullis.session")
+        .find(|c| c["name"] == "__Host-portcullis.session")
         .expect("session cookie");
     assert_eq!(session["secure"], true, "{session}");
     assert_eq!(session["httpOnly"], true, "{session}");

@@ -322,6 +322,7 @@ async fn each_application_server_gets_origin_form_every_header_line_and_the_body
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "spoofed.test"),
+                ("forwarded", "for=203.0.113.9;proto=https"),
                 ("x-request-id", "chosen-by-the-client"),
             ],
             Some("payload é"),
@@ -339,6 +340,7 @@ async fn each_application_server_gets_origin_form_every_header_line_and_the_body
             .into_iter()
             .filter(|(name, _)| name != "x-request-id")
             .collect();
+        let forwarded = format!("for=127.0.0.1;proto=http;host=\"{hostname}\"");
         let expected: Vec<(String, String)> = [
             ("accept", "text/plain"),
             ("accept", "application/json"),
@@ -346,10 +348,11 @@ async fn each_application_server_gets_origin_form_every_header_line_and_the_body
             ("content-type", "text/plain; charset=utf-8"),
             ("cookie", "a=1"),
             ("cookie", "b=2"),
+            ("forwarded", forwarded.as_str()),
             ("host", hostname.as_str()),
             ("x-custom", "one"),
             ("x-custom", "two, three"),
-            ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+            ("x-forwarded-for", "127.0.0.1"),
             ("x-forwarded-host", hostname.as_str()),
             ("x-forwarded-proto", "http"),
         ]
