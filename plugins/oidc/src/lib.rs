@@ -581,11 +581,15 @@ fn with_userinfo_claims(
             "The identity provider's answer was not accepted. Try signing in again.".into(),
         ));
     }
-    let id_token_has_email = claims.get("email").is_some();
     if let serde_json::Value::Object(object) = &mut claims {
+        // An address and its verification come from the same place.
+        let email_from_userinfo = !object.contains_key("email") && extra.contains_key("email");
+        if email_from_userinfo {
+            object.remove("email_verified");
+        }
         for (name, value) in extra {
-            // An address and its verification come from the same place.
-            if name == "email_verified" && id_token_has_email {
+            let verification_of_another_address = name == "email_verified" && !email_from_userinfo;
+            if ID_TOKEN_ONLY_CLAIMS.contains(&name.as_str()) || verification_of_another_address {
                 continue;
             }
             object.entry(name).or_insert(value);
@@ -593,6 +597,26 @@ fn with_userinfo_claims(
     }
     Ok(claims)
 }
+
+/// Claims that count only in the signed ID token (who issued it for whom, when, in which
+/// provider session): never taken from userinfo, whose `sid` could otherwise, for one, keep a
+/// session out of reach of the provider's back-channel logouts.
+const ID_TOKEN_ONLY_CLAIMS: [&str; 14] = [
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "nonce",
+    "azp",
+    "sid",
+    "auth_time",
+    "acr",
+    "amr",
+    "at_hash",
+    "c_hash",
+];
 
 /// Calls the provider's userinfo endpoint with an access token.
 fn userinfo(host: &dyn Host, module: &Module, access_token: &str) -> Result<HttpResponse, PluginError> {
