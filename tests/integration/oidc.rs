@@ -319,6 +319,7 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     assert_eq!(query["response_type"], "code");
     assert_eq!(query["code_challenge_method"], "S256");
     assert_eq!(query["scope"], "openid profile email groups offline_access");
+    assert!(!query.contains_key("prompt"), "no prompt by default: {authorize}");
     assert_eq!(query["redirect_uri"], site.module["redirect_uri"]);
     assert!(query["state"].len() >= 43 && query["nonce"].len() >= 43);
 
@@ -353,6 +354,63 @@ async fn a_sign_in_reaches_the_upstream_with_the_identity_and_the_access_token()
     )
     .await;
     assert_eq!(echoed(&spoofed)["headers"]["x-portcullis-access-token"], access_token);
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn offline_access_goes_without_a_prompt_unless_the_module_names_one() {
+    let op = Op::start("oidc_provider.mjs").await;
+    // By default no prompt goes with offline_access: a person who consented once is not asked
+    // again at the next sign-in. (This provider then drops offline_access and issues no refresh
+    // token: the session ends with its access token; most providers issue one without a prompt.)
+    let mut site = Site::start(&op, json!({"forward_access_token": true}), StartOptions::default()).await;
+    site.register(&op, "client_secret_basic").await;
+    let mut op_jar = Jar::default();
+    let first = site.login(&mut op_jar, "/", "alice").await;
+    assert_eq!(first.status, 303, "{}", first.body);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["refresh_token_issued"], false);
+    site.jar = Jar::default();
+    let authorize = location(&site.get("/").await);
+    assert!(
+        authorize.contains("offline_access") && !authorize.contains("prompt="),
+        "{authorize}"
+    );
+    let answer = visit(&mut op_jar, Method::GET, &authorize, None).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert!(
+        location(&answer).starts_with(&site.origin),
+        "straight back, without a consent page: {}",
+        location(&answer)
+    );
+    let again = site.get(path_of(&location(&answer))).await;
+    assert_eq!(again.status, 303, "{}", again.body);
+    site.stop().await;
+
+    // With `offline_access_prompt = "consent"`, which this provider needs, a refresh token
+    // comes, at the price of the consent page at every sign-in.
+    let mut site = Site::start(
+        &op,
+        json!({"forward_access_token": true, "offline_access_prompt": "consent"}),
+        StartOptions::default(),
+    )
+    .await;
+    site.register(&op, "client_secret_basic").await;
+    let done = site.login(&mut op_jar, "/", "alice").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let token_request: Value = serde_json::from_str(&op.get("/test/last-token-request").await.body).unwrap();
+    assert_eq!(token_request["refresh_token_issued"], true);
+    site.jar = Jar::default();
+    let authorize = location(&site.get("/").await);
+    assert!(authorize.contains("prompt=consent"), "{authorize}");
+    let answer = visit(&mut op_jar, Method::GET, &authorize, None).await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    assert!(
+        location(&answer).starts_with("/interaction/"),
+        "the consent page again: {}",
+        location(&answer)
+    );
     op.stop().await;
     site.stop().await;
 }
@@ -528,7 +586,13 @@ async fn rp_initiated_and_back_channel_logout_end_the_session() {
 async fn re_checks_outlive_the_access_token_and_end_a_user_removed_at_the_provider() {
     let op = Op::start("oidc_provider.mjs").await;
     let (clock, options) = moved_clock();
-    let mut site = Site::start(&op, json!({"recheck_interval": 300}), options).await;
+    // This provider keeps offline_access only with prompt=consent (OpenID Connect Core 11).
+    let mut site = Site::start(
+        &op,
+        json!({"recheck_interval": 300, "offline_access_prompt": "consent"}),
+        options,
+    )
+    .await;
     site.register(&op, "client_secret_basic").await;
     let alice = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
     site.jar = Jar::default();
@@ -564,7 +628,13 @@ async fn re_checks_outlive_the_access_token_and_end_a_user_removed_at_the_provid
 async fn a_forwarded_access_token_is_renewed_before_it_expires() {
     let op = Op::start("oidc_provider.mjs").await;
     let (clock, options) = moved_clock();
-    let mut site = Site::start(&op, json!({"forward_access_token": true}), options).await;
+    // This provider keeps offline_access only with prompt=consent (OpenID Connect Core 11).
+    let mut site = Site::start(
+        &op,
+        json!({"forward_access_token": true, "offline_access_prompt": "consent"}),
+        options,
+    )
+    .await;
     site.register(&op, "client_secret_basic").await;
     let token = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
     let forwarded = |reply: &Reply| {

@@ -99,6 +99,45 @@ async fn claims_the_id_token_lacks_come_from_userinfo_for_the_same_sub_only() {
 }
 
 #[tokio::test]
+async fn userinfo_neither_names_the_provider_session_nor_verifies_another_source_s_address() {
+    let op = Op::start("oidc_forge.mjs").await;
+    let mut site = forge_site_with(&op, json!({"allow_domains": ["example.com"]}), StartOptions::default()).await;
+    let uri = site.module["backchannel_logout_uri"].clone();
+
+    // The ID token names no provider session; userinfo's `sid` is not taken as one, so the
+    // provider's back-channel logout of alice's provider session still ends the session.
+    mode(&op, "userinfo_sid").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let token = session_token(&reply);
+    echoed(&site.with_session("/", &token).await);
+    let sid = serde_json::from_str::<Value>(&op.get("/test/last-token").await.body).unwrap()["sid"].clone();
+    let sent: Value = serde_json::from_str(
+        &op.post(
+            "/test/backchannel",
+            json!({"uri": uri, "sub": "alice", "sid": sid, "variant": "good"}),
+        )
+        .await
+        .body,
+    )
+    .unwrap();
+    assert_eq!(sent["status"], 200, "{sent}");
+    assert_eq!(
+        site.with_session("/", &token).await.status,
+        303,
+        "the provider's logout ended the session"
+    );
+
+    // The ID token says `email_verified` but carries no address; userinfo's address is not
+    // verified: the address rule admits no one.
+    mode(&op, "verified_without_email").await;
+    let (reply, _) = sign_in(&mut site).await;
+    assert_sign_in_refused(&reply, 403, "an unverified address from userinfo");
+    op.stop().await;
+    site.stop().await;
+}
+
+#[tokio::test]
 async fn a_rotated_key_is_fetched_once_and_accepted() {
     let op = Op::start("oidc_forge.mjs").await;
     let mut site = forge_site(&op).await;

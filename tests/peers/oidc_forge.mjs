@@ -72,7 +72,10 @@
 //              no_nonce, tampered (signed, then email changed to mallory@example.com),
 //              unknown_kid (signed by evil, kid k-evil), rotated_kid (signed by rotated, kid k2),
 //              claims_in_userinfo_only (no email, email_verified, name, groups: userinfo has them),
-//              userinfo_other_sub (as claims_in_userinfo_only, and userinfo answers for sub mallory).
+//              userinfo_other_sub (as claims_in_userinfo_only, and userinfo answers for sub mallory),
+//              userinfo_sid (as claims_in_userinfo_only and no sid either; userinfo adds sid
+//              sid-from-userinfo), verified_without_email (no email, name, groups; email_verified
+//              true stays; userinfo has the address with email_verified false).
 //   /token:    garbage_token_response (200, body `not json`), token_500 (500 {"error":"server_error"}),
 //              slow_token (waits 30 s, then answers as normal). These answer before any check.
 //   /authorize: state_mismatch (state returned is STATE + "-forged"), error_redirect
@@ -133,6 +136,7 @@ const MODES = new Set([
   'multi_aud_wrong_azp', 'expired', 'future_iat', 'wrong_nonce', 'no_nonce', 'tampered',
   'unknown_kid', 'rotated_kid', 'garbage_token_response', 'token_500', 'slow_token',
   'state_mismatch', 'error_redirect', 'userinfo_503', 'claims_in_userinfo_only', 'userinfo_other_sub',
+  'userinfo_sid', 'verified_without_email',
 ]);
 const VARIANTS = new Set(['good', 'bad_signature', 'has_nonce', 'no_event', 'wrong_aud', 'expired']);
 const USERS = {
@@ -174,6 +178,12 @@ function idToken({ clientId, nonce, user, sid }) {
     case 'claims_in_userinfo_only':
     case 'userinfo_other_sub':
       for (const claim of ['email', 'email_verified', 'name', 'groups']) delete claims[claim];
+      break;
+    case 'userinfo_sid':
+      for (const claim of ['email', 'email_verified', 'name', 'groups', 'sid']) delete claims[claim];
+      break;
+    case 'verified_without_email':
+      for (const claim of ['email', 'name', 'groups']) delete claims[claim];
       break;
     default: break;
   }
@@ -394,6 +404,8 @@ function userinfo(req, res) {
   const { sub, email, email_verified, name, groups } = USERS[entry.user];
   const answer = { sub, email, email_verified, name, groups };
   if (mode === 'userinfo_other_sub') answer.sub = 'mallory';
+  if (mode === 'userinfo_sid') answer.sid = 'sid-from-userinfo';
+  if (mode === 'verified_without_email') answer.email_verified = false;
   return send(res, 200, answer, { 'Cache-Control': 'no-store' });
 }
 

@@ -86,7 +86,9 @@
 // step 1 answers the final 303 at once; otherwise only the consent steps remain.
 //
 // Refresh tokens are oidc-provider's default: issued only when the grant includes offline_access,
-// which it keeps only for clients allowed the refresh_token grant (and asks consent for).
+// which it keeps only for clients allowed the refresh_token grant and only when the authorization
+// request says prompt=consent (OpenID Connect Core 11, to the letter), so the consent page shows at
+// every such sign-in.
 //
 // Test control (JSON):
 //   POST /test/clients               {"client_id","client_secret","redirect_uris":[..],
@@ -111,8 +113,9 @@
 //   GET  /test/backchannels          all of them, oldest first.
 //   GET  /test/last-token-request    {"client_id","grant_type","auth_method":"client_secret_basic"|
 //                                     "client_secret_post"|"none","code_verifier_present","status",
-//                                     "error","host"}; 404 before any. (oidc-provider itself enforces
-//                                     the registered token_endpoint_auth_method.)
+//                                     "error","host","refresh_token_issued"}; 404 before any.
+//                                     (oidc-provider itself enforces the registered
+//                                     token_endpoint_auth_method.)
 //   GET  /test/userinfo-requests     how many userinfo requests were answered 200: {"ok":N}.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -515,11 +518,13 @@ async function tokenRoute(ctx, next) {
     status: null,
     error: null,
     host: ctx.get('x-original-host') || null,
+    refresh_token_issued: false,
   };
   lastTokenRequest = record;
   await next();
   record.status = ctx.status;
   if (ctx.status >= 400) record.error = ctx.body?.error ?? null;
+  record.refresh_token_issued = ctx.status === 200 && typeof ctx.body?.refresh_token === 'string';
   log('token request', JSON.stringify(record));
 }
 

@@ -15,7 +15,8 @@
 //! Claims the ID token lacks (email, name, groups: providers put the scopes' claims in userinfo)
 //! are read from userinfo for the same `sub`. Access rules (`allow_emails`, `allow_domains`,
 //! `authorized_groups`) are checked at sign-in and, with `recheck_interval`, again against the
-//! provider's userinfo endpoint. Sessions that need a refresh token ask for `offline_access`.
+//! provider's userinfo endpoint. Sessions that need a refresh token ask for `offline_access`
+//! (with a `prompt` only when the module names one: most providers would show consent each time).
 
 mod jwt;
 
@@ -112,9 +113,17 @@ struct Options {
     /// discovery lists it in `scopes_supported` (empty: never requested).
     #[serde(default = "default_groups")]
     groups_scope: String,
-    /// The `prompt` sent with `offline_access` (OpenID Connect Core 11 requires `consent`;
-    /// empty: none, for providers that issue refresh tokens without it).
-    #[serde(default = "default_offline_access_prompt")]
+    /// Asks for `offline_access` when sessions need a refresh token and the provider lists the
+    /// scope. Off for providers that issue refresh tokens without it and give it another
+    /// meaning (Keycloak: offline tokens, which outlive the user's Keycloak session and need the
+    /// `offline_access` role).
+    #[serde(default = "default_true")]
+    request_offline_access: bool,
+    /// The `prompt` sent with `offline_access` (empty, the default: none). `consent` for the
+    /// providers that keep `offline_access` only with it, as OpenID Connect Core 11 words it
+    /// (node oidc-provider); sent to the others it shows their consent page at every sign-in
+    /// (Entra ID; Okta for scopes that ask consent) or stops users who may not consent.
+    #[serde(default)]
     offline_access_prompt: String,
     /// Seconds between checks at the provider's userinfo endpoint that the user still has
     /// access (0: never).
@@ -144,8 +153,8 @@ fn default_groups() -> String {
     "groups".into()
 }
 
-fn default_offline_access_prompt() -> String {
-    "consent".into()
+fn default_true() -> bool {
+    true
 }
 
 impl Options {
@@ -324,10 +333,33 @@ impl Module {
             }
         };
         add(&self.options.groups_scope);
-        if self.options.needs_refresh_token() {
+        if self.options.needs_refresh_token() && self.options.request_offline_access {
             add("offline_access");
         }
         scopes
+    }
+
+    /// The `prompt` of an authorization request for `scopes`: the configured one, only with
+    /// `offline_access`.
+    fn prompt(&self, scopes: &[String]) -> Option<&str> {
+        let prompt = self.options.offline_access_prompt.as_str();
+        (!prompt.is_empty() && scopes.iter().any(|s| s == "offline_access")).then_some(prompt)
+    }
+
+    /// What to look at when the provider gave a sign-in that needs one no refresh token.
+    fn no_refresh_token_hint(&self) -> &'static str {
+        let scopes = self.requested_scopes();
+        if !scopes.iter().any(|s| s == "offline_access") {
+            if self.options.request_offline_access {
+                "the provider does not list offline_access in scopes_supported; is the refresh_token grant enabled for this client?"
+            } else {
+                "request_offline_access is off; is the refresh_token grant enabled for this client?"
+            }
+        } else if self.prompt(&scopes).is_none() {
+            "is the refresh_token grant enabled for this client? A provider that grants offline_access only with prompt=consent (OpenID Connect Core 11, as node oidc-provider does) needs offline_access_prompt = \"consent\""
+        } else {
+            "is the refresh_token grant enabled for this client, and offline_access allowed?"
+        }
     }
 
     fn outputs(&self) -> serde_json::Value {
@@ -335,6 +367,7 @@ impl Module {
         serde_json::json!({
             "scopes": o.scopes(),
             "groups_scope": o.groups_scope,
+            "request_offline_access": o.request_offline_access,
             "offline_access_prompt": o.offline_access_prompt,
             "allow_emails": o.allow_emails,
             "allow_domains": o.allow_domains,
@@ -581,11 +614,15 @@ fn with_userinfo_claims(
             "The identity provider's answer was not accepted. Try signing in again.".into(),
         ));
     }
-    let id_token_has_email = claims.get("email").is_some();
     if let serde_json::Value::Object(object) = &mut claims {
+        // An address and its verification come from the same place.
+        let email_from_userinfo = !object.contains_key("email") && extra.contains_key("email");
+        if email_from_userinfo {
+            object.remove("email_verified");
+        }
         for (name, value) in extra {
-            // An address and its verification come from the same place.
-            if name == "email_verified" && id_token_has_email {
+            let verification_of_another_address = name == "email_verified" && !email_from_userinfo;
+            if ID_TOKEN_ONLY_CLAIMS.contains(&name.as_str()) || verification_of_another_address {
                 continue;
             }
             object.entry(name).or_insert(value);
@@ -593,6 +630,26 @@ fn with_userinfo_claims(
     }
     Ok(claims)
 }
+
+/// Claims that count only in the signed ID token (who issued it for whom, when, in which
+/// provider session): never taken from userinfo, whose `sid` could otherwise, for one, keep a
+/// session out of reach of the provider's back-channel logouts.
+const ID_TOKEN_ONLY_CLAIMS: [&str; 14] = [
+    "iss",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "nonce",
+    "azp",
+    "sid",
+    "auth_time",
+    "acr",
+    "amr",
+    "at_hash",
+    "c_hash",
+];
 
 /// Calls the provider's userinfo endpoint with an access token.
 fn userinfo(host: &dyn Host, module: &Module, access_token: &str) -> Result<HttpResponse, PluginError> {
@@ -907,7 +964,8 @@ impl Oidc {
             host.log(
                 LogLevel::Warn,
                 &format!(
-                    "the provider gave {sub} no refresh token (is the refresh_token grant enabled for this client, and offline_access allowed?): {}",
+                    "the provider gave {sub} no refresh token ({}): {}",
+                    module.no_refresh_token_hint(),
                     match token.expires_in() {
                         Some(life) => format!(
                             "the session ends when its access token expires, in {} s, and the person signs in again",
@@ -1126,8 +1184,8 @@ impl Plugin for Oidc {
             )
             .set_pkce_challenge(challenge);
         let scopes = module.requested_scopes();
-        if scopes.iter().any(|s| s == "offline_access") && !module.options.offline_access_prompt.is_empty() {
-            authorize = authorize.add_extra_param("prompt", module.options.offline_access_prompt.clone());
+        if let Some(prompt) = module.prompt(&scopes) {
+            authorize = authorize.add_extra_param("prompt", prompt.to_string());
         }
         for scope in scopes.into_iter().filter(|s| s != "openid") {
             authorize = authorize.add_scope(Scope::new(scope));
@@ -1412,11 +1470,57 @@ mod tests {
             ),
             ["openid", "roles"]
         );
+        // Off for a provider that issues refresh tokens without it (Keycloak's offline tokens).
+        assert_eq!(
+            scopes(
+                serde_json::json!({"recheck_interval": 60, "request_offline_access": false}),
+                &all
+            ),
+            ["openid", "profile", "email", "groups"]
+        );
         let value =
             serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "groups_scope": "a b"});
         assert_eq!(parse_options(&value).unwrap_err()[0].key, "groups_scope");
         let value = serde_json::json!({"issuer": "https://op", "client_id": "c", "client_secret": "s", "offline_access_prompt": "none"});
         assert_eq!(parse_options(&value).unwrap_err()[0].key, "offline_access_prompt");
+    }
+
+    #[test]
+    fn a_prompt_goes_only_with_offline_access_and_only_when_configured() {
+        let all = ["openid", "offline_access", "email", "profile"];
+        let prompt = |options| {
+            let module = module_with(options, &all);
+            module.prompt(&module.requested_scopes()).map(str::to_string)
+        };
+        // By default none: most providers issue refresh tokens without one, and would show
+        // their consent page at every sign-in with `consent`.
+        assert_eq!(prompt(serde_json::json!({"forward_access_token": true})), None);
+        assert_eq!(
+            prompt(serde_json::json!({"forward_access_token": true, "offline_access_prompt": "consent"})).as_deref(),
+            Some("consent")
+        );
+        // Without offline_access, never.
+        assert_eq!(prompt(serde_json::json!({"offline_access_prompt": "consent"})), None);
+        assert_eq!(
+            prompt(
+                serde_json::json!({"recheck_interval": 60, "request_offline_access": false, "offline_access_prompt": "consent"})
+            ),
+            None
+        );
+        // The log says where to look when the refresh token does not come.
+        let hint = |options, offered: &[&str]| module_with(options, offered).no_refresh_token_hint();
+        assert!(hint(serde_json::json!({"recheck_interval": 60}), &all).contains("offline_access_prompt"));
+        assert!(hint(serde_json::json!({"recheck_interval": 60}), &["openid"]).contains("does not list offline_access"));
+        assert!(hint(
+            serde_json::json!({"recheck_interval": 60, "request_offline_access": false}),
+            &all
+        )
+        .contains("request_offline_access is off"));
+        assert!(!hint(
+            serde_json::json!({"recheck_interval": 60, "offline_access_prompt": "consent"}),
+            &all
+        )
+        .contains("offline_access_prompt"));
     }
 
     #[test]
