@@ -663,7 +663,7 @@ measure_login() { # target round
     run_logins "$t" "$TMP/warm.txt" "$out.warmup" || die "$t: wrk ${LOGIN_NOUN%s} warm-up failed: $(cat "$out.warmup")"
     check_run "$t $LOGIN_NOUN, round $round warm-up" "$out.warmup" "$LOGIN_WARMUP"
     warm_rate=$(awk -v n="$LOGIN_WARMUP" -v us="$(field "$out.warmup" elapsed_us)" 'BEGIN { printf "%.0f\n", n / (us / 1e6) }')
-    n=$(awk -v r="${LAST_RATE[$t]:-$warm_rate}" -v s="$LOGIN_SECONDS" -v lo="$MIN_LOGINS" -v hi="$MAX_LOGINS" \
+    n=$(awk -v r="${LAST_RATE[$LOGIN_NOUN-$t]:-$warm_rate}" -v s="$LOGIN_SECONDS" -v lo="$MIN_LOGINS" -v hi="$MAX_LOGINS" \
         'BEGIN { n = int(r * s); if (n < lo) n = lo; if (n > hi) n = hi; print n }')
     make_logins "$t" "$n" "$TMP/$LOGIN_NOUN.txt"
     wait_quiet
@@ -675,7 +675,7 @@ measure_login() { # target round
     p99=$(field "$out" p99_us)
     read -r rate cpu pcpu < <(awk -v r="$reqs" -v d="$elapsed" -v dt="$cpu_ticks_used" -v pt="$provider_ticks_used" -v hz="$CLK_TCK" \
         'BEGIN { printf "%.0f %.1f %.1f\n", r / (d / 1e6), dt / hz * 1e6 / r, pt / hz * 1e6 / r }')
-    LAST_RATE[$t]=$rate
+    LAST_RATE[$LOGIN_NOUN-$t]=$rate
 }
 
 # A run during which other processes took more than BENCH_MAX_OTHER % of a core is measured
