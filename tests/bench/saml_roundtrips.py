@@ -38,6 +38,7 @@ sign-in's session cookie (`name=value`).
 import argparse
 import asyncio
 import base64
+import http.client
 import sys
 import time
 import urllib.parse
@@ -354,8 +355,7 @@ class Run:
 
 
 def fetch(url):
-    import http.client
-
+    """The body of url (a 200 only)."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=TIMEOUT)
     conn.request("GET", u.path + (f"?{u.query}" if u.query else ""))
