@@ -27,6 +27,9 @@ LOGIN_WARMUP=${BENCH_LOGIN_WARMUP:-100}
 MIN_LOGINS=${BENCH_MIN_LOGINS:-100}
 MAX_LOGINS=${BENCH_MAX_LOGINS:-6000}
 NGINX=${NGINX:-/usr/sbin/nginx}
+# Portcullis's log level in the benchmarks: warn (only problems), as nginx runs with
+# access_log off; proxy.sh also measures one Portcullis at the shipped level, info.
+LOG_LEVEL=${BENCH_LOG_LEVEL:-warn}
 BODY='hello from upstream'   # the upstream answers this plus "\n"
 WRK_CPUS=$CLIENT_CPU         # saml.sh: every core for the whole-machine login runs
 
@@ -187,10 +190,17 @@ EOF
 }
 
 # The upstream every target is in front of (it answers BODY), and nginx as a plain reverse proxy
-# to it.
+# to it. The upstream answers only a request line in origin-form (`GET /path HTTP/1.1`, RFC 9112
+# section 3.2.1: what a proxy sends an origin server); any other (absolute-form, `GET
+# http://host/path HTTP/1.1`) gets a 400 naming the line, which every response check counts as
+# wrong: the run fails (wait_nginxes proves the check refuses absolute-form before any load).
+ORIGIN_FORM_REFUSED="upstream: the request line is not in origin-form:"
 nginx_confs() {
     nginx_conf upstream "$UP_PORT" "        location / {
             default_type text/plain;
+            if (\$request !~ \"^[A-Z]+ /[^ ]* HTTP/1\\.[01]\$\") {
+                return 400 \"$ORIGIN_FORM_REFUSED \$request\\n\";
+            }
             return 200 \"$BODY\\n\";
         }"
 
@@ -204,22 +214,24 @@ nginx_confs() {
     }"
 }
 
-# Portcullis's config.toml up to its edge's route "/" to the upstream; the script appends the
-# rest (the route's auth, more routes).
-portcullis_conf() {
-    mkdir -p "$TMP/portcullis/data"
-    cat >"$TMP/portcullis/config.toml" <<EOF
+# Portcullis's config.toml (in $TMP/NAME, default portcullis, at log level LEVEL, default
+# LOG_LEVEL) up to its edge's route "/" to the upstream; the script appends the rest (the
+# route's auth, more routes).
+portcullis_conf() { # [name level edge-port console-port]
+    set -- "${1:-portcullis}" "${2:-$LOG_LEVEL}" "${3:-$EDGE_PORT}" "${4:-$CONSOLE_PORT}"
+    mkdir -p "$TMP/$1/data"
+    cat >"$TMP/$1/config.toml" <<EOF
 version = 1
 [listeners.edge]
-address = "127.0.0.1:$EDGE_PORT"
+address = "127.0.0.1:$3"
 [listeners.console]
-address = "127.0.0.1:$CONSOLE_PORT"
+address = "127.0.0.1:$4"
 [log]
-level = "warn"
+level = "$2"
 [backends.up]
 address = "127.0.0.1:$UP_PORT"
 [edges.bench]
-hostports = ["127.0.0.1:$EDGE_PORT"]
+hostports = ["127.0.0.1:$3"]
 [[edges.bench.routes]]
 match_type = "path_prefix"
 match = "/"
@@ -273,26 +285,32 @@ end
 function init(args)
     bad = 0
     seen = 0
+    first_bad = ""
 end
 
 function response(status, headers, body)
     seen = seen + 1
     if status ~= 200 or body ~= expected then
         bad = bad + 1
+        if first_bad == "" then
+            first_bad = string.format("%d body=%s", status, string.gsub(string.sub(body, 1, 300), "%s+", " "))
+        end
     end
 end
 
 function done(summary, latency, requests)
-    local b, s = 0, 0
+    local b, s, first = 0, 0, ""
     for _, t in ipairs(threads) do
         b = b + t:get("bad")
         s = s + t:get("seen")
+        if first == "" then first = t:get("first_bad") end
     end
     local e = summary.errors
     io.write(string.format(
         "BENCH requests=%d duration_us=%d p99_us=%d checked=%d bad=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
         summary.requests, summary.duration, latency:percentile(99), s, b,
         e.connect, e.read, e.write, e.status, e.timeout))
+    if first ~= "" then io.write("FIRST_BAD " .. first .. "\n") end
 end
 EOF
 }
@@ -422,12 +440,19 @@ start_nginxes() { # -> sets UP_PID, NGX_PID
     NGX_PID=$LAST_PID
 }
 wait_nginxes() {
+    local got
     wait_http "http://127.0.0.1:$UP_PORT/" "the nginx upstream" "$TMP/upstream/logs/error.log"
     wait_http "http://127.0.0.1:$NGX_PORT/" "the nginx proxy" "$TMP/nginx/logs/error.log"
+    # The upstream's request-line check works: curl sends absolute-form to a proxy.
+    got=$(curl -sS --max-time 5 -w '%{http_code}' --proxy "http://127.0.0.1:$UP_PORT" "http://127.0.0.1:$UP_PORT/x?y") ||
+        die "the upstream's request-line check: request failed"
+    [ "$got" = "$ORIGIN_FORM_REFUSED GET http://127.0.0.1:$UP_PORT/x?y HTTP/1.1"$'\n'"400" ] ||
+        die "the upstream took a request line in absolute-form: $(printf %q "$got")"
 }
-start_portcullis() { # cpus -> sets PC_PID
-    taskset -c "$1" "$PORTCULLIS" serve --config "$TMP/portcullis/config.toml" \
-        --data-dir "$TMP/portcullis/data" >>"$TMP/portcullis/stdout.log" 2>&1 &
+start_portcullis() { # cpus [name: of portcullis_conf] -> sets PC_PID
+    local dir="$TMP/${2:-portcullis}"
+    taskset -c "$1" "$PORTCULLIS" serve --config "$dir/config.toml" \
+        --data-dir "$dir/data" >>"$dir/stdout.log" 2>&1 &
     PC_PID=$!
     PIDS+=("$PC_PID")
 }
@@ -638,7 +663,7 @@ measure_login() { # target round
     run_logins "$t" "$TMP/warm.txt" "$out.warmup" || die "$t: wrk ${LOGIN_NOUN%s} warm-up failed: $(cat "$out.warmup")"
     check_run "$t $LOGIN_NOUN, round $round warm-up" "$out.warmup" "$LOGIN_WARMUP"
     warm_rate=$(awk -v n="$LOGIN_WARMUP" -v us="$(field "$out.warmup" elapsed_us)" 'BEGIN { printf "%.0f\n", n / (us / 1e6) }')
-    n=$(awk -v r="${LAST_RATE[$t]:-$warm_rate}" -v s="$LOGIN_SECONDS" -v lo="$MIN_LOGINS" -v hi="$MAX_LOGINS" \
+    n=$(awk -v r="${LAST_RATE[$LOGIN_NOUN-$t]:-$warm_rate}" -v s="$LOGIN_SECONDS" -v lo="$MIN_LOGINS" -v hi="$MAX_LOGINS" \
         'BEGIN { n = int(r * s); if (n < lo) n = lo; if (n > hi) n = hi; print n }')
     make_logins "$t" "$n" "$TMP/$LOGIN_NOUN.txt"
     wait_quiet
@@ -650,7 +675,7 @@ measure_login() { # target round
     p99=$(field "$out" p99_us)
     read -r rate cpu pcpu < <(awk -v r="$reqs" -v d="$elapsed" -v dt="$cpu_ticks_used" -v pt="$provider_ticks_used" -v hz="$CLK_TCK" \
         'BEGIN { printf "%.0f %.1f %.1f\n", r / (d / 1e6), dt / hz * 1e6 / r, pt / hz * 1e6 / r }')
-    LAST_RATE[$t]=$rate
+    LAST_RATE[$LOGIN_NOUN-$t]=$rate
 }
 
 # A run during which other processes took more than BENCH_MAX_OTHER % of a core is measured

@@ -26,6 +26,7 @@
 #   BENCH_LOGIN_WARMUP   callbacks sent by the warm-up before each callback run (default 100)
 #   BENCH_MIN_LOGINS     fewest callbacks in a measured run             (default 100)
 #   BENCH_MAX_LOGINS     most callbacks in a measured run               (default 6000)
+#   BENCH_LOG_LEVEL      Portcullis's log level                         (default warn)
 #   BENCH_OPENIDC_USERINFO  1: mod_auth_openidc also sees the provider's userinfo endpoint and
 #                        calls it at every sign-in (Portcullis does not); default 0, see below
 #   BENCH_SERVER_CPU     core the servers (and the providers) are pinned to (default 0)
@@ -429,7 +430,7 @@ echo
 echo "Other processes used at most ${MAX_OTHER}% of a core during a kept run;" \
     "$RETRIED noisy run(s) were discarded and measured again. Measuring took ${ELAPSED}s," \
     "the whole script $(($(date +%s) - RUN_STARTED))s."
-echo "Portcullis logged $PC_LOG_LINES line(s) at warn level (the replay check's among them). mod_auth_openidc" \
+echo "Portcullis logged $PC_LOG_LINES line(s) at log level $LOG_LEVEL (the replay check's among them). mod_auth_openidc" \
     "logged $LRU_DROPS 'dropping LRU entry' warning(s) over $(grep -c 'token issued' "$TMP/forge-openidc/forge.log" || true)" \
     "sign-ins (its default shm cache keeps 500 entries: sessions, nonces, metadata, JWKS)."
 report_noise_warning

@@ -51,12 +51,14 @@ class Sources:
                 self.windows = json.load(f)
         self.current = None
 
-    def take(self):
-        """An address that may start one more sign-in now (its window counts it)."""
+    def take(self, prefer=None):
+        """An address that may start one more sign-in now (its window counts it): `prefer` (or
+        the last one taken) while it may."""
         while True:
             now = time.time()
-            candidates = [self.current] if self.current else []
-            candidates += [a for a in POOL if a != self.current]
+            current = prefer or self.current
+            candidates = [current] if current else []
+            candidates += [a for a in POOL if a != current]
             for address in candidates:
                 start, used = self.windows.get(address, (0.0, 0))
                 if now - start >= WINDOW:

@@ -5,12 +5,18 @@
 #
 #   tests/bench/saml.sh            (or `make bench`)
 #
-# Two measurements, interleaved over the rounds:
+# Three measurements, interleaved over the rounds:
+#   - full sign-ins per second, SP-initiated (tests/bench/saml_roundtrips.py): the browser's GET
+#     of a protected URL gets a signed AuthnRequest (HTTP-Redirect), the IdP verifies it and
+#     answers it with a fresh signed Response to its ID, the browser posts that to the ACS; the
+#     IdP's signing runs in the client, on the client's core, and the SP's CPU per sign-in is
+#     reported beside the rate;
 #   - ACS logins per second: each login posts its own pre-signed, valid, unsolicited Response
 #     (tests/bench/saml_responses.py) to the SP's Assertion Consumer Service;
 #   - authenticated proxy throughput: wrk sends the session cookie of one login on every request.
-# Servers on one core and wrk on the other for both; then the logins once more with both SPs
-# restarted on every core (and wrk unpinned): what the whole machine takes.
+# Servers on one core and the client (wrk, or saml_roundtrips.py) on the other; then the ACS
+# logins once more with both SPs restarted on every core (and wrk unpinned): what the whole
+# machine takes.
 #
 # Environment (all optional):
 #   CARGO_TARGET_DIR     where cargo builds (binary at $CARGO_TARGET_DIR/release/portcullis);
@@ -19,10 +25,11 @@
 #   BENCH_WARMUP         seconds of warm-up before each throughput run  (default 2)
 #   BENCH_CONNECTIONS    wrk connections, for logins and throughput     (default 32)
 #   BENCH_ROUNDS         interleaved rounds                             (default 3)
-#   BENCH_LOGIN_SECONDS  a login run is given about this many seconds of Responses (default 5)
-#   BENCH_LOGIN_WARMUP   Responses posted by the warm-up before each login run    (default 100)
-#   BENCH_MIN_LOGINS     fewest Responses in a measured login run       (default 100)
-#   BENCH_MAX_LOGINS     most Responses in a measured login run         (default 6000)
+#   BENCH_LOGIN_SECONDS  a login run is given about this many seconds of sign-ins (default 5)
+#   BENCH_LOGIN_WARMUP   sign-ins of the warm-up before each login run  (default 100)
+#   BENCH_MIN_LOGINS     fewest sign-ins in a measured login run        (default 100)
+#   BENCH_MAX_LOGINS     most sign-ins in a measured login run          (default 6000)
+#   BENCH_LOG_LEVEL      Portcullis's log level                         (default warn)
 #   BENCH_SERVER_CPU     core the servers are pinned to                 (default 0)
 #   BENCH_CLIENT_CPU     core wrk is pinned to                          (default 1)
 #   BENCH_QUIET_WAIT     seconds to wait for a quiet machine before each run (default 15)
@@ -61,9 +68,11 @@ make_tmp portcullis-saml-bench
 read -r UP_PORT NGX_PORT EDGE_PORT CONSOLE_PORT APACHE_PORT < <(free_ports 5)
 
 # ---------------------------------------------------------------------------------------------
-# Keys and metadata, made here: one test IdP (never contacted: the Responses are signed ahead),
-# and mellon's SP key pair and metadata (Portcullis makes its own SP key pair).
+# Keys and metadata, made here: one test IdP (never contacted over HTTP: saml_responses.py signs
+# its Responses ahead, saml_roundtrips.py answers the AuthnRequests of the redirects to its SSO
+# URL itself), and mellon's SP key pair and metadata (Portcullis makes its own SP key pair).
 IDP_ENTITY="https://idp.bench.invalid/metadata"
+IDP_SSO="https://idp.bench.invalid/sso"
 mkdir -p "$TMP/keys"
 make_cert() { # name CN
     openssl req -x509 -newkey rsa:2048 -sha256 -nodes -days 30 -subj "/CN=$2" \
@@ -81,7 +90,7 @@ cat >"$TMP/keys/idp.xml" <<EOF
       <ds:KeyInfo><ds:X509Data><ds:X509Certificate>$(cert_b64 idp)</ds:X509Certificate></ds:X509Data></ds:KeyInfo>
     </md:KeyDescriptor>
     <md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>
-    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="https://idp.bench.invalid/sso"/>
+    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="$IDP_SSO"/>
   </md:IDPSSODescriptor>
 </md:EntityDescriptor>
 EOF
@@ -196,10 +205,9 @@ for t in portcullis mellon; do
     case "${ACS[$t]}" in "${BASE[$t]}"/*) ;; *) die "$t: ACS ${ACS[$t]} is not on ${BASE[$t]}" ;; esac
 done
 
-# Makes COUNT fresh Responses for login target $1 into FILE (not timed; lib.sh's measure_login).
-LOGIN_NOUN=logins
+# Makes COUNT fresh Responses for login target $1 into FILE (not timed).
 GENERATED=0
-make_logins() { # target count file [--check]
+make_responses() { # target count file [--check]
     GENERATED=$((GENERATED + 1))
     "$PY" "$ROOT/tests/bench/saml_responses.py" --key "$TMP/keys/idp.key" --cert "$TMP/keys/idp.crt" \
         --issuer "$IDP_ENTITY" --acs "${ACS[$1]}" --audience "${ENTITY[$1]}" --count "$2" --out "$3" \
@@ -210,7 +218,7 @@ make_logins() { # target count file [--check]
 # Each answer is shown whole when it is not the expected 303 with the session cookie.
 login_once() { # target
     local t=$1
-    make_logins "$t" 1 "$TMP/one.txt" --check
+    make_responses "$t" 1 "$TMP/one.txt" --check
     curl -sS -o "$TMP/login.body" -D "$TMP/login.h" --data @"$TMP/one.txt" -H 'Content-Type: application/x-www-form-urlencoded' \
         "${ACS[$t]}" || die "$t: the ACS post failed"
     SESSION=$(sed -n "s/^[Ss]et-[Cc]ookie: \(${COOKIE[$t]//./\\.}=[^;]*\).*/\1/p" "$TMP/login.h" | tr -d '\r' | head -1)
@@ -243,16 +251,57 @@ done
 echo "   Portcullis ACS ${ACS[portcullis]}; mellon ACS ${ACS[mellon]}"
 echo "   a replayed Response: Portcullis answered ${replay[portcullis]}, mellon ${replay[mellon]}"
 
+# Full sign-ins (tests/bench/saml_roundtrips.py): the browser's GET of a protected URL on the SP,
+# the signed AuthnRequest it is redirected to the IdP with, verified and answered by the IdP with a
+# fresh Response to its ID, posted to the ACS. The sign-in count is read from FILE.
+ROUNDTRIPS=0
+roundtrips() { # target count-file outfile [option...]
+    local t=$1 count out=$3
+    count=$(cat "$2")
+    shift 3
+    ROUNDTRIPS=$((ROUNDTRIPS + 1))
+    taskset -c "$WRK_CPUS" "$PY" "$ROOT/tests/bench/saml_roundtrips.py" --start "${BASE[$t]}/" --sso "$IDP_SSO" \
+        --sp-metadata "${ENTITY[$t]}" --key "$TMP/keys/idp.key" --cert "$TMP/keys/idp.crt" --issuer "$IDP_ENTITY" \
+        --cookie "${COOKIE[$t]}" --count "$count" --connections "$CONNECTIONS" --windows "$TMP/windows-$t.json" \
+        --tag "$t-rt$ROUNDTRIPS" "$@" >"$out" 2>&1
+}
+# Each SP must complete one full sign-in (pysaml2 also accepting the Response to its request),
+# and that session must reach the upstream's exact body.
+declare -A SIGALG
+for t in portcullis mellon; do
+    echo 1 >"$TMP/one-roundtrip.txt"
+    roundtrips "$t" "$TMP/one-roundtrip.txt" "$TMP/roundtrip-check.txt" --check --session-out "$TMP/roundtrip-session.txt" ||
+        die "$t: saml_roundtrips.py failed: $(tail -n 20 "$TMP/roundtrip-check.txt")"
+    check_run "$t: one full sign-in" "$TMP/roundtrip-check.txt" 1
+    grep -q '^pysaml2 accepted' "$TMP/roundtrip-check.txt" || die "$t: pysaml2 did not check the Response: $(cat "$TMP/roundtrip-check.txt")"
+    SIGALG[$t]=$(sed -n 's/^BENCH .*sigalg=\([^ ]*\).*/\1/p' "$TMP/roundtrip-check.txt")
+    got=$(curl -sS --max-time 5 -w '%{http_code}' -H "Cookie: $(cat "$TMP/roundtrip-session.txt")" "${BASE[$t]}/") ||
+        die "$t: request with the full sign-in's session failed"
+    [ "$got" = "$BODY"$'\n'"200" ] || die "$t: unexpected answer to GET / with the full sign-in's session: $(printf %q "$got")"
+done
+echo "   full sign-ins: AuthnRequests signed with ${SIGALG[portcullis]} (Portcullis), ${SIGALG[mellon]} (mellon); each taken, each session reaches the upstream"
+
 auth_targets mellon
 
 # ---------------------------------------------------------------------------------------------
 # Measure.
 CLK_TCK=$(getconf CLK_TCK)
 
+# lib.sh's measure_login makes its sign-ins with make_logins and times run_logins: for ACS logins
+# (LOGIN_NOUN logins, machine-logins) fresh Responses, posted by wrk; for full sign-ins
+# (roundtrips) only their count, then saml_roundtrips.py.
+LOGIN_NOUN=logins
+make_logins() { # target count file
+    if [ "$LOGIN_NOUN" = roundtrips ]; then echo "$2" >"$3"; else make_responses "$@"; fi
+}
 # Posts every Response of FILE to target $1's ACS; wrk is stopped by the script when done (the
 # 600 s is only a bound). --timeout: with 32 logins in flight a slow SP takes seconds per login.
 run_logins() { # target file outfile
     local path=${ACS[$1]#"${BASE[$1]}"}
+    if [ "$LOGIN_NOUN" = roundtrips ]; then
+        roundtrips "$@"
+        return
+    fi
     taskset -c "$WRK_CPUS" wrk -t1 -c"$CONNECTIONS" -d600s --timeout 10s --latency -s "$TMP/login.lua" \
         "${BASE[$1]}/" -- "$path" "${COOKIE[$1]}" "${LOCATION[$1]}" "$2" >"$3" 2>&1
 }
@@ -262,30 +311,38 @@ ALL_PROCS="$UP_PROCS $NGX_PROCS $PC_PROCS $AP_PROCS"
 
 failure_logs() { # after a wrong run: the servers' SAML log lines
     echo "-- Portcullis log (SAML lines):" >&2
-    grep -i 'saml' "$TMP/portcullis/stdout.log" | tail -n 5 >&2 || true
+    grep -i -E 'saml|idp' "$TMP/portcullis/stdout.log" | tail -n 5 >&2 || true
     echo "-- Apache error log:" >&2
     tail -n 5 "$APACHE_DIR/logs/error.log" >&2 || true
 }
 
-# Measures (again while noisy: lib.sh's retry_noisy) and keeps RES[kind-target,round]="rate p99_us cpu_us".
+# Measures (again while noisy: lib.sh's retry_noisy) and keeps
+# RES[kind-target,round]="rate p99_us cpu_us client_%" (client: the load generator's share of a
+# core: wrk, or for full sign-ins the browsers and the IdP's signing).
 STARTED=$(date +%s)
-measured() { # kind target round
+measured() { # kind (roundtrip, login, machine, proxy) target round
     local kind=$1 t=$2 round=$3 unit
     while :; do
-        if [ "$kind" = proxy ]; then measure_proxy "$t" "$round"; unit="req/s"; else measure_login "$t" "$round"; unit="logins/s"; fi
-        printf '   round %d  %-7s %-10s %7s %-8s  p99 %7s us  %8s CPU us/%s  wrk %3s%%  kernel %3s%%  other %3s%%  (%d responses, all checked)\n' \
+        case $kind in
+            proxy) LOGIN_NOUN=logins; measure_proxy "$t" "$round"; unit="req/s" ;;
+            roundtrip) LOGIN_NOUN=roundtrips; measure_login "$t" "$round"; unit="logins/s" ;;
+            *) LOGIN_NOUN=$([ "$kind" = machine ] && echo machine-logins || echo logins); measure_login "$t" "$round"; unit="logins/s" ;;
+        esac
+        printf '   round %d  %-9s %-10s %7s %-8s  p99 %7s us  %8s CPU us/%s  client %3s%%  kernel %3s%%  other %3s%%  (%d checked)\n' \
             "$round" "$kind" "$t" "$rate" "$unit" "$p99" "$cpu" "$([ "$kind" = proxy ] && echo req || echo login)" \
             "$client" "$kernel" "$other" "$reqs"
         retry_noisy || break
     done
-    keep_run "$kind-$t,$round" "$rate $p99 $cpu"
+    keep_run "$kind-$t,$round" "$rate $p99 $cpu $client"
 }
 
 # The replays above were refused (and logged); none may be refused from here on.
-REFUSED_BEFORE=$(grep -c 'SAML response refused' "$TMP/portcullis/stdout.log" || true)
+PC_REFUSALS='SAML response|the IdP answered with status|none of the authorized groups'
+REFUSED_BEFORE=$(grep -c -E "$PC_REFUSALS" "$TMP/portcullis/stdout.log" || true)
 
-echo "== measuring: $ROUNDS rounds of logins (Portcullis, mellon) and proxying (nginx, Portcullis, mellon)"
+echo "== measuring: $ROUNDS rounds of full sign-ins and ACS logins (Portcullis, mellon) and proxying (nginx, Portcullis, mellon)"
 for round in $(seq "$ROUNDS"); do
+    for t in "${LOGIN_TARGETS[@]}"; do measured roundtrip "$t" "$round"; done
     for t in "${LOGIN_TARGETS[@]}"; do measured login "$t" "$round"; done
     for t in "${PROXY_TARGETS[@]}"; do measured proxy "$t" "$round"; done
 done
@@ -310,7 +367,6 @@ PROCS[portcullis]=$PC_PID
 PROCS[mellon]=$AP_PROCS
 ALL_PROCS="$UP_PROCS $NGX_PROCS $PC_PID $AP_PROCS"
 WRK_CPUS=$ALL_CPUS
-LAST_RATE=()
 for round in $(seq "$ROUNDS"); do
     for t in "${LOGIN_TARGETS[@]}"; do measured machine "$t" "$round"; done
 done
@@ -318,22 +374,25 @@ ELAPSED=$(($(date +%s) - STARTED))
 
 # Portcullis refused no Response during the runs (check_run counted every answer already; this
 # also catches a refusal logged by the plugin whose answer still looked right).
-if [ "$(grep -c 'SAML response refused' "$TMP/portcullis/stdout.log" || true)" -ne "$REFUSED_BEFORE" ]; then
+if [ "$(grep -c -E "$PC_REFUSALS" "$TMP/portcullis/stdout.log" || true)" -ne "$REFUSED_BEFORE" ]; then
     echo "saml.sh: Portcullis logged refusals during the runs:" >&2
-    grep 'SAML response refused' "$TMP/portcullis/stdout.log" | tail -n +$((REFUSED_BEFORE + 1)) | head -n 5 >&2
+    grep -E "$PC_REFUSALS" "$TMP/portcullis/stdout.log" | tail -n +$((REFUSED_BEFORE + 1)) | head -n 5 >&2
     exit 1
 fi
 
 # ---------------------------------------------------------------------------------------------
 # Report.
-KEYS=(login-portcullis login-mellon machine-portcullis machine-mellon proxy-nginx proxy-portcullis proxy-mellon)
-medians 3 "${KEYS[@]}"
+KEYS=(roundtrip-portcullis roundtrip-mellon login-portcullis login-mellon machine-portcullis machine-mellon
+    proxy-nginx proxy-portcullis proxy-mellon)
+medians 4 "${KEYS[@]}"
 label() {
     case $1 in
-        login-portcullis) echo "Portcullis (saml plugin)" ;;
-        login-mellon) echo "Apache + mod_auth_mellon" ;;
-        machine-portcullis) echo "Portcullis, every core" ;;
-        machine-mellon) echo "Apache + mellon, every core" ;;
+        roundtrip-portcullis) echo "Portcullis, full sign-in" ;;
+        roundtrip-mellon) echo "Apache + mellon, full sign-in" ;;
+        login-portcullis) echo "Portcullis, ACS only" ;;
+        login-mellon) echo "Apache + mellon, ACS only" ;;
+        machine-portcullis) echo "Portcullis, ACS only, every core" ;;
+        machine-mellon) echo "Apache + mellon, ACS, every core" ;;
         proxy-nginx) echo "nginx reverse proxy (no auth)" ;;
         proxy-portcullis) echo "Portcullis, SAML session" ;;
         proxy-mellon) echo "Apache + mellon, session" ;;
@@ -343,40 +402,45 @@ label() {
 report_machine
 echo "apache:  $(apache_version), mod_auth_mellon $(deb_version libapache2-mod-auth-mellon), liblasso3 $(deb_version liblasso3)"
 report_tools
-echo "setup:   servers on core $SERVER_CPU, wrk on core $CLIENT_CPU; wrk -t1 -c$CONNECTIONS; $ROUNDS interleaved rounds; medians"
-echo "         then logins again with both SPs restarted on cores $ALL_CPUS and wrk unpinned"
-echo "         logins: each run posts its own fresh signed Responses (about ${LOGIN_SECONDS}s of them, at most $MAX_LOGINS)" \
+echo "setup:   servers on core $SERVER_CPU, the client (wrk -t1 -c$CONNECTIONS, or saml_roundtrips.py with $CONNECTIONS browsers) on core $CLIENT_CPU;" \
+    "$ROUNDS interleaved rounds; medians; Portcullis at log level $LOG_LEVEL"
+echo "         then ACS logins again with both SPs restarted on cores $ALL_CPUS and wrk unpinned"
+echo "         full sign-ins: GET / -> signed AuthnRequest (Portcullis ${SIGALG[portcullis]}, mellon ${SIGALG[mellon]}), verified and" \
+    "answered by the IdP in the client (a fresh signed Response to its ID) -> POST to the ACS; about ${LOGIN_SECONDS}s of them" \
+    "after a warm-up of $LOGIN_WARMUP"
+echo "         ACS logins: each run posts its own fresh signed unsolicited Responses (about ${LOGIN_SECONDS}s of them, at most $MAX_LOGINS)" \
     "after a warm-up of $LOGIN_WARMUP; proxy: -d${DURATION}s after a ${WARMUP}s warm-up, session of one login"
 echo
-echo "== per round (rate / p99 us / server CPU us per login or request)"
-printf '| %-30s |' target
-for round in $(seq "$ROUNDS"); do printf ' %-26s |' "round $round"; done
+echo "== per round (rate / p99 us / server CPU us per login or request / client % of a core)"
+printf '| %-32s |' target
+for round in $(seq "$ROUNDS"); do printf ' %-32s |' "round $round"; done
 echo
-printf '|%s|' "--------------------------------"
-for round in $(seq "$ROUNDS"); do printf '%s|' "----------------------------"; done
+printf '|%s|' "----------------------------------"
+for round in $(seq "$ROUNDS"); do printf '%s|' "----------------------------------"; done
 echo
 for k in "${KEYS[@]}"; do
-    printf '| %-30s |' "$(label "$k")"
+    printf '| %-32s |' "$(label "$k")"
     for round in $(seq "$ROUNDS"); do
         read -r -a r <<<"${RES[$k,$round]}"
-        printf ' %-26s |' "${r[0]} / ${r[1]} / ${r[2]}"
+        printf ' %-32s |' "${r[0]} / ${r[1]} / ${r[2]} / ${r[3]}%"
     done
     echo
 done
 echo
-echo "== logins (median of $ROUNDS runs; CPU = server processes' utime+stime per login)"
-printf '| %-30s | %9s | %9s | %12s |\n' target "logins/s" "p99 (ms)" "CPU us/login"
-printf '|%s|%s|%s|%s|\n' "--------------------------------" "----------:" "----------:" "-------------:"
-for k in login-portcullis login-mellon machine-portcullis machine-mellon; do
-    printf '| %-30s | %9s | %9s | %12s |\n' "$(label "$k")" "${MED[$k,0]}" \
-        "$(awk -v v="${MED[$k,1]}" 'BEGIN { printf "%.1f", v / 1000 }')" "${MED[$k,2]}"
+echo "== logins (median of $ROUNDS runs; CPU = the SP processes' utime+stime per login; client = the load generator's share of a core:"
+echo "   near 100% for full sign-ins means the IdP's signing in the client, not the SP, set the rate)"
+printf '| %-32s | %9s | %9s | %12s | %8s |\n' target "logins/s" "p99 (ms)" "CPU us/login" "client"
+printf '|%s|%s|%s|%s|%s|\n' "----------------------------------" "----------:" "----------:" "-------------:" "---------:"
+for k in roundtrip-portcullis roundtrip-mellon login-portcullis login-mellon machine-portcullis machine-mellon; do
+    printf '| %-32s | %9s | %9s | %12s | %7s%% |\n' "$(label "$k")" "${MED[$k,0]}" \
+        "$(awk -v v="${MED[$k,1]}" 'BEGIN { printf "%.1f", v / 1000 }')" "${MED[$k,2]}" "${MED[$k,3]}"
 done
 echo
 echo "== authenticated proxy throughput (median of $ROUNDS runs; CPU = server processes' utime+stime per request)"
-printf '| %-30s | %9s | %9s | %12s |\n' target "req/s" "p99 (us)" "CPU us/req"
-printf '|%s|%s|%s|%s|\n' "--------------------------------" "----------:" "----------:" "-------------:"
+printf '| %-32s | %9s | %9s | %12s |\n' target "req/s" "p99 (us)" "CPU us/req"
+printf '|%s|%s|%s|%s|\n' "----------------------------------" "----------:" "----------:" "-------------:"
 for k in proxy-nginx proxy-portcullis proxy-mellon; do
-    printf '| %-30s | %9s | %9s | %12s |\n' "$(label "$k")" "${MED[$k,0]}" "${MED[$k,1]}" "${MED[$k,2]}"
+    printf '| %-32s | %9s | %9s | %12s |\n' "$(label "$k")" "${MED[$k,0]}" "${MED[$k,1]}" "${MED[$k,2]}"
 done
 echo
 echo "Other processes used at most ${MAX_OTHER}% of a core during a kept run;" \
@@ -386,9 +450,16 @@ echo
 awk -v pl="${MED[login-portcullis,0]}" -v ml="${MED[login-mellon,0]}" \
     -v al="${MED[machine-portcullis,0]}" -v aml="${MED[machine-mellon,0]}" -v cores="$(nproc)" \
     -v pp="${MED[proxy-portcullis,0]}" -v mp="${MED[proxy-mellon,0]}" -v np="${MED[proxy-nginx,0]}" \
+    -v rp="${MED[roundtrip-portcullis,0]}" -v rm="${MED[roundtrip-mellon,0]}" \
+    -v rpc="${MED[roundtrip-portcullis,2]}" -v rmc="${MED[roundtrip-mellon,2]}" -v rpk="${MED[roundtrip-portcullis,3]}" \
+    -v lpc="${MED[login-portcullis,2]}" -v lmc="${MED[login-mellon,2]}" \
     'BEGIN {
-        printf "Portcullis logins: %d/s on one core, %d/s on all %d cores  (target >= 1000/s on this machine: %s)\n", pl, al, cores, (al >= 1000 ? "met" : "NOT met")
-        printf "Portcullis / mellon logins: %.1fx on one core, %.1fx on all cores\n", pl / ml, al / aml
+        printf "Full sign-ins (AuthnRequest made and signed, Response consumed), SP on one core: Portcullis %d/s, mellon %d/s: %.1fx\n", rp, rm, rp / rm
+        printf "   SP CPU per full sign-in: Portcullis %d us, mellon %d us: mellon spends %.1fx as much;" \
+            " on a core of its own (1e6 / CPU us) Portcullis would take %d/s, mellon %d/s\n", rpc, rmc, rmc / rpc, 1e6 / rpc, 1e6 / rmc
+        if (rpk >= 90) printf "   (the client took %d%% of its core for Portcullis: the IdP side, not Portcullis, set that rate)\n", rpk
+        printf "ACS only (unsolicited Responses): Portcullis %d/s on one core (%d us), %d/s on all %d cores  (target >= 1000/s on this machine: %s)\n", pl, lpc, al, cores, (al >= 1000 ? "met" : "NOT met")
+        printf "   Portcullis / mellon ACS logins: %.1fx on one core, %.1fx on all cores; mellon spends %.1fx the CPU per login\n", pl / ml, al / aml, lmc / lpc
         printf "Portcullis / mellon authenticated throughput: %.2fx  (target >= 2x: %s)\n", pp / mp, (pp / mp >= 2 ? "met" : "NOT met")
         printf "Portcullis session / nginx plain proxy throughput: %.2fx\n", pp / np
         printf "mellon session / nginx plain proxy throughput: %.2fx\n", mp / np

@@ -1,4 +1,5 @@
-"""Pre-signed SAML Responses for tests/bench/saml.sh (run with tests/.venv/bin/python).
+"""Pre-signed SAML Responses for tests/bench/saml.sh (run with tests/.venv/bin/python); its
+`response_xml` also answers each AuthnRequest of tests/bench/saml_roundtrips.py.
 
     saml_responses.py --key idp.key --cert idp.crt --issuer IDP_ENTITY_ID --acs ACS_URL \
         --audience SP_ENTITY_ID --count N --out FILE [--tag TAG] [--jobs 2] [--check]
@@ -90,8 +91,10 @@ def signature(reference_id, canonical_element, key, cert_b64):
     )
 
 
-def response_xml(i, opts, key, cert_b64):
-    """Response number `i`: the signed document (which is also its own canonical form)."""
+def response_xml(i, opts, key, cert_b64, in_response_to=None):
+    """Response number `i`: the signed document (which is also its own canonical form).
+    Unsolicited, or the answer to the AuthnRequest whose ID is `in_response_to` (on the Response
+    and its SubjectConfirmationData, as an IdP answers an SP-initiated sign-in)."""
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     issued = instant(now)
     not_before = instant(now - datetime.timedelta(seconds=30))
@@ -99,6 +102,8 @@ def response_xml(i, opts, key, cert_b64):
     response_id = "_r" + secrets.token_hex(16)
     assertion_id = "_a" + secrets.token_hex(16)
     user = f"{opts.tag}-{i}"
+    # Canonical attribute order (by name): InResponseTo sorts before IssueInstant and NotOnOrAfter.
+    answers = f' InResponseTo="{esc(in_response_to)}"' if in_response_to else ""
     issuer = f"<saml:Issuer>{esc(opts.issuer)}</saml:Issuer>"
     attributes = "".join(
         f'<saml:Attribute Name="{name}" NameFormat="{BASIC}">'
@@ -115,7 +120,7 @@ def response_xml(i, opts, key, cert_b64):
         f'<saml:NameID Format="{PERSISTENT}" NameQualifier="{esc(opts.issuer)}"'
         f' SPNameQualifier="{esc(opts.audience)}">{esc(user)}</saml:NameID>'
         f'<saml:SubjectConfirmation Method="{BEARER}">'
-        f'<saml:SubjectConfirmationData NotOnOrAfter="{not_after}" Recipient="{esc(opts.acs)}">'
+        f'<saml:SubjectConfirmationData{answers} NotOnOrAfter="{not_after}" Recipient="{esc(opts.acs)}">'
         "</saml:SubjectConfirmationData></saml:SubjectConfirmation></saml:Subject>"
         f'<saml:Conditions NotBefore="{not_before}" NotOnOrAfter="{not_after}">'
         f"<saml:AudienceRestriction><saml:Audience>{esc(opts.audience)}</saml:Audience>"
@@ -134,7 +139,7 @@ def response_xml(i, opts, key, cert_b64):
     )
     # In the Response, saml:Issuer and saml:Assertion are siblings: each declares saml itself.
     response_open = (
-        f'<samlp:Response xmlns:samlp="{NS_SAMLP}" Destination="{esc(opts.acs)}" ID="{response_id}"'
+        f'<samlp:Response xmlns:samlp="{NS_SAMLP}" Destination="{esc(opts.acs)}" ID="{response_id}"{answers}'
         f' IssueInstant="{issued}" Version="2.0">'
     )
     response_issuer = f'<saml:Issuer xmlns:saml="{NS_SAML}">{esc(opts.issuer)}</saml:Issuer>'
@@ -165,8 +170,9 @@ def _form_bodies(indexes):
     return out
 
 
-def check_with_pysaml2(opts, body):
-    """pysaml2, as the SP of this ACS and audience with the IdP's metadata, must accept `body`."""
+def check_with_pysaml2(opts, body, in_response_to=None):
+    """pysaml2, as the SP of this ACS and audience with the IdP's metadata, must accept `body`
+    (a form body), unsolicited or as the answer to its request `in_response_to`."""
     from urllib.parse import parse_qs
 
     from saml2 import BINDING_HTTP_POST
@@ -193,7 +199,7 @@ def check_with_pysaml2(opts, body):
             "service": {
                 "sp": {
                     "endpoints": {"assertion_consumer_service": [(opts.acs, BINDING_HTTP_POST)]},
-                    "allow_unsolicited": True,
+                    "allow_unsolicited": in_response_to is None,
                     "want_response_signed": True,
                     "want_assertions_signed": True,
                 }
@@ -202,7 +208,8 @@ def check_with_pysaml2(opts, body):
     )
     client = Saml2Client(config)
     saml_response = parse_qs(body)["SAMLResponse"][0]
-    parsed = client.parse_authn_request_response(saml_response, BINDING_HTTP_POST)
+    outstanding = {in_response_to: "/"} if in_response_to else None
+    parsed = client.parse_authn_request_response(saml_response, BINDING_HTTP_POST, outstanding=outstanding)
     if parsed is None or parsed.assertion is None:
         raise SystemExit("saml_responses.py: pysaml2 did not accept the first Response")
     return parsed.name_id.text
