@@ -5,11 +5,19 @@
 //! `Authorization: Bearer <api key>`, a body within `api.max_body_bytes`. Handlers then work
 //! on typed records through the store, which flushes before any 2xx is sent.
 
+mod api_keys;
+mod app_sessions;
+mod app_users;
+mod backends;
+mod edge_routes;
+mod edges;
 mod error;
 mod resources;
+mod route_modules;
+mod views;
 
+pub use api_keys::new_api_key;
 pub use error::{ApiError, CODES};
-pub use resources::new_api_key;
 
 use crate::pages::{full, Body};
 use crate::state::Shared;
