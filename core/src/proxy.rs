@@ -254,6 +254,9 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     auth::set_identity_headers(shared, table, target, &mut parts.headers, session);
+    if parts.version >= Version::HTTP_2 {
+        join_cookie_fields(&mut parts.headers);
+    }
     if client_upgrade.is_some() {
         parts
             .headers
@@ -445,6 +448,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+/// Joins the `cookie` fields of an HTTP/2 request into one, with "; " between them, as RFC 9113
+/// section 8.2.3 asks before a request goes on over HTTP/1.1 (which allows one `Cookie` line).
+fn join_cookie_fields(headers: &mut HeaderMap) {
+    let fields: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if fields.len() < 2 {
+        return;
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&fields.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
     }
 }
 
