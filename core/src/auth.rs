@@ -887,53 +887,56 @@ fn strip_gateway_cookies(headers: &mut HeaderMap) {
     if !present {
         return;
     }
-    let names: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('=').map(|(k, _)| k.to_string()))
+    let names: Vec<String> = cookie_crumbs(headers)
+        .filter_map(|crumb| std::str::from_utf8(crumb_name(crumb)).ok())
         .filter(|name| is_gateway_cookie(name))
+        .map(str::to_string)
         .collect();
     for name in names {
         strip_cookie(headers, &name);
     }
 }
 
-/// Removes the cookie `name` from the request's `Cookie` headers.
+/// Removes the cookie `name` from the request's `Cookie` headers (which become one).
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    if !cookie_values(headers, name).any(|_| true) {
+    if !cookie_crumbs(headers).any(|crumb| crumb_name(crumb) == name.as_bytes()) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-        .map(str::to_string)
+    let kept: Vec<&[u8]> = cookie_crumbs(headers)
+        .filter(|crumb| crumb_name(crumb) != name.as_bytes())
         .collect();
+    let kept = (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])));
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, value);
-        }
+    if let Some(Ok(value)) = kept {
+        headers.insert(header::COOKIE, value);
     }
 }
 
-/// The values of every cookie named `name` in the request.
-pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+/// The `name=value` pairs of every `Cookie` header, as sent: split at `;`, with spaces and tabs
+/// around them trimmed (RFC 6265 section 5.4 puts "; " between them), and nothing else: a
+/// cookie named "\u{2000}__Host-x", which any host of the parent domain can set and browsers
+/// send as it was set, is not `__Host-x`.
+fn cookie_crumbs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .filter_map(move |pair| {
-            // Other cookies may hold any bytes; only this one has to be text.
-            let pair = std::str::from_utf8(pair).ok()?;
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim_matches('"'))
-        })
+        .map(<[u8]>::trim_ascii)
+        .filter(|crumb| !crumb.is_empty())
+}
+
+/// A cookie pair's name: what comes before its first `=` (all of it without one).
+fn crumb_name(crumb: &[u8]) -> &[u8] {
+    crumb.split(|&b| b == b'=').next().unwrap_or(crumb)
+}
+
+/// The values of every cookie named `name` in the request.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    cookie_crumbs(headers).filter_map(move |crumb| {
+        let value = crumb.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        // Other cookies may hold any bytes; only this one has to be text.
+        Some(std::str::from_utf8(value).ok()?.trim_matches('"'))
+    })
 }
 
 /// Percent-encodes the bytes of `path` that a header value cannot carry.

@@ -544,6 +544,44 @@ async fn on_an_https_edge_the_session_cookie_is_host_only_and_the_plain_name_is_
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_cookie_whose_name_only_looks_like_the_host_cookie_is_no_session() {
+    // A sibling subdomain cannot set `__Host-portcullis.session`, but it can set a cookie for
+    // the parent domain named "\u{2000}__Host-portcullis.session" (Chromium keeps the name as
+    // written, and sends it as UTF-8 to every host of the domain). Trimmed as Unicode
+    // whitespace it would read as the session cookie: the attacker's session for a victim
+    // who has none, or no session at all for one who has one.
+    let upstream = Upstream::start().await;
+    let behind_tls = LISTENERS.replace(
+        "[listeners.console]",
+        "public_url = \"https://app.test\"\n[listeners.console]",
+    );
+    let text = config(upstream.addr, "").replacen(LISTENERS, &behind_tls, 1);
+    let gw = TestGateway::start_full(&text, test_plugin::options()).await;
+    let host_cookie = format!("__Host-{COOKIE}");
+    let attacker = token(&sign_in(&gw, "attacker").await, &host_cookie);
+    let victim = token(&sign_in(&gw, "victim").await, &host_cookie);
+    for space in ['\u{2000}', '\u{00a0}', '\u{3000}', '\u{feff}', '\u{0085}'] {
+        let tossed = format!("{space}{host_cookie}={attacker}");
+        let reply = get(&gw, "/app/page", &[("cookie", &tossed)]).await;
+        assert_eq!(
+            reply.status,
+            303,
+            "{space:?}: signed in as {:?}",
+            reply.json()["headers"]["x-portcullis-user-email"]
+        );
+        for jar in [
+            format!("{tossed}; {host_cookie}={victim}"),
+            format!("{host_cookie}={victim}; {tossed}"),
+        ] {
+            let reply = get(&gw, "/app/page", &[("cookie", &jar)]).await;
+            assert_eq!(reply.status, 200, "{space:?}: the victim's own session: {}", reply.body);
+            assert_eq!(reply.json()["headers"]["x-portcullis-user-email"], "victim@example.com");
+        }
+    }
+    gw.stop().await;
+}
+
 // ----- bodies that never arrive or stall -----
 
 #[tokio::test]
