@@ -138,8 +138,7 @@ pub async fn handle(
             )
         }
         Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
-            let origin = auth::origin_of(&req, is_tls);
-            auth::reserved(&shared, &table, hostport, &origin, req, peer, &request_id).await
+            auth::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
         }
         _ => {
             target = edge_host.and_then(|h| table.find(h, &path)).cloned();
@@ -156,7 +155,7 @@ pub async fn handle(
                         &request_id,
                     )
                 }
-                Some(target) => match auth::gate(&shared, target, &req, peer, &request_id).await {
+                Some(target) => match auth::gate(&shared, &table, target, &req, peer, is_tls, &request_id).await {
                     Gate::Respond(response) => response,
                     Gate::Pass(session) => match &target.upstream {
                         None => error_page(
@@ -235,13 +234,8 @@ async fn forward(
         request_id,
         normalized_path,
     } = hop;
+    let original_host = original_host(&req);
     let (mut parts, body) = req.into_parts();
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     // A chunked body's framing is the client's: its first chunk is read (and so checked)
     // before the upstream is contacted, so a malformed one reaches no upstream.
     let chunked = parts.version <= Version::HTTP_11 && parts.headers.contains_key(header::TRANSFER_ENCODING);
@@ -296,21 +290,8 @@ async fn forward(
     parts.version = Version::HTTP_11;
     if let Some(host) = &original_host {
         parts.headers.insert(header::HOST, host.clone());
-        parts.headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    // The client's own forwarding headers were removed with the other untrusted ones: the
-    // connection's peer is the client (there are no trusted proxies in front yet).
-    let client_ip = peer.ip().to_canonical();
-    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
-        parts.headers.insert(X_FORWARDED_FOR, value);
-    }
-    if let Some(value) = forwarded(client_ip, is_tls, original_host.as_ref()) {
-        parts.headers.insert(FORWARDED, value);
-    }
-    parts.headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
-    );
+    set_forwarding_headers(&mut parts.headers, peer, is_tls, original_host.as_ref());
     if let Ok(id) = HeaderValue::from_str(request_id) {
         parts.headers.insert(X_REQUEST_ID, id);
     }
@@ -449,6 +430,36 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// The host a request asked for: its `Host` header, or an HTTP/2 request's `:authority`.
+pub fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Sets the gateway's own forwarding headers on a request it passes on (to an upstream, or to
+/// a plugin): `X-Forwarded-For` (the connection's peer), `-Host` (the host asked for),
+/// `-Proto` and `Forwarded`. A client's own were removed with the other untrusted headers:
+/// the connection's peer is the client (there are no trusted proxies in front yet).
+pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, is_tls: bool, host: Option<&HeaderValue>) {
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let client_ip = peer.ip().to_canonical();
+    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Some(value) = forwarded(client_ip, is_tls, host) {
+        headers.insert(FORWARDED, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
+    );
 }
 
 /// Joins the `cookie` fields of an HTTP/2 request into one, with "; " between them, as RFC 9113

@@ -1,7 +1,7 @@
 //! Attacks on the edge that depend on what the upstream does with a request, on the session
 //! cookie, and on a client's body: an h2c upgrade tunnel to an upstream that speaks h2c, `;`
 //! path parameters read by a servlet-style upstream, headers other proxies set and apps
-//! trust, cookie tossing, bodies that never arrive or stall, malformed chunked bodies.
+//! trust (and the request a plugin is handed), cookie tossing, bodies that never arrive or stall, malformed chunked bodies.
 //!
 //! The h2c, slow-body and chunked tests speak raw HTTP/1.1 over a `TcpStream`, as an
 //! attacker's client would. Timeouts are configured short (1 s) and waited for with a
@@ -14,6 +14,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_plugin_sdk::{
+    Capability, Host, HttpRequest, HttpResponse, ModuleContext, ModulePlan, OptionError, Outcome, Plugin, PluginError,
+    PluginInfo,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -448,6 +452,119 @@ async fn headers_other_proxies_set_never_reach_an_upstream_and_forwarding_header
             seen["forwarded"], "for=127.0.0.1;proto=http;host=\"app.test\"",
             "{path}: the gateway's own"
         );
+    }
+    gw.stop().await;
+}
+
+/// `requestreport`: a linked-in plugin that answers every call with the request the gateway
+/// handed it (header lines, the client's address, and the cookie `__Host-portcullis-bind`
+/// as the SDK reads it), so a test sees what any plugin could base a decision on.
+struct RequestReporter;
+
+impl RequestReporter {
+    fn report(module: &ModuleContext, request: &HttpRequest) -> HttpResponse {
+        let body = json!({
+            "mount_path": module.mount_path,
+            "headers": request.headers,
+            "remote_addr": request.remote_addr,
+            "binding": request.cookie("__Host-portcullis-bind"),
+            "other": request.cookie("other"),
+        });
+        HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+impl Plugin for RequestReporter {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "requestreport".into(),
+            version: "0.0.0".into(),
+            description: "reports the request it is handed (tests only)".into(),
+            capabilities: vec![Capability::BrowserLogin],
+        }
+    }
+
+    fn validate_options(&self, _: &Value) -> Result<ModulePlan, Vec<OptionError>> {
+        Ok(ModulePlan::default())
+    }
+
+    fn start_login(
+        &self,
+        _: &dyn Host,
+        module: &ModuleContext,
+        _: &str,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        Ok(Self::report(module, request))
+    }
+
+    fn handle(&self, _: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        Ok(Outcome::Respond(Self::report(module, request)))
+    }
+}
+
+#[tokio::test]
+async fn plugins_are_handed_the_gateways_forwarding_headers_and_no_spoofed_ones() {
+    // No built-in plugin reads these headers today; a plugin that did (a lockout or rate
+    // limit per `X-Forwarded-For`, a URL built on `X-Forwarded-Host`, a trusted
+    // `X-Forwarded-User`) must see what an upstream sees: the gateway's values.
+    let upstream = Upstream::start().await;
+    let report_route = "[[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/report/\"\nbackend = \"up\"\n\
+                        [edges.app.routes.auth]\nplugin = \"requestreport\"\n";
+    let options = portcullis::server::StartOptions {
+        extra_plugins: vec![Arc::new(test_plugin::TestLogin::default()), Arc::new(RequestReporter)],
+        ..Default::default()
+    };
+    let gw = TestGateway::start_full(&config(upstream.addr, report_route), options).await;
+    let spoofed = [
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-host", "intranet.example"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=10.0.0.1;host=intranet.example;proto=https"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-forwarded-user", "admin"),
+        ("x_forwarded_user", "admin"),
+        ("x-portcullis-user-email", "admin@example.com"),
+        ("x-original-url", "/admin"),
+        // A binding cookie named so that only Unicode trimming makes it the plugin's.
+        ("cookie", "\u{2000}__Host-portcullis-bind=forged; other=1"),
+    ];
+    // The sign-in start (the gate's call) and a call to the plugin's own endpoint.
+    let started = get(&gw, "/report/page", &spoofed).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let mount = started.json()["mount_path"].as_str().unwrap().to_string();
+    let handled = get(&gw, &format!("{mount}/anything"), &spoofed).await;
+    assert_eq!(handled.status, 200, "{}", handled.body);
+    for (call, reply) in [("start_login", started), ("handle", handled)] {
+        let seen = reply.json();
+        let values = |name: &str| -> Vec<String> {
+            seen["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{call}: {seen}");
+        assert_eq!(values("x-forwarded-host"), ["app.test"], "{call}: {seen}");
+        assert_eq!(values("x-forwarded-proto"), ["http"], "{call}: {seen}");
+        assert_eq!(
+            values("forwarded"),
+            ["for=127.0.0.1;proto=http;host=\"app.test\""],
+            "{call}: {seen}"
+        );
+        assert_eq!(values("host"), ["app.test"], "{call}: {seen}");
+        for (name, _) in &spoofed[4..9] {
+            assert!(values(name).is_empty(), "{call}: {name} reached the plugin: {seen}");
+        }
+        assert_eq!(seen["remote_addr"], "127.0.0.1", "{call}");
+        assert_eq!(seen["binding"], Value::Null, "{call}: a look-alike cookie name: {seen}");
+        assert_eq!(seen["other"], "1", "{call}: other cookies are handed on: {seen}");
     }
     gw.stop().await;
 }
