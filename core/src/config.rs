@@ -172,7 +172,8 @@ pub struct ProxyConfig {
     /// How long connecting to an upstream may take before a 502.
     #[serde(default = "default_connect_timeout")]
     pub upstream_connect_timeout_secs: u64,
-    /// How long an upstream may take to answer with headers before a 504.
+    /// How long an upstream may take to answer with headers before a 504, counted while the
+    /// gateway waits on it (not while a request body keeps arriving or is awaited).
     #[serde(default = "default_response_timeout")]
     pub upstream_response_timeout_secs: u64,
     /// How long a client may take to send the whole body of a request the gateway reads

@@ -21,7 +21,7 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -240,7 +240,7 @@ async fn forward(
     // before the upstream is contacted, so a malformed one reaches no upstream.
     let chunked = parts.version <= Version::HTTP_11 && parts.headers.contains_key(header::TRANSFER_ENCODING);
     let mut body = ClientBody::new(body, shared.proxy_config.body_idle_timeout());
-    let body_failure = body.failure();
+    let body_progress = body.progress();
     if chunked {
         if let Err(failure) = body.read_first_frame().await {
             return client_body_page(failure, request_id);
@@ -297,12 +297,31 @@ async fn forward(
     }
     let request = Request::from_parts(parts, body);
     let timeout = shared.proxy_config.upstream_response_timeout();
-    let result = tokio::time::timeout(timeout, client.send(upstream, request)).await;
+    // The upstream has `timeout` to answer once it has taken the request body: time spent
+    // waiting on the client for more of it is not the upstream's (the body's own idle timeout
+    // bounds that), nor is a long upload that keeps moving. Checked once per `timeout`: a
+    // period in which the body moved, or that ends waiting on the client, starts another, so
+    // an upstream that has stopped taking the body answers within one to two `timeout`s.
+    let send = client.send(upstream, request);
+    tokio::pin!(send);
+    let mut frames = body_progress.frames();
+    let result = loop {
+        match tokio::time::timeout(timeout, &mut send).await {
+            Ok(result) => break Ok(result),
+            Err(elapsed) => {
+                let moved = body_progress.frames();
+                if moved == frames && !body_progress.waiting_on_client() {
+                    break Err(elapsed);
+                }
+                frames = moved;
+            }
+        }
+    };
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             // The client's body failed: its error, not the upstream's.
-            if let Some(failure) = body_failure.get() {
+            if let Some(failure) = body_progress.failure() {
                 tracing::info!(request_id, route = %target.route_id, error = %error_chain(&e), "request body refused: {failure:?}");
                 return client_body_page(failure, request_id);
             }
@@ -528,16 +547,38 @@ fn client_body_page(failure: BodyFailure, request_id: &str) -> Response<Body> {
     page
 }
 
-/// Where a [`ClientBody`] records why it failed, for the proxy to answer the client.
-pub struct BodyFailureCell(Option<Arc<AtomicU8>>);
+/// What a [`ClientBody`] tells the proxy while it goes upstream.
+#[derive(Default)]
+struct BodyState {
+    /// A [`BodyFailure`], once the body failed (0 before).
+    failure: AtomicU8,
+    /// Frames read from the client so far.
+    frames: AtomicU64,
+    /// Whether the body waits on the client for its next frame.
+    waiting_on_client: AtomicBool,
+}
 
-impl BodyFailureCell {
-    fn get(&self) -> Option<BodyFailure> {
-        match self.0.as_ref()?.load(Ordering::Acquire) {
+/// The proxy's view of a [`ClientBody`]'s [`BodyState`] (none for a request without a body).
+pub struct BodyProgress(Option<Arc<BodyState>>);
+
+impl BodyProgress {
+    /// Why the body failed, once it has.
+    fn failure(&self) -> Option<BodyFailure> {
+        match self.0.as_ref()?.failure.load(Ordering::Acquire) {
             1 => Some(BodyFailure::Malformed),
             2 => Some(BodyFailure::TimedOut),
             _ => None,
         }
+    }
+
+    fn frames(&self) -> u64 {
+        self.0.as_ref().map_or(0, |state| state.frames.load(Ordering::Acquire))
+    }
+
+    fn waiting_on_client(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|state| state.waiting_on_client.load(Ordering::Acquire))
     }
 }
 
@@ -557,8 +598,7 @@ struct BodyWatch {
     idle_timeout: Duration,
     /// Armed while the client's next frame is awaited.
     idle: Pin<Box<tokio::time::Sleep>>,
-    waiting: bool,
-    failure: Arc<AtomicU8>,
+    state: Arc<BodyState>,
 }
 
 /// Why a [`ClientBody`] failed, as the upstream connection sees it.
@@ -576,8 +616,7 @@ impl ClientBody {
             Box::new(BodyWatch {
                 idle_timeout,
                 idle: Box::pin(tokio::time::sleep(idle_timeout)),
-                waiting: false,
-                failure: Arc::new(AtomicU8::new(0)),
+                state: Arc::default(),
             })
         });
         ClientBody {
@@ -587,8 +626,8 @@ impl ClientBody {
         }
     }
 
-    fn failure(&self) -> BodyFailureCell {
-        BodyFailureCell(self.watch.as_ref().map(|w| w.failure.clone()))
+    fn progress(&self) -> BodyProgress {
+        BodyProgress(self.watch.as_ref().map(|w| w.state.clone()))
     }
 
     /// Reads the first frame now (it is sent upstream first later).
@@ -599,7 +638,7 @@ impl ClientBody {
                 Ok(())
             }
             None => Ok(()),
-            Some(Err(_)) => Err(self.failure().get().unwrap_or(BodyFailure::Malformed)),
+            Some(Err(_)) => Err(self.progress().failure().unwrap_or(BodyFailure::Malformed)),
         }
     }
 }
@@ -620,24 +659,25 @@ impl hyper::body::Body for ClientBody {
         let Some(watch) = this.watch.as_mut() else {
             return polled.map_err(ClientBodyError::Read);
         };
+        let state = &watch.state;
         match polled {
             Poll::Ready(Some(Err(e))) => {
-                watch.failure.store(BodyFailure::Malformed as u8, Ordering::Release);
+                state.failure.store(BodyFailure::Malformed as u8, Ordering::Release);
                 Poll::Ready(Some(Err(ClientBodyError::Read(e))))
             }
             Poll::Ready(ready) => {
-                watch.waiting = false;
+                state.waiting_on_client.store(false, Ordering::Release);
+                state.frames.fetch_add(1, Ordering::AcqRel);
                 Poll::Ready(ready.map(|frame| frame.map_err(ClientBodyError::Read)))
             }
             Poll::Pending => {
-                if !watch.waiting {
-                    watch.waiting = true;
+                if !state.waiting_on_client.swap(true, Ordering::AcqRel) {
                     let deadline = tokio::time::Instant::now() + watch.idle_timeout;
                     watch.idle.as_mut().reset(deadline);
                 }
                 match watch.idle.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        watch.failure.store(BodyFailure::TimedOut as u8, Ordering::Release);
+                        state.failure.store(BodyFailure::TimedOut as u8, Ordering::Release);
                         Poll::Ready(Some(Err(ClientBodyError::Idle(watch.idle_timeout))))
                     }
                     Poll::Pending => Poll::Pending,

@@ -739,6 +739,41 @@ async fn a_proxied_body_that_stalls_is_ended_with_408() {
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn an_upload_that_outlasts_the_response_timeout_is_not_cut_off() {
+    // `upstream_response_timeout_secs` is the upstream's time to answer, not the client's to
+    // upload: a body that keeps arriving for longer reaches the upstream whole; an upstream
+    // that has the whole body and does not answer still gets its 504.
+    let upstream = Upstream::start().await;
+    let routes = "[[edges.app.routes]]\nmatch_type = \"exact_path\"\nmatch = \"/upload\"\nbackend = \"up\"\n\
+                  [[edges.app.routes]]\nmatch_type = \"exact_path\"\nmatch = \"/slow\"\nbackend = \"up\"\n\
+                  [proxy]\nupstream_response_timeout_secs = 1\n";
+    let gw = start(upstream.addr, routes).await;
+    let mut stream = TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    // Ten bytes, one every 300 ms: the upload lasts well past the 1 s timeout, and never
+    // pauses for long.
+    let mut sent = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "after {sent} of 10 bytes: {head}");
+    assert_eq!(read_body(&mut stream, &head).await, "received 10 bytes");
+    let url = format!("http://{}/slow", gw.gateway.edge_addr);
+    let reply = send(Method::POST, &url, &[("host", "app.test")], Some(b"whole".to_vec())).await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    upstream.go.notify_one();
+    gw.stop().await;
+}
+
 // ----- malformed chunked bodies -----
 
 #[tokio::test]
