@@ -129,6 +129,13 @@ pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
     "front-end-https",
     "x-real-ip",
     "x-client-ip",
+    // PHP's usual client-address lookup (`HTTP_CLIENT_IP`, `HTTP_X_FORWARDED`,
+    // `HTTP_FORWARDED_FOR`), nginx-ingress's client before it, IIS ARR's original host.
+    "client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-original-host",
     "true-client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",

@@ -415,6 +415,12 @@ async fn headers_other_proxies_set_never_reach_an_upstream_and_forwarding_header
         ("x-http-method-override", "DELETE"),
         ("x-real-ip", "10.0.0.1"),
         ("x-forwarded-port", "443"),
+        // What PHP's usual client-address lookup, nginx-ingress and IIS ARR read.
+        ("client-ip", "10.0.0.1"),
+        ("x-forwarded", "for=10.0.0.1"),
+        ("forwarded-for", "10.0.0.1"),
+        ("x-original-forwarded-for", "10.0.0.1"),
+        ("x-original-host", "intranet.example"),
         ("x_forwarded_user", "admin"),
         ("X-Custom-Auth", "admin"),
         ("x_custom_auth", "admin"),
