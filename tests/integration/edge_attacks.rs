@@ -780,6 +780,70 @@ async fn an_upload_that_outlasts_the_response_timeout_is_not_cut_off() {
     gw.stop().await;
 }
 
+/// An upstream that, told to by `go`, reads a request's body whole and answers its length;
+/// until then it reads nothing of it, so a large body stops at the sockets' buffers.
+async fn late_reader_upstream(go: Arc<tokio::sync::Notify>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let go = go.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let go = go.clone();
+                async move {
+                    go.notified().await;
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let text = format!("received {} bytes", body.len());
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text)).boxed()))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn waiting_on_an_upstream_that_reads_late_does_not_count_as_a_stalled_body() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (upstream, task) = late_reader_upstream(go.clone()).await;
+    let gw = start(upstream, "[proxy]\nbody_idle_timeout_secs = 1\n").await;
+    // 32 MiB, far more than loopback sockets buffer: the client sends it all at once, and
+    // the gateway waits on the upstream to take the rest.
+    const SIZE: usize = 32 << 20;
+    let stream = TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /public/big HTTP/1.1\r\nHost: app.test\r\nContent-Length: {SIZE}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b'x'; SIZE]).await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    // The upstream starts reading only after three idle timeouts; until then the client's
+    // bytes wait in the buffers, which is no pause of the client's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    go.notify_one();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(BOUND, async {
+        while !answer.ends_with(b"bytes") && reader.read(&mut byte).await.unwrap_or(0) == 1 {
+            answer.push(byte[0]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within the bound");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&format!("received {SIZE} bytes")), "{answer}");
+    sender.await.unwrap().unwrap();
+    gw.stop().await;
+    task.abort();
+}
+
 // ----- malformed chunked bodies -----
 
 #[tokio::test]
