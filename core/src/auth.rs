@@ -392,7 +392,7 @@ pub async fn reserved(
 ) -> Response<Body> {
     let origin = &origin_of(&req, is_tls);
     let path = req.uri().path().to_string();
-    let rest = &path[RESERVED_PREFIX.len()..];
+    let rest = path.strip_prefix(RESERVED_PREFIX).unwrap_or_default();
     if rest == "jwks.json" {
         let mut response = Response::new(full(shared.signer.jwks().to_string()));
         response.headers_mut().insert(

@@ -138,7 +138,19 @@ pub async fn handle(
             )
         }
         Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
-            auth::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
+            // The gateway's own paths, and the plugin behind them, read the path routing chose.
+            match with_path(req.uri(), &path) {
+                Some(normalized) => {
+                    *req.uri_mut() = normalized;
+                    auth::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
+                }
+                None => error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request target is not a valid path.",
+                    &request_id,
+                ),
+            }
         }
         _ => {
             target = edge_host.and_then(|h| table.find(h, &path)).cloned();
@@ -259,34 +271,18 @@ async fn forward(
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    // The upstream URI reuses the request's path and query when normalisation left them as
-    // they were (no copy, no re-parse).
-    let path_and_query = if parts.uri.path() == normalized_path {
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
-    } else {
-        let rewritten = match parts.uri.query() {
-            Some(query) => format!("{normalized_path}?{query}"),
-            None => normalized_path.to_string(),
-        };
-        match rewritten.parse::<http::uri::PathAndQuery>() {
-            Ok(pq) => pq,
-            Err(_) => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
-                    "The request target is not a valid path.",
-                    request_id,
-                )
-            }
-        }
-    };
     // Origin-form (path and query only), as RFC 9112 section 3.2.1 asks of a request to an
     // origin server: many servers and frameworks route on the raw request target.
-    parts.uri = Uri::from(path_and_query);
+    let Some(uri) = with_path(&parts.uri, normalized_path) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request target is not a valid path.",
+            request_id,
+        );
+    };
+    let path_and_query = uri.path_and_query().cloned();
+    parts.uri = Uri::from(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     parts.version = Version::HTTP_11;
     if let Some(host) = &original_host {
         parts.headers.insert(header::HOST, host.clone());
@@ -384,6 +380,22 @@ async fn forward(
     }
     strip_hop_by_hop(response.headers_mut());
     response.map(|body| body.boxed())
+}
+
+/// `uri` with its path replaced by the normalised `path` (its query kept); `uri` itself, with
+/// no copy or re-parse, when normalisation left the path as it was. `None` when the result is
+/// not a valid URI.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    if uri.path() == path {
+        return Some(uri.clone());
+    }
+    let rewritten = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(rewritten.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// The request's `host:port`, lower-cased, with the listener's default port added when absent.

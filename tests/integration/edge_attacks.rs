@@ -471,6 +471,7 @@ impl RequestReporter {
     fn report(module: &ModuleContext, request: &HttpRequest) -> HttpResponse {
         let body = json!({
             "mount_path": module.mount_path,
+            "path": request.path,
             "headers": request.headers,
             "remote_addr": request.remote_addr,
             "binding": request.cookie("__Host-portcullis-bind"),
@@ -545,6 +546,12 @@ async fn plugins_are_handed_the_gateways_forwarding_headers_and_no_spoofed_ones(
     let mount = started.json()["mount_path"].as_str().unwrap().to_string();
     let handled = get(&gw, &format!("{mount}/anything"), &spoofed).await;
     assert_eq!(handled.status, 200, "{}", handled.body);
+    // A plugin's endpoint reached by a path that normalises to it: the plugin is handed the
+    // path routing chose it by.
+    let roundabout = format!("/report/..{mount}/./x/../anything");
+    let reply = get(&gw, &roundabout, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], format!("{mount}/anything"), "{roundabout}");
     for (call, reply) in [("start_login", started), ("handle", handled)] {
         let seen = reply.json();
         let values = |name: &str| -> Vec<String> {
@@ -571,6 +578,26 @@ async fn plugins_are_handed_the_gateways_forwarding_headers_and_no_spoofed_ones(
         assert_eq!(seen["remote_addr"], "127.0.0.1", "{call}");
         assert_eq!(seen["binding"], Value::Null, "{call}: a look-alike cookie name: {seen}");
         assert_eq!(seen["other"], "1", "{call}: other cookies are handed on: {seen}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reserved_path_reached_through_dot_segments_is_served_by_its_normalised_form() {
+    let upstream = Upstream::start().await;
+    let gw = start(upstream.addr, "").await;
+    let jwks = get(&gw, "/_portcullis/jwks.json", &[]).await;
+    assert_eq!(jwks.status, 200);
+    // Routing sends these to the gateway's own paths; they must be read as the same path
+    // (the old code sliced the raw path: a 404 for the first, and for the second, whose 14th
+    // byte is inside an `é`, a panic that dropped the connection unanswered).
+    for raw in ["/x/../_portcullis/jwks.json", "/aéééééé/../_portcullis/jwks.json"] {
+        let request = format!("GET {raw} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&gw, request.as_bytes())
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{raw}: {answer}");
+        assert!(answer.ends_with(&jwks.body), "{raw}: {answer}");
     }
     gw.stop().await;
 }
