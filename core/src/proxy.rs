@@ -496,14 +496,15 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, is_tls:
 /// Joins the `cookie` fields of an HTTP/2 request into one, with "; " between them, as RFC 9113
 /// section 8.2.3 asks before a request goes on over HTTP/1.1 (which allows one `Cookie` line).
 fn join_cookie_fields(headers: &mut HeaderMap) {
+    // Most requests have one field or none: nothing to do, nothing allocated.
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
     let fields: Vec<&[u8]> = headers
         .get_all(header::COOKIE)
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
-    if fields.len() < 2 {
-        return;
-    }
     if let Ok(joined) = HeaderValue::from_bytes(&fields.join(&b"; "[..])) {
         headers.insert(header::COOKIE, joined);
     }
