@@ -228,9 +228,11 @@ pub enum Gate {
 /// Decides whether a request may reach the route's upstream.
 pub async fn gate(
     shared: &Arc<Shared>,
+    table: &RouteTable,
     target: &RouteTarget,
     req: &Request<Incoming>,
     peer: SocketAddr,
+    is_tls: bool,
     request_id: &str,
 ) -> Gate {
     let Some(auth) = &target.auth else {
@@ -294,7 +296,7 @@ pub async fn gate(
     }
     let asked = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let return_to = safe_return_to(asked).unwrap_or("/").to_string();
-    let request = sdk_request(req, Vec::new(), peer);
+    let request = sdk_request(req, Vec::new(), peer, is_tls, table);
     let call = Call::StartLogin {
         module: module_context(target, auth),
         return_to,
@@ -322,13 +324,9 @@ pub fn set_identity_headers(
     session: Option<&SessionEntry>,
 ) {
     let names = &table.identity_headers;
-    // One pass over the request's header names finds the removed headers and their
-    // look-alikes: names that differ only by `_` for `-` reach CGI-style upstreams as the same
-    // variable (`HTTP_X_PORTCULLIS_USER_ID`).
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| names.is_removed(k)).cloned().collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
+    // With their look-alikes: names that differ only by `_` for `-` reach CGI-style upstreams
+    // as the same variable (`HTTP_X_PORTCULLIS_USER_ID`).
+    names.remove_untrusted(headers);
     for cookie in target.edge_session_cookies.iter() {
         strip_cookie(headers, cookie);
     }
@@ -387,13 +385,14 @@ pub async fn reserved(
     shared: &Arc<Shared>,
     table: &RouteTable,
     hostport: &str,
-    origin: &str,
     req: Request<Incoming>,
     peer: SocketAddr,
+    is_tls: bool,
     request_id: &str,
 ) -> Response<Body> {
+    let origin = &origin_of(&req, is_tls);
     let path = req.uri().path().to_string();
-    let rest = &path[RESERVED_PREFIX.len()..];
+    let rest = path.strip_prefix(RESERVED_PREFIX).unwrap_or_default();
     if rest == "jwks.json" {
         let mut response = Response::new(full(shared.signer.jwks().to_string()));
         response.headers_mut().insert(
@@ -463,7 +462,7 @@ pub async fn reserved(
         Err(refusal) => return refusal.page(request_id),
     };
     let head = Request::from_parts(parts, ());
-    let request = sdk_request(&head, body.to_vec(), peer);
+    let request = sdk_request(&head, body.to_vec(), peer, is_tls, table);
     let call = Call::Handle {
         module: module_context(&target, auth),
         request,
@@ -887,53 +886,56 @@ fn strip_gateway_cookies(headers: &mut HeaderMap) {
     if !present {
         return;
     }
-    let names: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('=').map(|(k, _)| k.to_string()))
+    let names: Vec<String> = cookie_crumbs(headers)
+        .filter_map(|crumb| std::str::from_utf8(crumb_name(crumb)).ok())
         .filter(|name| is_gateway_cookie(name))
+        .map(str::to_string)
         .collect();
     for name in names {
         strip_cookie(headers, &name);
     }
 }
 
-/// Removes the cookie `name` from the request's `Cookie` headers.
+/// Removes the cookie `name` from the request's `Cookie` headers (which become one).
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
-    if !cookie_values(headers, name).any(|_| true) {
+    if !cookie_crumbs(headers).any(|crumb| crumb_name(crumb) == name.as_bytes()) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
-        .map(str::to_string)
+    let kept: Vec<&[u8]> = cookie_crumbs(headers)
+        .filter(|crumb| crumb_name(crumb) != name.as_bytes())
         .collect();
+    let kept = (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])));
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, value);
-        }
+    if let Some(Ok(value)) = kept {
+        headers.insert(header::COOKIE, value);
     }
 }
 
-/// The values of every cookie named `name` in the request.
-pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+/// The `name=value` pairs of every `Cookie` header, as sent: split at `;`, with spaces and tabs
+/// around them trimmed (RFC 6265 section 5.4 puts "; " between them), and nothing else: a
+/// cookie named "\u{2000}__Host-x", which any host of the parent domain can set and browsers
+/// send as it was set, is not `__Host-x`.
+fn cookie_crumbs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .filter_map(move |pair| {
-            // Other cookies may hold any bytes; only this one has to be text.
-            let pair = std::str::from_utf8(pair).ok()?;
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v.trim_matches('"'))
-        })
+        .map(<[u8]>::trim_ascii)
+        .filter(|crumb| !crumb.is_empty())
+}
+
+/// A cookie pair's name: what comes before its first `=` (all of it without one).
+fn crumb_name(crumb: &[u8]) -> &[u8] {
+    crumb.split(|&b| b == b'=').next().unwrap_or(crumb)
+}
+
+/// The values of every cookie named `name` in the request.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    cookie_crumbs(headers).filter_map(move |crumb| {
+        let value = crumb.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        // Other cookies may hold any bytes; only this one has to be text.
+        Some(std::str::from_utf8(value).ok()?.trim_matches('"'))
+    })
 }
 
 /// Percent-encodes the bytes of `path` that a header value cannot carry.
@@ -975,24 +977,55 @@ pub fn mount_path(route_id: &str) -> String {
     format!("{RESERVED_PREFIX}auth/{route_id}")
 }
 
-fn sdk_request<B>(req: &Request<B>, body: Vec<u8>, peer: SocketAddr) -> HttpRequest {
+/// The request a plugin is handed: what an upstream would get of it (see
+/// `set_identity_headers`), so no plugin bases a decision on what a client claims: the headers
+/// other proxies set removed, the gateway's own forwarding headers, and one `cookie` header
+/// with only the pairs whose name is an RFC 6265 token (a name such as "\u{2000}__Host-x",
+/// which any host of the parent domain can set, is not handed on for a plugin to trim into
+/// its own `__Host-` cookie's).
+fn sdk_request<B>(req: &Request<B>, body: Vec<u8>, peer: SocketAddr, is_tls: bool, table: &RouteTable) -> HttpRequest {
+    let mut headers = req.headers().clone();
+    table.identity_headers.remove_untrusted(&mut headers);
+    let host = crate::proxy::original_host(req);
+    if let Some(host) = &host {
+        headers.insert(header::HOST, host.clone());
+    }
+    crate::proxy::set_forwarding_headers(&mut headers, peer, is_tls, host.as_ref());
+    let cookies: Vec<&[u8]> = cookie_crumbs(req.headers())
+        .filter(|crumb| is_token(crumb_name(crumb)))
+        .collect();
+    headers.remove(header::COOKIE);
+    let mut headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if !cookies.is_empty() {
+        headers.push((
+            header::COOKIE.as_str().to_string(),
+            String::from_utf8_lossy(&cookies.join(&b"; "[..])).into_owned(),
+        ));
+    }
     HttpRequest {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
         query: req.uri().query().map(str::to_string),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers,
         body,
         remote_addr: peer.ip().to_string(),
     }
+}
+
+/// Whether `name` is a token (RFC 9110 section 5.6.2), as a cookie name must be.
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn from_sdk_response(response: HttpResponse) -> Response<Body> {

@@ -172,7 +172,8 @@ pub struct ProxyConfig {
     /// How long connecting to an upstream may take before a 502.
     #[serde(default = "default_connect_timeout")]
     pub upstream_connect_timeout_secs: u64,
-    /// How long an upstream may take to answer with headers before a 504.
+    /// How long an upstream may take to answer with headers before a 504, counted while the
+    /// gateway waits on it (not while a request body keeps arriving or is awaited).
     #[serde(default = "default_response_timeout")]
     pub upstream_response_timeout_secs: u64,
     /// How long a client may take to send the whole body of a request the gateway reads
@@ -248,12 +249,18 @@ pub struct ApiConfig {
     /// every address.
     #[serde(default)]
     pub allow_cidrs: Vec<crate::cidr::Cidr>,
+    /// How long a client may take to send a whole request body before a 408.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout_secs: u64,
 }
 
 impl ApiConfig {
     /// Whether the management API answers a client at `ip`.
     pub fn allows(&self, ip: std::net::IpAddr) -> bool {
         self.allow_cidrs.is_empty() || self.allow_cidrs.iter().any(|block| block.contains(ip))
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
     }
 }
 
@@ -262,6 +269,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: default_max_body(),
             allow_cidrs: Vec::new(),
+            body_read_timeout_secs: default_body_read_timeout(),
         }
     }
 }
@@ -575,11 +583,12 @@ impl Config {
             }
         }
         for (key, secs) in [
-            ("body_read_timeout_secs", self.proxy.body_read_timeout_secs),
-            ("body_idle_timeout_secs", self.proxy.body_idle_timeout_secs),
+            ("proxy.body_read_timeout_secs", self.proxy.body_read_timeout_secs),
+            ("proxy.body_idle_timeout_secs", self.proxy.body_idle_timeout_secs),
+            ("api.body_read_timeout_secs", self.api.body_read_timeout_secs),
         ] {
             if secs == 0 {
-                return Err((format!("proxy.{key}"), "must be at least 1 second".into()));
+                return Err((key.to_string(), "must be at least 1 second".into()));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
@@ -763,5 +772,7 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("identity_headers.remove[1]"));
         let err = load(&format!("{MINIMAL}[proxy]\nbody_idle_timeout_secs = 0\n")).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("proxy.body_idle_timeout_secs"));
+        let err = load(&format!("{MINIMAL}[api]\nbody_read_timeout_secs = 0\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("api.body_read_timeout_secs"));
     }
 }

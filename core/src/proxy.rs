@@ -21,7 +21,7 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -138,8 +138,19 @@ pub async fn handle(
             )
         }
         Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
-            let origin = auth::origin_of(&req, is_tls);
-            auth::reserved(&shared, &table, hostport, &origin, req, peer, &request_id).await
+            // The gateway's own paths, and the plugin behind them, read the path routing chose.
+            match with_path(req.uri(), &path) {
+                Some(normalized) => {
+                    *req.uri_mut() = normalized;
+                    auth::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
+                }
+                None => error_page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request target is not a valid path.",
+                    &request_id,
+                ),
+            }
         }
         _ => {
             target = edge_host.and_then(|h| table.find(h, &path)).cloned();
@@ -156,7 +167,7 @@ pub async fn handle(
                         &request_id,
                     )
                 }
-                Some(target) => match auth::gate(&shared, target, &req, peer, &request_id).await {
+                Some(target) => match auth::gate(&shared, &table, target, &req, peer, is_tls, &request_id).await {
                     Gate::Respond(response) => response,
                     Gate::Pass(session) => match &target.upstream {
                         None => error_page(
@@ -235,18 +246,13 @@ async fn forward(
         request_id,
         normalized_path,
     } = hop;
+    let original_host = original_host(&req);
     let (mut parts, body) = req.into_parts();
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     // A chunked body's framing is the client's: its first chunk is read (and so checked)
     // before the upstream is contacted, so a malformed one reaches no upstream.
     let chunked = parts.version <= Version::HTTP_11 && parts.headers.contains_key(header::TRANSFER_ENCODING);
     let mut body = ClientBody::new(body, shared.proxy_config.body_idle_timeout());
-    let body_failure = body.failure();
+    let body_progress = body.progress();
     if chunked {
         if let Err(failure) = body.read_first_frame().await {
             return client_body_page(failure, request_id);
@@ -254,6 +260,9 @@ async fn forward(
     }
     strip_hop_by_hop(&mut parts.headers);
     auth::set_identity_headers(shared, table, target, &mut parts.headers, session);
+    if parts.version >= Version::HTTP_2 {
+        join_cookie_fields(&mut parts.headers);
+    }
     if client_upgrade.is_some() {
         parts
             .headers
@@ -262,63 +271,53 @@ async fn forward(
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    // The upstream URI reuses the request's path and query when normalisation left them as
-    // they were (no copy, no re-parse).
-    let path_and_query = if parts.uri.path() == normalized_path {
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
-    } else {
-        let rewritten = match parts.uri.query() {
-            Some(query) => format!("{normalized_path}?{query}"),
-            None => normalized_path.to_string(),
-        };
-        match rewritten.parse::<http::uri::PathAndQuery>() {
-            Ok(pq) => pq,
-            Err(_) => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    "Bad request",
-                    "The request target is not a valid path.",
-                    request_id,
-                )
-            }
-        }
-    };
     // Origin-form (path and query only), as RFC 9112 section 3.2.1 asks of a request to an
     // origin server: many servers and frameworks route on the raw request target.
-    parts.uri = Uri::from(path_and_query);
+    let Some(uri) = with_path(&parts.uri, normalized_path) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request target is not a valid path.",
+            request_id,
+        );
+    };
+    let path_and_query = uri.path_and_query().cloned();
+    parts.uri = Uri::from(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
     parts.version = Version::HTTP_11;
     if let Some(host) = &original_host {
         parts.headers.insert(header::HOST, host.clone());
-        parts.headers.insert(X_FORWARDED_HOST, host.clone());
     }
-    // The client's own forwarding headers were removed with the other untrusted ones: the
-    // connection's peer is the client (there are no trusted proxies in front yet).
-    let client_ip = peer.ip().to_canonical();
-    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
-        parts.headers.insert(X_FORWARDED_FOR, value);
-    }
-    if let Some(value) = forwarded(client_ip, is_tls, original_host.as_ref()) {
-        parts.headers.insert(FORWARDED, value);
-    }
-    parts.headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
-    );
+    set_forwarding_headers(&mut parts.headers, peer, is_tls, original_host.as_ref());
     if let Ok(id) = HeaderValue::from_str(request_id) {
         parts.headers.insert(X_REQUEST_ID, id);
     }
     let request = Request::from_parts(parts, body);
     let timeout = shared.proxy_config.upstream_response_timeout();
-    let result = tokio::time::timeout(timeout, client.send(upstream, request)).await;
+    // The upstream has `timeout` to answer once it has taken the request body: time spent
+    // waiting on the client for more of it is not the upstream's (the body's own idle timeout
+    // bounds that), nor is a long upload that keeps moving. Checked once per `timeout`: a
+    // period in which the body moved, or that ends waiting on the client, starts another, so
+    // an upstream that has stopped taking the body answers within one to two `timeout`s.
+    let send = client.send(upstream, request);
+    tokio::pin!(send);
+    let mut frames = body_progress.frames();
+    let result = loop {
+        match tokio::time::timeout(timeout, &mut send).await {
+            Ok(result) => break Ok(result),
+            Err(elapsed) => {
+                let moved = body_progress.frames();
+                if moved == frames && !body_progress.waiting_on_client() {
+                    break Err(elapsed);
+                }
+                frames = moved;
+            }
+        }
+    };
     let mut response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             // The client's body failed: its error, not the upstream's.
-            if let Some(failure) = body_failure.get() {
+            if let Some(failure) = body_progress.failure() {
                 tracing::info!(request_id, route = %target.route_id, error = %error_chain(&e), "request body refused: {failure:?}");
                 return client_body_page(failure, request_id);
             }
@@ -381,6 +380,22 @@ async fn forward(
     }
     strip_hop_by_hop(response.headers_mut());
     response.map(|body| body.boxed())
+}
+
+/// `uri` with its path replaced by the normalised `path` (its query kept); `uri` itself, with
+/// no copy or re-parse, when normalisation left the path as it was. `None` when the result is
+/// not a valid URI.
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    if uri.path() == path {
+        return Some(uri.clone());
+    }
+    let rewritten = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(rewritten.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// The request's `host:port`, lower-cased, with the listener's default port added when absent.
@@ -448,6 +463,53 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The host a request asked for: its `Host` header, or an HTTP/2 request's `:authority`.
+pub fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Sets the gateway's own forwarding headers on a request it passes on (to an upstream, or to
+/// a plugin): `X-Forwarded-For` (the connection's peer), `-Host` (the host asked for),
+/// `-Proto` and `Forwarded`. A client's own were removed with the other untrusted headers:
+/// the connection's peer is the client (there are no trusted proxies in front yet).
+pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, is_tls: bool, host: Option<&HeaderValue>) {
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let client_ip = peer.ip().to_canonical();
+    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Some(value) = forwarded(client_ip, is_tls, host) {
+        headers.insert(FORWARDED, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
+    );
+}
+
+/// Joins the `cookie` fields of an HTTP/2 request into one, with "; " between them, as RFC 9113
+/// section 8.2.3 asks before a request goes on over HTTP/1.1 (which allows one `Cookie` line).
+fn join_cookie_fields(headers: &mut HeaderMap) {
+    // Most requests have one field or none: nothing to do, nothing allocated.
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let fields: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(joined) = HeaderValue::from_bytes(&fields.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 /// The gateway's own `Forwarded` (RFC 7239): the client, the scheme and the host it asked for.
 fn forwarded(client: IpAddr, is_tls: bool, host: Option<&HeaderValue>) -> Option<HeaderValue> {
     let mut value = match client {
@@ -498,16 +560,38 @@ fn client_body_page(failure: BodyFailure, request_id: &str) -> Response<Body> {
     page
 }
 
-/// Where a [`ClientBody`] records why it failed, for the proxy to answer the client.
-pub struct BodyFailureCell(Option<Arc<AtomicU8>>);
+/// What a [`ClientBody`] tells the proxy while it goes upstream.
+#[derive(Default)]
+struct BodyState {
+    /// A [`BodyFailure`], once the body failed (0 before).
+    failure: AtomicU8,
+    /// Frames read from the client so far.
+    frames: AtomicU64,
+    /// Whether the body waits on the client for its next frame.
+    waiting_on_client: AtomicBool,
+}
 
-impl BodyFailureCell {
-    fn get(&self) -> Option<BodyFailure> {
-        match self.0.as_ref()?.load(Ordering::Acquire) {
+/// The proxy's view of a [`ClientBody`]'s [`BodyState`] (none for a request without a body).
+pub struct BodyProgress(Option<Arc<BodyState>>);
+
+impl BodyProgress {
+    /// Why the body failed, once it has.
+    fn failure(&self) -> Option<BodyFailure> {
+        match self.0.as_ref()?.failure.load(Ordering::Acquire) {
             1 => Some(BodyFailure::Malformed),
             2 => Some(BodyFailure::TimedOut),
             _ => None,
         }
+    }
+
+    fn frames(&self) -> u64 {
+        self.0.as_ref().map_or(0, |state| state.frames.load(Ordering::Acquire))
+    }
+
+    fn waiting_on_client(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|state| state.waiting_on_client.load(Ordering::Acquire))
     }
 }
 
@@ -527,8 +611,7 @@ struct BodyWatch {
     idle_timeout: Duration,
     /// Armed while the client's next frame is awaited.
     idle: Pin<Box<tokio::time::Sleep>>,
-    waiting: bool,
-    failure: Arc<AtomicU8>,
+    state: Arc<BodyState>,
 }
 
 /// Why a [`ClientBody`] failed, as the upstream connection sees it.
@@ -546,8 +629,7 @@ impl ClientBody {
             Box::new(BodyWatch {
                 idle_timeout,
                 idle: Box::pin(tokio::time::sleep(idle_timeout)),
-                waiting: false,
-                failure: Arc::new(AtomicU8::new(0)),
+                state: Arc::default(),
             })
         });
         ClientBody {
@@ -557,8 +639,8 @@ impl ClientBody {
         }
     }
 
-    fn failure(&self) -> BodyFailureCell {
-        BodyFailureCell(self.watch.as_ref().map(|w| w.failure.clone()))
+    fn progress(&self) -> BodyProgress {
+        BodyProgress(self.watch.as_ref().map(|w| w.state.clone()))
     }
 
     /// Reads the first frame now (it is sent upstream first later).
@@ -569,7 +651,7 @@ impl ClientBody {
                 Ok(())
             }
             None => Ok(()),
-            Some(Err(_)) => Err(self.failure().get().unwrap_or(BodyFailure::Malformed)),
+            Some(Err(_)) => Err(self.progress().failure().unwrap_or(BodyFailure::Malformed)),
         }
     }
 }
@@ -590,24 +672,25 @@ impl hyper::body::Body for ClientBody {
         let Some(watch) = this.watch.as_mut() else {
             return polled.map_err(ClientBodyError::Read);
         };
+        let state = &watch.state;
         match polled {
             Poll::Ready(Some(Err(e))) => {
-                watch.failure.store(BodyFailure::Malformed as u8, Ordering::Release);
+                state.failure.store(BodyFailure::Malformed as u8, Ordering::Release);
                 Poll::Ready(Some(Err(ClientBodyError::Read(e))))
             }
             Poll::Ready(ready) => {
-                watch.waiting = false;
+                state.waiting_on_client.store(false, Ordering::Release);
+                state.frames.fetch_add(1, Ordering::AcqRel);
                 Poll::Ready(ready.map(|frame| frame.map_err(ClientBodyError::Read)))
             }
             Poll::Pending => {
-                if !watch.waiting {
-                    watch.waiting = true;
+                if !state.waiting_on_client.swap(true, Ordering::AcqRel) {
                     let deadline = tokio::time::Instant::now() + watch.idle_timeout;
                     watch.idle.as_mut().reset(deadline);
                 }
                 match watch.idle.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        watch.failure.store(BodyFailure::TimedOut as u8, Ordering::Release);
+                        state.failure.store(BodyFailure::TimedOut as u8, Ordering::Release);
                         Poll::Ready(Some(Err(ClientBodyError::Idle(watch.idle_timeout))))
                     }
                     Poll::Pending => Poll::Pending,

@@ -9,7 +9,7 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::{AuthModule, Edge, MatchType, StaticBackend};
 use crate::plugins::{Registered, Registry};
 use http::uri::{Authority, Scheme};
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,6 +129,13 @@ pub const UNTRUSTED_REQUEST_HEADERS: &[&str] = &[
     "front-end-https",
     "x-real-ip",
     "x-client-ip",
+    // PHP's usual client-address lookup (`HTTP_CLIENT_IP`, `HTTP_X_FORWARDED`,
+    // `HTTP_FORWARDED_FOR`), nginx-ingress's client before it, IIS ARR's original host.
+    "client-ip",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    "x-original-host",
     "true-client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
@@ -206,6 +213,15 @@ impl IdentityHeaderNames {
     /// adds, or a look-alike of any of them with `_` for `-`.
     pub fn is_removed(&self, name: &HeaderName) -> bool {
         self.removed.contains(name)
+    }
+
+    /// Removes from `headers` every header [`Self::is_removed`] names.
+    pub fn remove_untrusted(&self, headers: &mut HeaderMap) {
+        // One pass over the request's header names: most requests carry none of them.
+        let found: Vec<HeaderName> = headers.keys().filter(|k| self.is_removed(k)).cloned().collect();
+        for name in found {
+            headers.remove(name);
+        }
     }
 
     /// Every name.

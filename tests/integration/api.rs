@@ -431,3 +431,36 @@ fn readme_documents_every_error_code() {
         assert!(readme.contains(&row), "README.md lacks the row {row}");
     }
 }
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_the_connection_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::start("[api]\nbody_read_timeout_secs = 1\n").await;
+    // An authenticated write that announces 100 bytes and sends 10, then nothing: the API must
+    // not hold the connection (and a handler task) open for as long as the client likes.
+    let request = format!(
+        "POST /api/backends/static HTTP/1.1\r\nHost: console.test\r\nNgrok-Version: 2\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"address\"",
+        gw.token
+    );
+    let mut stream = tokio::net::TcpStream::connect(gw.gateway.console_addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // Far beyond the 1 s configured, far below what a stuck connection would take.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "the connection was still open: the body was waited for without end"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let reply: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(reply["error_code"], "ERR_PORTCULLIS_113", "{answer}");
+    assert_eq!(reply["status_code"], 408);
+    assert!(reply["msg"].as_str().unwrap().contains("1 s"), "{answer}");
+    // Nothing was written.
+    let backends = gw.api(Method::GET, "/backends/static", None).await;
+    assert_eq!(backends.json()["backends"], json!([]), "{}", backends.body);
+    gw.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Attacks on the edge that depend on what the upstream does with a request, on the session
 //! cookie, and on a client's body: an h2c upgrade tunnel to an upstream that speaks h2c, `;`
 //! path parameters read by a servlet-style upstream, headers other proxies set and apps
-//! trust, cookie tossing, bodies that never arrive or stall, malformed chunked bodies.
+//! trust (and the request a plugin is handed), cookie tossing, bodies that never arrive or stall, malformed chunked bodies.
 //!
 //! The h2c, slow-body and chunked tests speak raw HTTP/1.1 over a `TcpStream`, as an
 //! attacker's client would. Timeouts are configured short (1 s) and waited for with a
@@ -14,6 +14,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis_plugin_sdk::{
+    Capability, Host, HttpRequest, HttpResponse, ModuleContext, ModulePlan, OptionError, Outcome, Plugin, PluginError,
+    PluginInfo,
+};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -411,6 +415,12 @@ async fn headers_other_proxies_set_never_reach_an_upstream_and_forwarding_header
         ("x-http-method-override", "DELETE"),
         ("x-real-ip", "10.0.0.1"),
         ("x-forwarded-port", "443"),
+        // What PHP's usual client-address lookup, nginx-ingress and IIS ARR read.
+        ("client-ip", "10.0.0.1"),
+        ("x-forwarded", "for=10.0.0.1"),
+        ("forwarded-for", "10.0.0.1"),
+        ("x-original-forwarded-for", "10.0.0.1"),
+        ("x-original-host", "intranet.example"),
         ("x_forwarded_user", "admin"),
         ("X-Custom-Auth", "admin"),
         ("x_custom_auth", "admin"),
@@ -448,6 +458,146 @@ async fn headers_other_proxies_set_never_reach_an_upstream_and_forwarding_header
             seen["forwarded"], "for=127.0.0.1;proto=http;host=\"app.test\"",
             "{path}: the gateway's own"
         );
+    }
+    gw.stop().await;
+}
+
+/// `requestreport`: a linked-in plugin that answers every call with the request the gateway
+/// handed it (header lines, the client's address, and the cookie `__Host-portcullis-bind`
+/// as the SDK reads it), so a test sees what any plugin could base a decision on.
+struct RequestReporter;
+
+impl RequestReporter {
+    fn report(module: &ModuleContext, request: &HttpRequest) -> HttpResponse {
+        let body = json!({
+            "mount_path": module.mount_path,
+            "path": request.path,
+            "headers": request.headers,
+            "remote_addr": request.remote_addr,
+            "binding": request.cookie("__Host-portcullis-bind"),
+            "other": request.cookie("other"),
+        });
+        HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+}
+
+impl Plugin for RequestReporter {
+    fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: "requestreport".into(),
+            version: "0.0.0".into(),
+            description: "reports the request it is handed (tests only)".into(),
+            capabilities: vec![Capability::BrowserLogin],
+        }
+    }
+
+    fn validate_options(&self, _: &Value) -> Result<ModulePlan, Vec<OptionError>> {
+        Ok(ModulePlan::default())
+    }
+
+    fn start_login(
+        &self,
+        _: &dyn Host,
+        module: &ModuleContext,
+        _: &str,
+        request: &HttpRequest,
+    ) -> Result<HttpResponse, PluginError> {
+        Ok(Self::report(module, request))
+    }
+
+    fn handle(&self, _: &dyn Host, module: &ModuleContext, request: &HttpRequest) -> Result<Outcome, PluginError> {
+        Ok(Outcome::Respond(Self::report(module, request)))
+    }
+}
+
+#[tokio::test]
+async fn plugins_are_handed_the_gateways_forwarding_headers_and_no_spoofed_ones() {
+    // No built-in plugin reads these headers today; a plugin that did (a lockout or rate
+    // limit per `X-Forwarded-For`, a URL built on `X-Forwarded-Host`, a trusted
+    // `X-Forwarded-User`) must see what an upstream sees: the gateway's values.
+    let upstream = Upstream::start().await;
+    let report_route = "[[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/report/\"\nbackend = \"up\"\n\
+                        [edges.app.routes.auth]\nplugin = \"requestreport\"\n";
+    let options = portcullis::server::StartOptions {
+        extra_plugins: vec![Arc::new(test_plugin::TestLogin::default()), Arc::new(RequestReporter)],
+        ..Default::default()
+    };
+    let gw = TestGateway::start_full(&config(upstream.addr, report_route), options).await;
+    let spoofed = [
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-host", "intranet.example"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=10.0.0.1;host=intranet.example;proto=https"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-forwarded-user", "admin"),
+        ("x_forwarded_user", "admin"),
+        ("x-portcullis-user-email", "admin@example.com"),
+        ("x-original-url", "/admin"),
+        // A binding cookie named so that only Unicode trimming makes it the plugin's.
+        ("cookie", "\u{2000}__Host-portcullis-bind=forged; other=1"),
+    ];
+    // The sign-in start (the gate's call) and a call to the plugin's own endpoint.
+    let started = get(&gw, "/report/page", &spoofed).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let mount = started.json()["mount_path"].as_str().unwrap().to_string();
+    let handled = get(&gw, &format!("{mount}/anything"), &spoofed).await;
+    assert_eq!(handled.status, 200, "{}", handled.body);
+    // A plugin's endpoint reached by a path that normalises to it: the plugin is handed the
+    // path routing chose it by.
+    let roundabout = format!("/report/..{mount}/./x/../anything");
+    let reply = get(&gw, &roundabout, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["path"], format!("{mount}/anything"), "{roundabout}");
+    for (call, reply) in [("start_login", started), ("handle", handled)] {
+        let seen = reply.json();
+        let values = |name: &str| -> Vec<String> {
+            seen["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{call}: {seen}");
+        assert_eq!(values("x-forwarded-host"), ["app.test"], "{call}: {seen}");
+        assert_eq!(values("x-forwarded-proto"), ["http"], "{call}: {seen}");
+        assert_eq!(
+            values("forwarded"),
+            ["for=127.0.0.1;proto=http;host=\"app.test\""],
+            "{call}: {seen}"
+        );
+        assert_eq!(values("host"), ["app.test"], "{call}: {seen}");
+        for (name, _) in &spoofed[4..9] {
+            assert!(values(name).is_empty(), "{call}: {name} reached the plugin: {seen}");
+        }
+        assert_eq!(seen["remote_addr"], "127.0.0.1", "{call}");
+        assert_eq!(seen["binding"], Value::Null, "{call}: a look-alike cookie name: {seen}");
+        assert_eq!(seen["other"], "1", "{call}: other cookies are handed on: {seen}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reserved_path_reached_through_dot_segments_is_served_by_its_normalised_form() {
+    let upstream = Upstream::start().await;
+    let gw = start(upstream.addr, "").await;
+    let jwks = get(&gw, "/_portcullis/jwks.json", &[]).await;
+    assert_eq!(jwks.status, 200);
+    // Routing sends these to the gateway's own paths; they must be read as the same path
+    // (the old code sliced the raw path: a 404 for the first, and for the second, whose 14th
+    // byte is inside an `é`, a panic that dropped the connection unanswered).
+    for raw in ["/x/../_portcullis/jwks.json", "/aéééééé/../_portcullis/jwks.json"] {
+        let request = format!("GET {raw} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(&gw, request.as_bytes())
+            .await
+            .expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{raw}: {answer}");
+        assert!(answer.ends_with(&jwks.body), "{raw}: {answer}");
     }
     gw.stop().await;
 }
@@ -544,6 +694,44 @@ async fn on_an_https_edge_the_session_cookie_is_host_only_and_the_plain_name_is_
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn a_cookie_whose_name_only_looks_like_the_host_cookie_is_no_session() {
+    // A sibling subdomain cannot set `__Host-portcullis.session`, but it can set a cookie for
+    // the parent domain named "\u{2000}__Host-portcullis.session" (Chromium keeps the name as
+    // written, and sends it as UTF-8 to every host of the domain). Trimmed as Unicode
+    // whitespace it would read as the session cookie: the attacker's session for a victim
+    // who has none, or no session at all for one who has one.
+    let upstream = Upstream::start().await;
+    let behind_tls = LISTENERS.replace(
+        "[listeners.console]",
+        "public_url = \"https://app.test\"\n[listeners.console]",
+    );
+    let text = config(upstream.addr, "").replacen(LISTENERS, &behind_tls, 1);
+    let gw = TestGateway::start_full(&text, test_plugin::options()).await;
+    let host_cookie = format!("__Host-{COOKIE}");
+    let attacker = token(&sign_in(&gw, "attacker").await, &host_cookie);
+    let victim = token(&sign_in(&gw, "victim").await, &host_cookie);
+    for space in ['\u{2000}', '\u{00a0}', '\u{3000}', '\u{feff}', '\u{0085}'] {
+        let tossed = format!("{space}{host_cookie}={attacker}");
+        let reply = get(&gw, "/app/page", &[("cookie", &tossed)]).await;
+        assert_eq!(
+            reply.status,
+            303,
+            "{space:?}: signed in as {:?}",
+            reply.json()["headers"]["x-portcullis-user-email"]
+        );
+        for jar in [
+            format!("{tossed}; {host_cookie}={victim}"),
+            format!("{host_cookie}={victim}; {tossed}"),
+        ] {
+            let reply = get(&gw, "/app/page", &[("cookie", &jar)]).await;
+            assert_eq!(reply.status, 200, "{space:?}: the victim's own session: {}", reply.body);
+            assert_eq!(reply.json()["headers"]["x-portcullis-user-email"], "victim@example.com");
+        }
+    }
+    gw.stop().await;
+}
+
 // ----- bodies that never arrive or stall -----
 
 #[tokio::test]
@@ -582,6 +770,105 @@ async fn a_proxied_body_that_stalls_is_ended_with_408() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{framing}: {answer}");
     }
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_that_outlasts_the_response_timeout_is_not_cut_off() {
+    // `upstream_response_timeout_secs` is the upstream's time to answer, not the client's to
+    // upload: a body that keeps arriving for longer reaches the upstream whole; an upstream
+    // that has the whole body and does not answer still gets its 504.
+    let upstream = Upstream::start().await;
+    let routes = "[[edges.app.routes]]\nmatch_type = \"exact_path\"\nmatch = \"/upload\"\nbackend = \"up\"\n\
+                  [[edges.app.routes]]\nmatch_type = \"exact_path\"\nmatch = \"/slow\"\nbackend = \"up\"\n\
+                  [proxy]\nupstream_response_timeout_secs = 1\n";
+    let gw = start(upstream.addr, routes).await;
+    let mut stream = TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    // Ten bytes, one every 300 ms: the upload lasts well past the 1 s timeout, and never
+    // pauses for long.
+    let mut sent = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stream.write_all(b"x").await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "after {sent} of 10 bytes: {head}");
+    assert_eq!(read_body(&mut stream, &head).await, "received 10 bytes");
+    let url = format!("http://{}/slow", gw.gateway.edge_addr);
+    let reply = send(Method::POST, &url, &[("host", "app.test")], Some(b"whole".to_vec())).await;
+    assert_eq!(reply.status, 504, "{}", reply.body);
+    upstream.go.notify_one();
+    gw.stop().await;
+}
+
+/// An upstream that, told to by `go`, reads a request's body whole and answers its length;
+/// until then it reads nothing of it, so a large body stops at the sockets' buffers.
+async fn late_reader_upstream(go: Arc<tokio::sync::Notify>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let go = go.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let go = go.clone();
+                async move {
+                    go.notified().await;
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let text = format!("received {} bytes", body.len());
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text)).boxed()))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn waiting_on_an_upstream_that_reads_late_does_not_count_as_a_stalled_body() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (upstream, task) = late_reader_upstream(go.clone()).await;
+    let gw = start(upstream, "[proxy]\nbody_idle_timeout_secs = 1\n").await;
+    // 32 MiB, far more than loopback sockets buffer: the client sends it all at once, and
+    // the gateway waits on the upstream to take the rest.
+    const SIZE: usize = 32 << 20;
+    let stream = TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /public/big HTTP/1.1\r\nHost: app.test\r\nContent-Length: {SIZE}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b'x'; SIZE]).await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    // The upstream starts reading only after three idle timeouts; until then the client's
+    // bytes wait in the buffers, which is no pause of the client's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    go.notify_one();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(BOUND, async {
+        while !answer.ends_with(b"bytes") && reader.read(&mut byte).await.unwrap_or(0) == 1 {
+            answer.push(byte[0]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within the bound");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&format!("received {SIZE} bytes")), "{answer}");
+    sender.await.unwrap().unwrap();
+    gw.stop().await;
+    task.abort();
 }
 
 // ----- malformed chunked bodies -----

@@ -203,6 +203,35 @@ async fn http2_clients_are_served() {
 }
 
 #[tokio::test]
+async fn http2_cookie_fields_reach_an_http1_upstream_as_one_cookie_line() {
+    // HTTP/2 clients may send each cookie as its own `cookie` field (RFC 9113 section 8.2.3,
+    // as browsers do for header compression); HTTP/1.1 allows one `Cookie` line, which
+    // applications read as the whole jar (Python's `http.server` hands the first line to
+    // `SimpleCookie`), so the fields are joined with "; " on the way.
+    let app = App::stdlib().await;
+    let gw = TestGateway::start("").await;
+    gw.create_route_to(app.addr, "app.test:80").await;
+    let stream = tokio::net::TcpStream::connect(gw.gateway.edge_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("http://app.test/jar")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = app.reported_after(0);
+    assert_eq!(seen["request_line"], "GET /jar HTTP/1.1");
+    assert_eq!(header_values(&seen, "cookie"), ["a=1; b=2; c=3"], "{seen}");
+    gw.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn upstream_down_is_502_and_slow_upstream_is_504_with_request_id() {
     let gw = TestGateway::start("[proxy]\nupstream_response_timeout_secs = 1\n").await;
     let dead = dead_address().await;

@@ -54,6 +54,11 @@ pub const CODES: &[(u16, u16, &str)] = &[
         "The client's address is not in `api.allow_cidrs`: the API does not answer it.",
     ),
     (
+        113,
+        408,
+        "The request body did not arrive whole within `api.body_read_timeout_secs`.",
+    ),
+    (
         500,
         500,
         "An internal error; the message and the log line with the operation id say more.",
@@ -135,6 +140,16 @@ impl ApiError {
             format!("the API does not answer {ip}: it is not in api.allow_cidrs"),
         )
     }
+    pub fn body_timed_out(timeout: std::time::Duration) -> ApiError {
+        Self::new(
+            113,
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive whole within {} s (api.body_read_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    }
     pub fn internal(msg: impl Into<String>) -> ApiError {
         Self::new(500, StatusCode::INTERNAL_SERVER_ERROR, msg)
     }
@@ -187,6 +202,7 @@ mod tests {
             ApiError::config_managed("k", "i", "f"),
             ApiError::conflict("x"),
             ApiError::paging("x"),
+            ApiError::body_timed_out(std::time::Duration::from_secs(1)),
             ApiError::internal("x"),
         ];
         for e in made {

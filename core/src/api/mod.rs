@@ -2,8 +2,9 @@
 //! listener, so ngrok's own client libraries work with only their base URL changed.
 //!
 //! Every request passes the same gate, in this order: `Ngrok-Version: 2`, a valid
-//! `Authorization: Bearer <api key>`, a body within `api.max_body_bytes`. Handlers then work
-//! on typed records through the store, which flushes before any 2xx is sent.
+//! `Authorization: Bearer <api key>`, a body within `api.max_body_bytes` that arrives whole
+//! within `api.body_read_timeout_secs`. Handlers then work on typed records through the
+//! store, which flushes before any 2xx is sent.
 
 mod api_keys;
 mod app_sessions;
@@ -90,7 +91,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAdd
             if e.status.is_server_error() {
                 tracing::error!(operation_id, %method, path, "API error: {}", e.msg);
             }
-            e.into_response(&operation_id)
+            // The rest of a body that did not come in time is not waited for.
+            let unread_body = e.status == StatusCode::REQUEST_TIMEOUT;
+            let mut response = e.into_response(&operation_id);
+            if unread_body {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     shared.metrics.observe_api(response.status().as_u16());
@@ -121,7 +130,10 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
-    let limit = shared.config.load().api.max_body_bytes;
+    let (limit, timeout) = {
+        let config = shared.config.load();
+        (config.api.max_body_bytes, config.api.body_read_timeout())
+    };
     let declared_too_large = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -130,12 +142,15 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if declared_too_large {
         return Err(ApiError::too_large(limit));
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    // The whole body within the timeout: a client that announces one and never sends it
+    // holds no connection open.
+    let body = match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return Err(ApiError::too_large(limit))
         }
-        Err(e) => return Err(ApiError::bad_body(format!("could not read the body: {e}"))),
+        Ok(Err(e)) => return Err(ApiError::bad_body(format!("could not read the body: {e}"))),
+        Err(_) => return Err(ApiError::body_timed_out(timeout)),
     };
     let ctx = Ctx {
         shared,
