@@ -89,15 +89,57 @@ impl HttpRequest {
     }
 
     /// The value of cookie `name`, looked for in every `Cookie` header (HTTP/2 clients may
-    /// send one header per cookie).
+    /// send one header per cookie). Names are compared as sent (only spaces and tabs around a
+    /// pair are trimmed, as RFC 6265 writes them), and a name sent twice with different values
+    /// counts as absent: a cookie planted by a sibling site (cookie tossing) must not be able
+    /// to stand in for this site's own.
     pub fn cookie(&self, name: &str) -> Option<&str> {
-        self.headers
+        let mut values = self
+            .headers
             .iter()
             .filter(|(n, _)| n == "cookie")
             .flat_map(|(_, v)| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
+            .filter_map(|pair| pair.trim_matches([' ', '\t']).split_once('='))
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v);
+        let first = values.next()?;
+        values.all(|v| v == first).then_some(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpRequest;
+
+    fn request(cookies: &[&str]) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            headers: cookies.iter().map(|c| ("cookie".to_string(), c.to_string())).collect(),
+            body: Vec::new(),
+            remote_addr: "127.0.0.1".into(),
+        }
+    }
+
+    #[test]
+    fn a_cookie_is_found_in_any_cookie_header() {
+        assert_eq!(request(&["a=1; b=2"]).cookie("b"), Some("2"));
+        assert_eq!(request(&["a=1", "b=2"]).cookie("b"), Some("2"));
+        assert_eq!(request(&["a=1;\tb=2 "]).cookie("b"), Some("2"));
+        assert_eq!(request(&["a=1"]).cookie("b"), None);
+    }
+
+    #[test]
+    fn a_tossed_cookie_is_no_cookie() {
+        // A name that only looks like it after Unicode trimming.
+        assert_eq!(request(&["\u{2000}__Host-x=evil"]).cookie("__Host-x"), None);
+        // Two values for one name: ambiguous, so neither.
+        assert_eq!(request(&["__Host-x=mine; __Host-x=evil"]).cookie("__Host-x"), None);
+        assert_eq!(
+            request(&["__Host-x=mine", "__Host-x=mine"]).cookie("__Host-x"),
+            Some("mine")
+        );
     }
 }
 
