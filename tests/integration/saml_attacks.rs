@@ -781,7 +781,7 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
     let site = site(json!({})).await;
     let root = "<samlp:Response xmlns:samlp=";
     type Break = fn(&str) -> String;
-    let cases: [(&str, Break); 6] = [
+    let cases: [(&str, Break); 9] = [
         ("unclosed root", |r| r.replace("</samlp:Response>", "")),
         ("duplicate attribute", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response Consent=\"a\" Consent=\"b\" ", 1)
@@ -791,6 +791,17 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
         }),
         ("&#0;", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#0;\" ", 1)
+        }),
+        // A surrogate, or a code point beyond Unicode, is no XML character either (roxmltree
+        // reads them as U+FFFD; libxml2 drops them and recovers).
+        ("&#xD800;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#xD800;\" ", 1)
+        }),
+        ("&#57343;", |r| {
+            r.replacen("<samlp:Status>", "<samlp:Status>&#57343;", 1)
+        }),
+        ("&#x110000;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#x110000;\" ", 1)
         }),
         ("undeclared attribute prefix", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response evil:x=\"1\" ", 1)

@@ -183,8 +183,35 @@ pub fn parse_strict(xml: &str) -> Result<roxmltree::Document<'_>, String> {
         nodes_limit: MAX_NODES,
         ..roxmltree::ParsingOptions::default()
     };
-    roxmltree::Document::parse_with_options(xml, options)
-        .map_err(|e| format!("the document is not well-formed XML: {e}"))
+    let document = roxmltree::Document::parse_with_options(xml, options)
+        .map_err(|e| format!("the document is not well-formed XML: {e}"))?;
+    check_character_references(xml)?;
+    Ok(document)
+}
+
+/// Every character reference must name an XML character (XML 1.0, production [2] and WFC
+/// "Legal Character"). roxmltree reads a surrogate (`&#xD800;`) or a code point beyond Unicode
+/// (`&#x110000;`) as U+FFFD where libxml2 drops it and recovers; both are refused. Run on a
+/// document roxmltree accepted, where `&#` opens a reference everywhere but in a comment (so a
+/// comment naming such a reference is refused too).
+fn check_character_references(xml: &str) -> Result<(), String> {
+    for (at, _) in xml.match_indices("&#") {
+        let reference = xml[at + 2..].split(';').next().unwrap_or_default();
+        let code = match reference.strip_prefix('x') {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => reference.parse::<u32>(),
+        };
+        let legal = code.ok().and_then(char::from_u32).is_some_and(
+            |c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
+        );
+        if !legal {
+            let shown: String = reference.chars().take(12).collect();
+            return Err(format!(
+                "the document is not well-formed XML: &#{shown}; is not an XML character"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where a Response may carry XML signatures (SAML core 5.4.2): each an immediate child of the
@@ -569,6 +596,9 @@ mod tests {
             ("<r a=1/>", "well-formed"),
             (r#"<r a="&#0;"/>"#, "well-formed"),
             ("<r>&#xFFFE;</r>", "well-formed"),
+            ("<r>&#xD800;</r>", "well-formed"),
+            (r#"<r a="&#57343;"/>"#, "well-formed"),
+            ("<r>&#x110000;</r>", "well-formed"),
             (r#"<r p:a="1"/>"#, "well-formed"),
             ("<p:r/>", "well-formed"),
             ("<r></s>", "well-formed"),
@@ -586,6 +616,13 @@ mod tests {
         );
         assert_eq!(
             screen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<r/>\n", false),
+            Ok(())
+        );
+        assert_eq!(
+            screen(
+                r#"<r a="&#9;&#x41;">&#65;&#xD7FF;&#xE000;&#xFFFD;&#x1F600;&#x10FFFF;</r>"#,
+                false
+            ),
             Ok(())
         );
     }
