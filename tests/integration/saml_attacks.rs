@@ -823,3 +823,59 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
     assert_eq!(post(&site, &fine, None).await.status, 303);
     site.stop().await;
 }
+
+#[tokio::test]
+async fn an_unsigned_error_response_cannot_write_its_own_text_on_the_error_page() {
+    // Anyone can post an unsigned error Response to the ACS (cross-site, from a page the victim
+    // opens); its status only picks which page the browser sees. A status SAML defines is
+    // named on the page; any other text is not shown there.
+    let site = site(json!({})).await;
+    let acs = site.module["assertion_consumer_service_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let error = |top: &str, second: Option<&str>| {
+        let nested = second
+            .map(|v| format!("<samlp:StatusCode Value=\"{v}\"/>"))
+            .unwrap_or_default();
+        format!(
+            "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"{}\" Version=\"2.0\" \
+IssueInstant=\"{}\" Destination=\"{acs}\"><samlp:Status><samlp:StatusCode Value=\"{top}\">{nested}</samlp:StatusCode>\
+</samlp:Status></samlp:Response>",
+            random_id(),
+            instant(0)
+        )
+    };
+    let responder = "urn:oasis:names:tc:SAML:2.0:status:Responder";
+    let lure = "Your account is locked. Call +1 555 0100 or go to https://unlock.evil.example/ now";
+    for (case, response) in [
+        ("second-level", error(responder, Some(lure))),
+        ("top-level", error(lure, None)),
+        (
+            "under SAML's prefix",
+            error(responder, Some(&format!("urn:oasis:names:tc:SAML:2.0:status:{lure}"))),
+        ),
+    ] {
+        let reply = post(&site, &response, None).await;
+        assert_eq!(reply.status, 403, "{case}: {}", reply.body);
+        assert!(reply.body.contains("<h1>Not signed in</h1>"), "{case}: {}", reply.body);
+        for shown in ["evil.example", "555", "locked"] {
+            assert!(!reply.body.contains(shown), "{case}: {shown}: {}", reply.body);
+        }
+    }
+    let named = post(
+        &site,
+        &error(responder, Some("urn:oasis:names:tc:SAML:2.0:status:NoAvailableIDP")),
+        None,
+    )
+    .await;
+    assert_eq!(named.status, 403, "{}", named.body);
+    assert!(
+        named
+            .body
+            .contains("<code>urn:oasis:names:tc:SAML:2.0:status:NoAvailableIDP</code>"),
+        "{}",
+        named.body
+    );
+    site.stop().await;
+}
