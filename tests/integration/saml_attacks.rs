@@ -127,9 +127,15 @@ impl Claims {
 
     /// The Assertion alone, signed when `assertion_key` is set.
     fn assertion(&self) -> String {
+        self.assertion_from(&fixture("assertion.xml"))
+    }
+
+    /// The Assertion of `template` (assertion.xml, or a variant of it), signed when
+    /// `assertion_key` is set.
+    fn assertion_from(&self, template: &str) -> String {
         let signature = self.assertion_key.map(|_| self.signature(&self.assertion_id));
         let xml = self
-            .fill(&fixture("assertion.xml"))
+            .fill(template)
             .replace("{{ASSERTION_ID}}", &self.assertion_id)
             .replace("{{ASSERTION_SIGNATURE}}", signature.as_deref().unwrap_or_default());
         match self.assertion_key {
@@ -880,4 +886,56 @@ IssueInstant=\"{}\" Destination=\"{acs}\"><samlp:Status><samlp:StatusCode Value=
         named.body
     );
     site.stop().await;
+}
+
+#[tokio::test]
+async fn attributes_are_read_by_the_names_idps_use_unless_an_option_names_one() {
+    // As Entra ID / AD FS and LDAP-backed IdPs send them: the email under its LDAP OID, the
+    // display name by FriendlyName only, groups as `memberOf`, and a role claim.
+    let attributes = |name: &str, friendly: Option<&str>, value: &str| {
+        let friendly = friendly.map(|f| format!(" FriendlyName=\"{f}\"")).unwrap_or_default();
+        format!("<saml:Attribute Name=\"{name}\"{friendly}><saml:AttributeValue xsi:type=\"xs:string\">{value}</saml:AttributeValue></saml:Attribute>")
+    };
+    let statement = [
+        attributes("urn:oid:0.9.2342.19200300.100.1.3", Some("mail"), "alice@example.com"),
+        attributes("urn:example:label", Some("displayName"), "Alice L."),
+        attributes("memberOf", None, "engineering"),
+        attributes(
+            "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
+            Some("role"),
+            "admins",
+        ),
+    ]
+    .concat();
+    let template = fixture("assertion.xml");
+    let start = template.find("<saml:AttributeStatement>").unwrap() + "<saml:AttributeStatement>".len();
+    let end = template.find("</saml:AttributeStatement>").unwrap();
+    let template = format!("{}{statement}{}", &template[..start], &template[end..]);
+    async fn sign_in(site: &Site, template: &str) -> Reply {
+        let claims = Claims::genuine(site, Some(request_id(site).await));
+        post(site, &claims.response_with(&claims.assertion_from(template)), None).await
+    }
+
+    // Unset options: the first of the usual names the assertion carries; a role is no group.
+    let defaults = site(json!({"authorized_groups": ["engineering"]})).await;
+    let reply = sign_in(&defaults, &template).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let seen = echoed(&defaults.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice L.");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering");
+    defaults.stop().await;
+
+    // An option names the one attribute read (by Name or FriendlyName): when the assertion
+    // lacks it, the usual names are not read in its place.
+    let entitled =
+        site(json!({"groups_attribute": "eduPersonEntitlement", "authorized_groups": ["engineering"]})).await;
+    assert_eq!(sign_in(&entitled, &template).await.status, 403);
+    entitled.stop().await;
+    let roles = site(json!({"groups_attribute": "role", "authorized_groups": ["admins"]})).await;
+    let reply = sign_in(&roles, &template).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let seen = echoed(&roles.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "admins");
+    roles.stop().await;
 }
