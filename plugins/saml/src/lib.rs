@@ -283,7 +283,7 @@ impl Saml {
                     "LogoutResponse to unknown or used request {answered:?}"
                 )));
             }
-            let status = xml::status_code(&message).unwrap_or_default();
+            let status = xml::status_codes(&message).into_iter().next().unwrap_or_default();
             let note = if status == SUCCESS {
                 String::new()
             } else {

@@ -290,8 +290,8 @@ pub fn check_signatures(xml: &str) -> Result<bool, String> {
     }
 }
 
-/// The `Value`s of the message's status code and the codes nested in it, top-level first
-/// (unverified: to choose an error page); empty when the message does not parse.
+/// The `Value`s of the message's status code (its `Status`'s `StatusCode`) and the codes
+/// nested in it, top-level first; empty when the message does not parse.
 pub fn status_codes(xml: &str) -> Vec<String> {
     let Ok(document) = parse_strict(xml) else {
         return Vec::new();
@@ -307,24 +307,6 @@ pub fn status_codes(xml: &str) -> Vec<String> {
         code = node.children().find(|n| n.tag_name().name() == "StatusCode");
     }
     codes
-}
-
-/// The value of the first `StatusCode` element's `Value` (unverified: for error messages only).
-pub fn status_code(xml: &str) -> Option<String> {
-    let mut reader = Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == b"StatusCode" => {
-                return e
-                    .attributes()
-                    .flatten()
-                    .find(|a| a.key.as_ref() == b"Value")
-                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()));
-            }
-            Ok(Event::Eof) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
 }
 
 /// The attribute `name` of the root element.
@@ -653,6 +635,8 @@ mod tests {
         assert_eq!(root_attribute(xml, "ID").as_deref(), Some("_abc"));
         assert_eq!(element_text(xml, "NameID").as_deref(), Some("alice"));
         assert_eq!(element_text(xml, "Issuer").as_deref(), Some("idp"));
-        assert_eq!(status_code(xml).as_deref(), Some("ok"));
+        assert_eq!(status_codes(xml), ["ok"]);
+        let nested = r#"<p:Response xmlns:p="x"><p:Extensions><p:StatusCode Value="not this"/></p:Extensions><p:Status><p:StatusCode Value="top"><p:StatusCode Value="second"/></p:StatusCode></p:Status></p:Response>"#;
+        assert_eq!(status_codes(nested), ["top", "second"]);
     }
 }
