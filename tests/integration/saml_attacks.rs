@@ -939,3 +939,41 @@ async fn attributes_are_read_by_the_names_idps_use_unless_an_option_names_one() 
     assert_eq!(seen["headers"]["x-portcullis-user-groups"], "admins");
     roles.stop().await;
 }
+
+#[tokio::test]
+async fn shapes_that_would_cost_the_parser_seconds_are_refused_before_it() {
+    // Around an intact signed Assertion: many attributes on one element, namespace declarations
+    // nested in each other. At some hundred kilobytes the first took roxmltree (which compares
+    // each attribute with those before it, and copies the namespaces in scope at each element
+    // declaring one) seconds of CPU per post; both are refused by a linear pass first.
+    let site = site(json!({})).await;
+    type Shape = fn(&str) -> String;
+    let cases: [(&str, Shape); 3] = [
+        ("20000 attributes on the Response", |r| {
+            let attributes: String = (0..20_000).map(|i| format!(" a{i}=\"\"")).collect();
+            r.replacen("<samlp:Response ", &format!("<samlp:Response{attributes} "), 1)
+        }),
+        ("33 attributes on the Response", |r| {
+            let attributes: String = (0..33).map(|i| format!(" a{i}=\"\"")).collect();
+            r.replacen("<samlp:Response ", &format!("<samlp:Response{attributes} "), 1)
+        }),
+        ("33 nested namespace declarations", |r| {
+            let open: String = (0..33).map(|i| format!("<p{i}:x xmlns:p{i}=\"urn:x\">")).collect();
+            let close: String = (0..33).rev().map(|i| format!("</p{i}:x>")).collect();
+            r.replacen(
+                "<samlp:Status>",
+                &format!("<samlp:Extensions>{open}{close}</samlp:Extensions><samlp:Status>"),
+                1,
+            )
+        }),
+    ];
+    for (case, shape) in cases {
+        let response = Claims::genuine(&site, Some(request_id(&site).await)).response();
+        let shaped = shape(&response);
+        assert_ne!(shaped, response, "{case}");
+        assert_sign_in_refused(&post(&site, &shaped, None).await, 400, case);
+    }
+    let fine = Claims::genuine(&site, Some(request_id(&site).await)).response();
+    assert_eq!(post(&site, &fine, None).await.status, 303);
+    site.stop().await;
+}

@@ -71,9 +71,50 @@ pub fn screen_metadata(xml: &str, allow_sha1: bool) -> Result<(), String> {
     screen_as(xml, allow_sha1, Kind::Metadata)
 }
 
+/// Most attributes (namespace declarations included) one element may carry; real messages and
+/// metadata carry up to about ten.
+const MAX_ATTRIBUTES: usize = 32;
+/// Most namespace declarations in scope at one element (the sum over it and its ancestors, a
+/// redeclaration counted again); real documents have up to about ten.
+const MAX_NAMESPACES_IN_SCOPE: usize = 32;
+/// Deepest nesting of elements (a Response or metadata nests some ten deep; libxml2 stops at
+/// 256 and, in recovery mode, keeps what it read).
+const MAX_DEPTH: usize = 64;
+
+/// Bounds what makes parsing cost more than linear, before the strict parser runs: roxmltree
+/// compares each attribute of an element with the ones before it and copies the namespaces in
+/// scope at every element that declares one, so a document of tens of thousands of attributes
+/// on one element, or of namespace declarations nested in each other, takes seconds to minutes
+/// of CPU for some hundred kilobytes. Answers the element's namespace declarations.
+fn check_shape(element: &BytesStart<'_>, depth: usize, in_scope: usize) -> Result<usize, String> {
+    if depth >= MAX_DEPTH {
+        return Err(format!("the document nests elements more than {MAX_DEPTH} deep"));
+    }
+    let mut attributes = 0usize;
+    let mut declarations = 0usize;
+    for attribute in element.attributes().with_checks(false).flatten() {
+        attributes += 1;
+        declarations += usize::from(attribute.key.as_namespace_binding().is_some());
+    }
+    if attributes > MAX_ATTRIBUTES {
+        return Err(format!(
+            "an element has {attributes} attributes, more than the {MAX_ATTRIBUTES} accepted"
+        ));
+    }
+    if in_scope + declarations > MAX_NAMESPACES_IN_SCOPE {
+        return Err(format!(
+            "an element has more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations in scope"
+        ));
+    }
+    Ok(declarations)
+}
+
 fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
     let mut reader = Reader::from_str(xml);
     let mut depth = 0usize;
+    // The namespace declarations of each open element, and their sum.
+    let mut declared: Vec<usize> = Vec::new();
+    let mut in_scope = 0usize;
     let mut seen_root = false;
     // Depth of the element inside which signature rules hold (metadata: a `Signature`).
     let mut signature_depth: Option<usize> = None;
@@ -95,6 +136,9 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
                 }
             }
             Ok(Event::Start(element)) => {
+                let declarations = check_shape(&element, depth, in_scope)?;
+                declared.push(declarations);
+                in_scope += declarations;
                 if signature_depth.is_none() && element.local_name().as_ref() == b"Signature" {
                     signature_depth = Some(depth);
                 }
@@ -107,6 +151,7 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
                 depth += 1;
             }
             Ok(Event::Empty(element)) => {
+                check_shape(&element, depth, in_scope)?;
                 if checked(depth, signature_depth) {
                     check_element(&element, allow_sha1)?;
                 }
@@ -116,6 +161,7 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
             }
             Ok(Event::End(_)) => {
                 depth = depth.saturating_sub(1);
+                in_scope -= declared.pop().unwrap_or_default();
                 if signature_depth == Some(depth) {
                     signature_depth = None;
                 }
@@ -607,6 +653,38 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn shapes_that_make_parsing_superlinear_are_refused_before_it() {
+        let attributes = |n: usize| (0..n).map(|i| format!(" a{i}=\"\"")).collect::<String>();
+        let nested_declarations = |n: usize| {
+            let open: String = (0..n).map(|i| format!("<r xmlns:p{i}=\"urn:x\">")).collect();
+            format!("{open}{}", "</r>".repeat(n))
+        };
+        let nested = |n: usize| format!("{}{}", "<r>".repeat(n), "</r>".repeat(n));
+        let declarations =
+            |range: std::ops::Range<usize>| range.map(|i| format!(" xmlns:p{i}=\"urn:x\"")).collect::<String>();
+        // Some hundred kilobytes each; roxmltree alone takes seconds on the first two.
+        for (bad, why) in [
+            (format!("<r{}/>", attributes(50_000)), "attributes"),
+            (nested_declarations(4_000), "namespace declarations"),
+            (format!("<r{}></r>", attributes(33)), "attributes"),
+            (nested_declarations(33), "namespace declarations"),
+            (
+                format!("<r{}><c{}/></r>", declarations(0..20), declarations(20..40)),
+                "namespace declarations",
+            ),
+            (nested(65), "deep"),
+        ] {
+            let error = screen(&bad, false).expect_err(why);
+            assert!(error.contains(why), "{why}: {error}");
+            let error = screen_metadata(&bad, false).expect_err(why);
+            assert!(error.contains(why), "{why}: {error}");
+        }
+        for fine in [format!("<r{}/>", attributes(32)), nested_declarations(32), nested(64)] {
+            assert_eq!(screen(&fine, false), Ok(()), "{}", &fine[..40]);
+        }
     }
 
     #[test]
