@@ -127,9 +127,15 @@ impl Claims {
 
     /// The Assertion alone, signed when `assertion_key` is set.
     fn assertion(&self) -> String {
+        self.assertion_from(&fixture("assertion.xml"))
+    }
+
+    /// The Assertion of `template` (assertion.xml, or a variant of it), signed when
+    /// `assertion_key` is set.
+    fn assertion_from(&self, template: &str) -> String {
         let signature = self.assertion_key.map(|_| self.signature(&self.assertion_id));
         let xml = self
-            .fill(&fixture("assertion.xml"))
+            .fill(template)
             .replace("{{ASSERTION_ID}}", &self.assertion_id)
             .replace("{{ASSERTION_SIGNATURE}}", signature.as_deref().unwrap_or_default());
         match self.assertion_key {
@@ -667,16 +673,18 @@ async fn comments_entities_off_site_relay_states_and_replays_of_unsolicited_resp
     );
     assert_sign_in_refused(&post(&site, &doctype, Some("/")).await, 400, "DOCTYPE and entities");
 
+    // The RelayState is not signed: refusing an off-site one spends nothing, so the same
+    // Response with an on-site RelayState still signs in (once).
+    let unsolicited = Claims::genuine(&site, None).response();
     for relay in [
         "https://evil.example/",
         "//evil.example",
         "http://app.test.evil.example/",
     ] {
-        let reply = post(&site, &Claims::genuine(&site, None).response(), Some(relay)).await;
+        let reply = post(&site, &unsolicited, Some(relay)).await;
         assert_sign_in_refused(&reply, 400, relay);
         assert!(reply.body.contains("outside this application"), "{}", reply.body);
     }
-    let unsolicited = Claims::genuine(&site, None).response();
     let fine = post(&site, &unsolicited, Some("/reports")).await;
     assert_eq!(fine.status, 303, "{}", fine.body);
     assert_eq!(location(&fine), "/reports");
@@ -783,7 +791,7 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
     let site = site(json!({})).await;
     let root = "<samlp:Response xmlns:samlp=";
     type Break = fn(&str) -> String;
-    let cases: [(&str, Break); 6] = [
+    let cases: [(&str, Break); 9] = [
         ("unclosed root", |r| r.replace("</samlp:Response>", "")),
         ("duplicate attribute", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response Consent=\"a\" Consent=\"b\" ", 1)
@@ -793,6 +801,17 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
         }),
         ("&#0;", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#0;\" ", 1)
+        }),
+        // A surrogate, or a code point beyond Unicode, is no XML character either (roxmltree
+        // reads them as U+FFFD; libxml2 drops them and recovers).
+        ("&#xD800;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#xD800;\" ", 1)
+        }),
+        ("&#57343;", |r| {
+            r.replacen("<samlp:Status>", "<samlp:Status>&#57343;", 1)
+        }),
+        ("&#x110000;", |r| {
+            r.replacen("<samlp:Response ", "<samlp:Response Consent=\"&#x110000;\" ", 1)
         }),
         ("undeclared attribute prefix", |r| {
             r.replacen("<samlp:Response ", "<samlp:Response evil:x=\"1\" ", 1)
@@ -810,6 +829,152 @@ async fn a_message_that_is_not_well_formed_is_refused_even_when_its_signed_part_
         assert_sign_in_refused(&post(&site, &broken, None).await, 400, case);
     }
     // The same Responses, well-formed, sign in.
+    let fine = Claims::genuine(&site, Some(request_id(&site).await)).response();
+    assert_eq!(post(&site, &fine, None).await.status, 303);
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn an_unsigned_error_response_cannot_write_its_own_text_on_the_error_page() {
+    // Anyone can post an unsigned error Response to the ACS (cross-site, from a page the victim
+    // opens); its status only picks which page the browser sees. A status SAML defines is
+    // named on the page; any other text is not shown there.
+    let site = site(json!({})).await;
+    let acs = site.module["assertion_consumer_service_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let error = |top: &str, second: Option<&str>| {
+        let nested = second
+            .map(|v| format!("<samlp:StatusCode Value=\"{v}\"/>"))
+            .unwrap_or_default();
+        format!(
+            "<samlp:Response xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" ID=\"{}\" Version=\"2.0\" \
+IssueInstant=\"{}\" Destination=\"{acs}\"><samlp:Status><samlp:StatusCode Value=\"{top}\">{nested}</samlp:StatusCode>\
+</samlp:Status></samlp:Response>",
+            random_id(),
+            instant(0)
+        )
+    };
+    let responder = "urn:oasis:names:tc:SAML:2.0:status:Responder";
+    let lure = "Your account is locked. Call +1 555 0100 or go to https://unlock.evil.example/ now";
+    for (case, response) in [
+        ("second-level", error(responder, Some(lure))),
+        ("top-level", error(lure, None)),
+        (
+            "under SAML's prefix",
+            error(responder, Some(&format!("urn:oasis:names:tc:SAML:2.0:status:{lure}"))),
+        ),
+    ] {
+        let reply = post(&site, &response, None).await;
+        assert_eq!(reply.status, 403, "{case}: {}", reply.body);
+        assert!(reply.body.contains("<h1>Not signed in</h1>"), "{case}: {}", reply.body);
+        for shown in ["evil.example", "555", "locked"] {
+            assert!(!reply.body.contains(shown), "{case}: {shown}: {}", reply.body);
+        }
+    }
+    let named = post(
+        &site,
+        &error(responder, Some("urn:oasis:names:tc:SAML:2.0:status:NoAvailableIDP")),
+        None,
+    )
+    .await;
+    assert_eq!(named.status, 403, "{}", named.body);
+    assert!(
+        named
+            .body
+            .contains("<code>urn:oasis:names:tc:SAML:2.0:status:NoAvailableIDP</code>"),
+        "{}",
+        named.body
+    );
+    site.stop().await;
+}
+
+#[tokio::test]
+async fn attributes_are_read_by_the_names_idps_use_unless_an_option_names_one() {
+    // As Entra ID / AD FS and LDAP-backed IdPs send them: the email under its LDAP OID, the
+    // display name by FriendlyName only, groups as `memberOf`, and a role claim.
+    let attributes = |name: &str, friendly: Option<&str>, value: &str| {
+        let friendly = friendly.map(|f| format!(" FriendlyName=\"{f}\"")).unwrap_or_default();
+        format!("<saml:Attribute Name=\"{name}\"{friendly}><saml:AttributeValue xsi:type=\"xs:string\">{value}</saml:AttributeValue></saml:Attribute>")
+    };
+    let statement = [
+        attributes("urn:oid:0.9.2342.19200300.100.1.3", Some("mail"), "alice@example.com"),
+        attributes("urn:example:label", Some("displayName"), "Alice L."),
+        attributes("memberOf", None, "engineering"),
+        attributes(
+            "http://schemas.microsoft.com/ws/2008/06/identity/claims/role",
+            Some("role"),
+            "admins",
+        ),
+    ]
+    .concat();
+    let template = fixture("assertion.xml");
+    let start = template.find("<saml:AttributeStatement>").unwrap() + "<saml:AttributeStatement>".len();
+    let end = template.find("</saml:AttributeStatement>").unwrap();
+    let template = format!("{}{statement}{}", &template[..start], &template[end..]);
+    async fn sign_in(site: &Site, template: &str) -> Reply {
+        let claims = Claims::genuine(site, Some(request_id(site).await));
+        post(site, &claims.response_with(&claims.assertion_from(template)), None).await
+    }
+
+    // Unset options: the first of the usual names the assertion carries; a role is no group.
+    let defaults = site(json!({"authorized_groups": ["engineering"]})).await;
+    let reply = sign_in(&defaults, &template).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let seen = echoed(&defaults.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-email"], "alice@example.com");
+    assert_eq!(seen["headers"]["x-portcullis-user-name"], "Alice L.");
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "engineering");
+    defaults.stop().await;
+
+    // An option names the one attribute read (by Name or FriendlyName): when the assertion
+    // lacks it, the usual names are not read in its place.
+    let entitled =
+        site(json!({"groups_attribute": "eduPersonEntitlement", "authorized_groups": ["engineering"]})).await;
+    assert_eq!(sign_in(&entitled, &template).await.status, 403);
+    entitled.stop().await;
+    let roles = site(json!({"groups_attribute": "role", "authorized_groups": ["admins"]})).await;
+    let reply = sign_in(&roles, &template).await;
+    assert_eq!(reply.status, 303, "{}", reply.body);
+    let seen = echoed(&roles.with_session("/", &session_token(&reply)).await);
+    assert_eq!(seen["headers"]["x-portcullis-user-groups"], "admins");
+    roles.stop().await;
+}
+
+#[tokio::test]
+async fn shapes_that_would_cost_the_parser_seconds_are_refused_before_it() {
+    // Around an intact signed Assertion: many attributes on one element, namespace declarations
+    // nested in each other. At some hundred kilobytes the first took roxmltree (which compares
+    // each attribute with those before it, and copies the namespaces in scope at each element
+    // declaring one) seconds of CPU per post; both are refused by a linear pass first.
+    let site = site(json!({})).await;
+    type Shape = fn(&str) -> String;
+    let cases: [(&str, Shape); 3] = [
+        ("20000 attributes on the Response", |r| {
+            let attributes: String = (0..20_000).map(|i| format!(" a{i}=\"\"")).collect();
+            r.replacen("<samlp:Response ", &format!("<samlp:Response{attributes} "), 1)
+        }),
+        ("33 attributes on the Response", |r| {
+            let attributes: String = (0..33).map(|i| format!(" a{i}=\"\"")).collect();
+            r.replacen("<samlp:Response ", &format!("<samlp:Response{attributes} "), 1)
+        }),
+        ("33 nested namespace declarations", |r| {
+            let open: String = (0..33).map(|i| format!("<p{i}:x xmlns:p{i}=\"urn:x\">")).collect();
+            let close: String = (0..33).rev().map(|i| format!("</p{i}:x>")).collect();
+            r.replacen(
+                "<samlp:Status>",
+                &format!("<samlp:Extensions>{open}{close}</samlp:Extensions><samlp:Status>"),
+                1,
+            )
+        }),
+    ];
+    for (case, shape) in cases {
+        let response = Claims::genuine(&site, Some(request_id(&site).await)).response();
+        let shaped = shape(&response);
+        assert_ne!(shaped, response, "{case}");
+        assert_sign_in_refused(&post(&site, &shaped, None).await, 400, case);
+    }
     let fine = Claims::genuine(&site, Some(request_id(&site).await)).response();
     assert_eq!(post(&site, &fine, None).await.status, 303);
     site.stop().await;

@@ -283,7 +283,7 @@ impl Saml {
                     "LogoutResponse to unknown or used request {answered:?}"
                 )));
             }
-            let status = xml::status_code(&message).unwrap_or_default();
+            let status = xml::status_codes(&message).into_iter().next().unwrap_or_default();
             let note = if status == SUCCESS {
                 String::new()
             } else {
@@ -472,7 +472,36 @@ Destination=\"{}\"><saml:Issuer>{}</saml:Issuer><saml:NameID{format}>{}</saml:Na
     }
 }
 
-/// The page for an IdP's refusal, by its status codes (top-level, then second-level).
+/// The status codes SAML core defines (section 3.2.2.2), after `urn:oasis:names:tc:SAML:2.0:status:`.
+const SAML_STATUSES: [&str; 23] = [
+    "Success",
+    "Requester",
+    "Responder",
+    "VersionMismatch",
+    "AuthnFailed",
+    "InvalidAttrNameOrValue",
+    "InvalidNameIDPolicy",
+    "NoAuthnContext",
+    "NoAvailableIDP",
+    "NoPassive",
+    "NoSupportedIDP",
+    "PartialLogout",
+    "ProxyCountExceeded",
+    "RequestDenied",
+    "RequestUnsupported",
+    "RequestVersionDeprecated",
+    "RequestVersionTooHigh",
+    "RequestVersionTooLow",
+    "ResourceNotRecognized",
+    "TooManyResponses",
+    "UnknownAttrProfile",
+    "UnknownPrincipal",
+    "UnsupportedBinding",
+];
+
+/// The page for an IdP's refusal, by its status codes (top-level, then second-level). The
+/// Response is unverified (anyone can post one): a code SAML defines is named on the page, any
+/// other text is not shown (it would be the poster's words on this site's page).
 fn status_page(statuses: &[String], return_to: &str) -> HttpResponse {
     const PREFIX: &str = "urn:oasis:names:tc:SAML:2.0:status:";
     let detail = statuses
@@ -480,7 +509,8 @@ fn status_page(statuses: &[String], return_to: &str) -> HttpResponse {
         .or(statuses.first())
         .map(String::as_str)
         .unwrap_or_default();
-    let (title, message) = match detail.strip_prefix(PREFIX) {
+    let defined = detail.strip_prefix(PREFIX).filter(|name| SAML_STATUSES.contains(name));
+    let (title, message) = match defined {
         Some("AuthnFailed") => (
             "Sign-in failed",
             "The identity provider could not confirm who you are, so you are not signed in.".to_string(),
@@ -495,12 +525,18 @@ fn status_page(statuses: &[String], return_to: &str) -> HttpResponse {
 An administrator needs to set the application's <code>nameid_format</code> to one the identity provider offers."
                 .to_string(),
         ),
-        _ => (
+        Some(_) => (
             "Not signed in",
             format!(
                 "The identity provider did not sign you in (it answered <code>{}</code>).",
-                xml::escape(if detail.is_empty() { "no status" } else { detail })
+                xml::escape(detail)
             ),
+        ),
+        None => (
+            "Not signed in",
+            "The identity provider did not sign you in (it answered with no status SAML defines; \
+the gateway's log names it)."
+                .to_string(),
         ),
     };
     HttpResponse::page(

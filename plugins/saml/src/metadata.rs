@@ -73,8 +73,14 @@ pub fn parse_metadata(xml: &str, wanted: Option<&str>, allow_sha1: bool) -> Resu
             .map_err(|e| e.to_string())?;
         let allowed = (!allow_sha1).then_some(crate::module::STRONG_ALGORITHMS.as_slice());
         let signed_xml = verify_signature(xml, &ders, allowed).map_err(|()| {
+            // A federation signs its aggregate with its own key, which the document does not hold.
+            let aggregate = if is(&document.root_element(), METADATA_NS, "EntitiesDescriptor") {
+                " (an aggregate signed by a federation's key cannot be checked here: give the IdP's own EntityDescriptor)"
+            } else {
+                ""
+            };
             format!(
-                "is signed, but its signature does not verify with the signing certificates it declares for {}",
+                "is signed, but its signature does not verify with the signing certificates it declares for {}{aggregate}",
                 entry.entity_id
             )
         })?;
@@ -404,6 +410,24 @@ mod tests {
             let error = parse_metadata(&bad, None, false).unwrap_err();
             assert!(error.contains(says), "{error}");
         }
+        // An aggregate signed by a federation's key (not in the document): refused, with the way out.
+        let entity = fixture("idp-metadata.xml");
+        let entity = entity.split_once("?>").map_or(entity.as_str(), |(_, rest)| rest);
+        let template = fixture("signature.xml")
+            .trim_end()
+            .replace("{{SIGNATURE_ALGORITHM}}", RSA_SHA256)
+            .replace("{{DIGEST_ALGORITHM}}", SHA256)
+            .replace("{{REFERENCE}}", "_federation");
+        let aggregate = Crypto::sign_xml(
+            format!("<md:EntitiesDescriptor xmlns:md=\"{METADATA_NS}\" ID=\"_federation\">{template}{entity}</md:EntitiesDescriptor>"),
+            &key("other.key.der"),
+        )
+        .unwrap();
+        let error = parse_metadata(&aggregate, None, false).unwrap_err();
+        assert!(
+            error.contains("does not verify") && error.contains("give the IdP's own EntityDescriptor"),
+            "{error}"
+        );
         // Entra ID's published, signed metadata with its SSO URL changed.
         let entra = fixture("metadata/entra-id.xml").replace("/saml2\"", "/saml2-evil\"");
         assert!(parse_metadata(&entra, None, false)

@@ -71,9 +71,50 @@ pub fn screen_metadata(xml: &str, allow_sha1: bool) -> Result<(), String> {
     screen_as(xml, allow_sha1, Kind::Metadata)
 }
 
+/// Most attributes (namespace declarations included) one element may carry; real messages and
+/// metadata carry up to about ten.
+const MAX_ATTRIBUTES: usize = 32;
+/// Most namespace declarations in scope at one element (the sum over it and its ancestors, a
+/// redeclaration counted again); real documents have up to about ten.
+const MAX_NAMESPACES_IN_SCOPE: usize = 32;
+/// Deepest nesting of elements (a Response or metadata nests some ten deep; libxml2 stops at
+/// 256 and, in recovery mode, keeps what it read).
+const MAX_DEPTH: usize = 64;
+
+/// Bounds what makes parsing cost more than linear, before the strict parser runs: roxmltree
+/// compares each attribute of an element with the ones before it and copies the namespaces in
+/// scope at every element that declares one, so a document of tens of thousands of attributes
+/// on one element, or of namespace declarations nested in each other, takes seconds to minutes
+/// of CPU for some hundred kilobytes. Answers the element's namespace declarations.
+fn check_shape(element: &BytesStart<'_>, depth: usize, in_scope: usize) -> Result<usize, String> {
+    if depth >= MAX_DEPTH {
+        return Err(format!("the document nests elements more than {MAX_DEPTH} deep"));
+    }
+    let mut attributes = 0usize;
+    let mut declarations = 0usize;
+    for attribute in element.attributes().with_checks(false).flatten() {
+        attributes += 1;
+        declarations += usize::from(attribute.key.as_namespace_binding().is_some());
+    }
+    if attributes > MAX_ATTRIBUTES {
+        return Err(format!(
+            "an element has {attributes} attributes, more than the {MAX_ATTRIBUTES} accepted"
+        ));
+    }
+    if in_scope + declarations > MAX_NAMESPACES_IN_SCOPE {
+        return Err(format!(
+            "an element has more than {MAX_NAMESPACES_IN_SCOPE} namespace declarations in scope"
+        ));
+    }
+    Ok(declarations)
+}
+
 fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
     let mut reader = Reader::from_str(xml);
     let mut depth = 0usize;
+    // The namespace declarations of each open element, and their sum.
+    let mut declared: Vec<usize> = Vec::new();
+    let mut in_scope = 0usize;
     let mut seen_root = false;
     // Depth of the element inside which signature rules hold (metadata: a `Signature`).
     let mut signature_depth: Option<usize> = None;
@@ -95,6 +136,9 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
                 }
             }
             Ok(Event::Start(element)) => {
+                let declarations = check_shape(&element, depth, in_scope)?;
+                declared.push(declarations);
+                in_scope += declarations;
                 if signature_depth.is_none() && element.local_name().as_ref() == b"Signature" {
                     signature_depth = Some(depth);
                 }
@@ -107,6 +151,7 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
                 depth += 1;
             }
             Ok(Event::Empty(element)) => {
+                check_shape(&element, depth, in_scope)?;
                 if checked(depth, signature_depth) {
                     check_element(&element, allow_sha1)?;
                 }
@@ -116,6 +161,7 @@ fn screen_as(xml: &str, allow_sha1: bool, kind: Kind) -> Result<(), String> {
             }
             Ok(Event::End(_)) => {
                 depth = depth.saturating_sub(1);
+                in_scope -= declared.pop().unwrap_or_default();
                 if signature_depth == Some(depth) {
                     signature_depth = None;
                 }
@@ -183,8 +229,40 @@ pub fn parse_strict(xml: &str) -> Result<roxmltree::Document<'_>, String> {
         nodes_limit: MAX_NODES,
         ..roxmltree::ParsingOptions::default()
     };
-    roxmltree::Document::parse_with_options(xml, options)
-        .map_err(|e| format!("the document is not well-formed XML: {e}"))
+    let document = roxmltree::Document::parse_with_options(xml, options)
+        .map_err(|e| format!("the document is not well-formed XML: {e}"))?;
+    check_character_references(xml)?;
+    Ok(document)
+}
+
+/// Every character reference must name an XML character (XML 1.0, production [2] and WFC
+/// "Legal Character"). roxmltree reads a surrogate (`&#xD800;`) or a code point beyond Unicode
+/// (`&#x110000;`) as U+FFFD where libxml2 drops it and recovers; both are refused. Run on a
+/// document roxmltree accepted, where `&#` opens a reference everywhere but in a comment (so a
+/// comment naming such a reference is refused too; other `&#` in a comment are left alone).
+fn check_character_references(xml: &str) -> Result<(), String> {
+    for (at, _) in xml.match_indices("&#") {
+        let rest = &xml[at + 2..];
+        let length = rest.bytes().take_while(|b| b.is_ascii_hexdigit() || *b == b'x').count();
+        let (reference, after) = rest.split_at(length);
+        if !after.starts_with(';') {
+            continue;
+        }
+        let code = match reference.strip_prefix('x') {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => reference.parse::<u32>(),
+        };
+        let legal = code.ok().and_then(char::from_u32).is_some_and(
+            |c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
+        );
+        if !legal {
+            let shown: String = reference.chars().take(12).collect();
+            return Err(format!(
+                "the document is not well-formed XML: &#{shown}; is not an XML character"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where a Response may carry XML signatures (SAML core 5.4.2): each an immediate child of the
@@ -263,8 +341,8 @@ pub fn check_signatures(xml: &str) -> Result<bool, String> {
     }
 }
 
-/// The `Value`s of the message's status code and the codes nested in it, top-level first
-/// (unverified: to choose an error page); empty when the message does not parse.
+/// The `Value`s of the message's status code (its `Status`'s `StatusCode`) and the codes
+/// nested in it, top-level first; empty when the message does not parse.
 pub fn status_codes(xml: &str) -> Vec<String> {
     let Ok(document) = parse_strict(xml) else {
         return Vec::new();
@@ -280,24 +358,6 @@ pub fn status_codes(xml: &str) -> Vec<String> {
         code = node.children().find(|n| n.tag_name().name() == "StatusCode");
     }
     codes
-}
-
-/// The value of the first `StatusCode` element's `Value` (unverified: for error messages only).
-pub fn status_code(xml: &str) -> Option<String> {
-    let mut reader = Reader::from_str(xml);
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e) | Event::Empty(e)) if e.local_name().as_ref() == b"StatusCode" => {
-                return e
-                    .attributes()
-                    .flatten()
-                    .find(|a| a.key.as_ref() == b"Value")
-                    .and_then(|a| a.normalized_value(XmlVersion::Implicit1_0).ok().map(|v| v.into_owned()));
-            }
-            Ok(Event::Eof) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
 }
 
 /// The attribute `name` of the root element.
@@ -569,6 +629,9 @@ mod tests {
             ("<r a=1/>", "well-formed"),
             (r#"<r a="&#0;"/>"#, "well-formed"),
             ("<r>&#xFFFE;</r>", "well-formed"),
+            ("<r>&#xD800;</r>", "well-formed"),
+            (r#"<r a="&#57343;"/>"#, "well-formed"),
+            ("<r>&#x110000;</r>", "well-formed"),
             (r#"<r p:a="1"/>"#, "well-formed"),
             ("<p:r/>", "well-formed"),
             ("<r></s>", "well-formed"),
@@ -588,6 +651,47 @@ mod tests {
             screen("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<r/>\n", false),
             Ok(())
         );
+        assert_eq!(
+            screen(
+                r#"<r a="&#9;&#x41;">&#65;&#xD7FF;&#xE000;&#xFFFD;&#x1F600;&#x10FFFF;</r>"#,
+                false
+            ),
+            Ok(())
+        );
+        // In a comment (metadata), `&#` that opens no reference is text.
+        assert!(parse_strict(&format!("<r><!-- &# &#12 &#x {} --></r>", "&#".repeat(100_000))).is_ok());
+    }
+
+    #[test]
+    fn shapes_that_make_parsing_superlinear_are_refused_before_it() {
+        let attributes = |n: usize| (0..n).map(|i| format!(" a{i}=\"\"")).collect::<String>();
+        let nested_declarations = |n: usize| {
+            let open: String = (0..n).map(|i| format!("<r xmlns:p{i}=\"urn:x\">")).collect();
+            format!("{open}{}", "</r>".repeat(n))
+        };
+        let nested = |n: usize| format!("{}{}", "<r>".repeat(n), "</r>".repeat(n));
+        let declarations =
+            |range: std::ops::Range<usize>| range.map(|i| format!(" xmlns:p{i}=\"urn:x\"")).collect::<String>();
+        // Some hundred kilobytes each; roxmltree alone takes seconds on the first two.
+        for (bad, why) in [
+            (format!("<r{}/>", attributes(50_000)), "attributes"),
+            (nested_declarations(4_000), "namespace declarations"),
+            (format!("<r{}></r>", attributes(33)), "attributes"),
+            (nested_declarations(33), "namespace declarations"),
+            (
+                format!("<r{}><c{}/></r>", declarations(0..20), declarations(20..40)),
+                "namespace declarations",
+            ),
+            (nested(65), "deep"),
+        ] {
+            let error = screen(&bad, false).expect_err(why);
+            assert!(error.contains(why), "{why}: {error}");
+            let error = screen_metadata(&bad, false).expect_err(why);
+            assert!(error.contains(why), "{why}: {error}");
+        }
+        for fine in [format!("<r{}/>", attributes(32)), nested_declarations(32), nested(64)] {
+            assert_eq!(screen(&fine, false), Ok(()), "{}", &fine[..40]);
+        }
     }
 
     #[test]
@@ -616,6 +720,8 @@ mod tests {
         assert_eq!(root_attribute(xml, "ID").as_deref(), Some("_abc"));
         assert_eq!(element_text(xml, "NameID").as_deref(), Some("alice"));
         assert_eq!(element_text(xml, "Issuer").as_deref(), Some("idp"));
-        assert_eq!(status_code(xml).as_deref(), Some("ok"));
+        assert_eq!(status_codes(xml), ["ok"]);
+        let nested = r#"<p:Response xmlns:p="x"><p:Extensions><p:StatusCode Value="not this"/></p:Extensions><p:Status><p:StatusCode Value="top"><p:StatusCode Value="second"/></p:StatusCode></p:Status></p:Response>"#;
+        assert_eq!(status_codes(nested), ["top", "second"]);
     }
 }
