@@ -217,12 +217,33 @@ impl Host for PluginHost<'_> {
 }
 
 fn log_line(plugin: &str, level: LogLevel, message: &str) {
+    let message = without_control_characters(message);
     match level {
         LogLevel::Debug => tracing::debug!(plugin, "{message}"),
         LogLevel::Info => tracing::info!(plugin, "{message}"),
         LogLevel::Warn => tracing::warn!(plugin, "{message}"),
         LogLevel::Error => tracing::error!(plugin, "{message}"),
     }
+}
+
+/// `message` with control characters (line breaks among them) written as escapes: a plugin's
+/// log line often quotes what a client sent, which must not be able to start a forged line.
+fn without_control_characters(message: &str) -> std::borrow::Cow<'_, str> {
+    if !message.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    std::borrow::Cow::Owned(
+        message
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The host of calls made before the gateway runs (a plugin's info at load): no state.
@@ -262,5 +283,19 @@ impl Host for Detached {
     }
     fn log(&self, level: LogLevel, message: &str) {
         log_line("(loading)", level, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_control_characters;
+
+    #[test]
+    fn a_plugin_log_line_cannot_start_another() {
+        assert_eq!(without_control_characters("status: x"), "status: x");
+        assert_eq!(
+            without_control_characters("x\n2026-12-03T00:00:00Z  INFO forged\r\u{1b}[31m"),
+            "x\\n2026-12-03T00:00:00Z  INFO forged\\r\\u{1b}[31m"
+        );
     }
 }
