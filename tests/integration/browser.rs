@@ -10,7 +10,7 @@ use crate::oidc::Op;
 use crate::saml::Idp;
 use bytes::Bytes;
 use http::Method;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -197,20 +197,7 @@ async fn https_send(ca: &Path, method: Method, url: &str, headers: &[(&str, &str
         .build();
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let mut request = http::Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    crate::harness::send_on(&client, method, url, headers, body).await
 }
 
 /// A gateway whose edge serves https with `cert`/`key` on 127.0.0.1 and trusts `ca` for the
@@ -296,6 +283,17 @@ fn assert_signed_in_securely(result: &Value, groups: &str) {
     assert_eq!(session["domain"], "localhost", "{session}");
 }
 
+/// The sign-in binding cookie whose name starts with `prefix` is host-only, `Secure`,
+/// `Path=/` (what `__Host-` demands), `HttpOnly`, with the `SameSite` attribute `same_site`.
+fn assert_host_only_binding(result: &Value, prefix: &str, same_site: &str) {
+    let binding = set_cookie_starting(result, prefix);
+    let attributes = cookie_attributes(&binding);
+    for wanted in ["secure", "path=/", "httponly", same_site] {
+        assert!(attributes.iter().any(|a| a == wanted), "{wanted}: {binding}");
+    }
+    assert!(!attributes.iter().any(|a| a.starts_with("domain=")), "{binding}");
+}
+
 /// The attributes of a `Set-Cookie` header, lower-cased, without its name and value.
 fn cookie_attributes(header: &str) -> Vec<String> {
     header
@@ -356,12 +354,7 @@ async fn a_person_signs_in_over_https_through_an_openid_provider_on_another_site
     assert_signed_in_securely(&result, "engineering,admins");
     // The binding cookie: host-only, Secure, Path=/ (what `__Host-` demands), and Lax, which
     // the provider's cross-site redirect back (a top-level GET) still carries.
-    let binding = set_cookie_starting(&result, "__Host-portcullis-oidc-");
-    let attributes = cookie_attributes(&binding);
-    for wanted in ["secure", "path=/", "httponly", "samesite=lax"] {
-        assert!(attributes.iter().any(|a| a == wanted), "{wanted}: {binding}");
-    }
-    assert!(!attributes.iter().any(|a| a.starts_with("domain=")), "{binding}");
+    assert_host_only_binding(&result, "__Host-portcullis-oidc-", "samesite=lax");
     op.stop().await;
     gw.stop().await;
 }
@@ -391,12 +384,7 @@ async fn a_person_signs_in_over_https_through_a_saml_idp_on_another_site() {
     let url = format!("{origin}/reports/q3?view=full");
     let result = browser_sign_in_trusting(&url, "alice", false, &ca.browser_home()).await;
     assert_signed_in_securely(&result, "engineering,admins");
-    let binding = set_cookie_starting(&result, "__Host-portcullis-saml-");
-    let attributes = cookie_attributes(&binding);
-    for wanted in ["secure", "path=/", "httponly", "samesite=none"] {
-        assert!(attributes.iter().any(|a| a == wanted), "{wanted}: {binding}");
-    }
-    assert!(!attributes.iter().any(|a| a.starts_with("domain=")), "{binding}");
+    assert_host_only_binding(&result, "__Host-portcullis-saml-", "samesite=none");
     assert_eq!(idp.seen("last-request").await["signature_valid"], true);
     idp.stop().await;
     gw.stop().await;

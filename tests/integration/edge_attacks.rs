@@ -645,12 +645,7 @@ async fn two_different_session_cookies_are_no_session_so_a_tossed_cookie_cannot_
 #[tokio::test]
 async fn on_an_https_edge_the_session_cookie_is_host_only_and_the_plain_name_is_no_session() {
     let upstream = Upstream::start().await;
-    let behind_tls = LISTENERS.replace(
-        "[listeners.console]",
-        "public_url = \"https://app.test\"\n[listeners.console]",
-    );
-    let text = config(upstream.addr, "").replacen(LISTENERS, &behind_tls, 1);
-    let gw = TestGateway::start_full(&text, test_plugin::options()).await;
+    let gw = gateway_behind_https(&upstream).await;
     let host_cookie = format!("__Host-{COOKIE}");
     let done = sign_in(&gw, "alice").await;
     assert!(set_cookie(&done, COOKIE).is_none(), "no cookie without the prefix");
@@ -702,12 +697,7 @@ async fn a_cookie_whose_name_only_looks_like_the_host_cookie_is_no_session() {
     // whitespace it would read as the session cookie: the attacker's session for a victim
     // who has none, or no session at all for one who has one.
     let upstream = Upstream::start().await;
-    let behind_tls = LISTENERS.replace(
-        "[listeners.console]",
-        "public_url = \"https://app.test\"\n[listeners.console]",
-    );
-    let text = config(upstream.addr, "").replacen(LISTENERS, &behind_tls, 1);
-    let gw = TestGateway::start_full(&text, test_plugin::options()).await;
+    let gw = gateway_behind_https(&upstream).await;
     let host_cookie = format!("__Host-{COOKIE}");
     let attacker = token(&sign_in(&gw, "attacker").await, &host_cookie);
     let victim = token(&sign_in(&gw, "victim").await, &host_cookie);
@@ -915,4 +905,15 @@ async fn a_malformed_chunked_body_is_the_clients_error_and_reaches_no_upstream()
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     gw.stop().await;
+}
+
+/// The gateway of [`config`] with an https `public_url` in front of its edge (as behind a
+/// TLS-terminating load balancer): its session cookie is the `__Host-` one.
+async fn gateway_behind_https(upstream: &Upstream) -> TestGateway {
+    let behind_tls = LISTENERS.replace(
+        "[listeners.console]",
+        "public_url = \"https://app.test\"\n[listeners.console]",
+    );
+    let text = config(upstream.addr, "").replacen(LISTENERS, &behind_tls, 1);
+    TestGateway::start_full(&text, test_plugin::options()).await
 }

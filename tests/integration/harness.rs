@@ -159,6 +159,20 @@ impl Reply {
 /// Sends one HTTP/1.1 request and reads the whole response.
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    send_on(&client, method, url, headers, body).await
+}
+
+/// Sends one request on `client` (plain, or with a TLS connector) and reads the whole response.
+pub async fn send_on<C>(
+    client: &Client<C, Full<Bytes>>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
