@@ -9,22 +9,25 @@
 
 pub mod admin;
 pub mod api;
-pub mod auth;
 pub mod cidr;
 pub mod clock;
 pub mod config;
+pub mod cookies;
 pub mod echo;
+pub mod gate;
 pub mod identity;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod modules;
 pub mod pages;
 pub mod plugins;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod sessions;
+pub mod signin;
 pub mod state;
 pub mod store;
 pub mod tls;

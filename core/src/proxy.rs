@@ -3,7 +3,7 @@
 //! and answer with a readable page when there is no route, the client's request body is
 //! malformed or stalls, or the upstream fails.
 
-use crate::auth::{self, Gate};
+use crate::gate::{self, Gate};
 use crate::metrics::UpstreamError;
 use crate::pages::{error_page, Body};
 use crate::routing::{RouteTable, RouteTarget, Upstream};
@@ -137,12 +137,12 @@ pub async fn handle(
                 &request_id,
             )
         }
-        Some(hostport) if path.starts_with(auth::RESERVED_PREFIX) => {
+        Some(hostport) if path.starts_with(crate::signin::RESERVED_PREFIX) => {
             // The gateway's own paths, and the plugin behind them, read the path routing chose.
             match with_path(req.uri(), &path) {
                 Some(normalized) => {
                     *req.uri_mut() = normalized;
-                    auth::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
+                    crate::signin::reserved(&shared, &table, hostport, req, peer, is_tls, &request_id).await
                 }
                 None => error_page(
                     StatusCode::BAD_REQUEST,
@@ -167,8 +167,10 @@ pub async fn handle(
                         &request_id,
                     )
                 }
-                Some(target) => match auth::gate(&shared, &table, target, &req, peer, is_tls, &request_id).await {
-                    Gate::Respond(response) => response,
+                Some(target) => match gate::gate(&shared.sessions, shared.clock.as_ref(), target, &req) {
+                    Gate::SignIn(auth) => {
+                        crate::signin::start(&shared, &table, target, auth, &req, peer, is_tls, &request_id).await
+                    }
                     Gate::Pass(session) => match &target.upstream {
                         None => error_page(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -259,7 +261,14 @@ async fn forward(
         }
     }
     strip_hop_by_hop(&mut parts.headers);
-    auth::set_identity_headers(shared, table, target, &mut parts.headers, session);
+    gate::set_identity_headers(
+        &shared.signer,
+        shared.clock.as_ref(),
+        table,
+        target,
+        &mut parts.headers,
+        session,
+    );
     if parts.version >= Version::HTTP_2 {
         join_cookie_fields(&mut parts.headers);
     }

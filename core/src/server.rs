@@ -324,7 +324,7 @@ async fn maintain(shared: &Arc<Shared>, sweep: bool) {
     if !shared.rechecking.swap(true, std::sync::atomic::Ordering::AcqRel) {
         let shared = shared.clone();
         tokio::spawn(async move {
-            crate::auth::recheck_sessions(&shared).await;
+            crate::signin::recheck_sessions(&shared).await;
             shared.recheck_passes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             shared.rechecking.store(false, std::sync::atomic::Ordering::Release);
         });

@@ -279,7 +279,7 @@ pub async fn config_auth_module(
             "is required: the name of a registered plugin".into(),
         ));
     };
-    crate::auth::parse_module(registry, plugin, table.clone())
+    crate::modules::parse_module(registry, plugin, table.clone())
         .await
         .map_err(|(k, m)| {
             config_error(

@@ -7,9 +7,9 @@ use super::edges::{find_edge, outputs_of};
 use super::route_modules::is_module_name;
 use super::views::{created, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer};
 use super::{ApiError, Ctx};
-use crate::auth::ModuleOutputs;
 use crate::ids;
 use crate::model::{self, Edge, MatchType, Route, RouteBackend};
+use crate::modules::ModuleOutputs;
 use crate::store::Page;
 use portcullis_plugin_sdk::PluginError;
 use serde::Deserialize;
@@ -69,7 +69,7 @@ pub(super) fn route_json(ctx: &Ctx<'_>, edge_id: &str, r: &Route, outputs: &Modu
     if let (Some(module), Value::Object(object)) = (&r.auth, &mut value) {
         object.insert(
             module.plugin.clone(),
-            crate::auth::module_json(module, outputs.get(&r.id)),
+            crate::modules::module_json(module, outputs.get(&r.id)),
         );
     }
     value
@@ -91,7 +91,7 @@ async fn apply_route_write(ctx: &Ctx<'_>, route: &mut Route, body: RouteWrite) -
                 if let Some(other) = route.auth.as_ref().filter(|m| m.plugin != name) {
                     return Err(ApiError::invalid(&name, format!("the route already has the `{}` module; a route carries at most one auth module (set `{}` to null first)", other.plugin, other.plugin)));
                 }
-                let module = crate::auth::parse_module(&ctx.shared.registry, &name, object)
+                let module = crate::modules::parse_module(&ctx.shared.registry, &name, object)
                     .await
                     .map_err(|(key, message)| {
                         ApiError::invalid(
@@ -239,7 +239,7 @@ pub(super) async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answ
 /// before it is stored.
 async fn check_route_module(ctx: &Ctx<'_>, edge: &Edge, route: &Route) -> Result<(), ApiError> {
     let Some(module) = &route.auth else { return Ok(()) };
-    match crate::auth::check_module(ctx.shared, &route.id, &edge.hostports, module).await {
+    match crate::modules::check_module(ctx.shared, &route.id, &edge.hostports, module).await {
         Ok(()) => Ok(()),
         Err(PluginError::BadRequest(m) | PluginError::Upstream(m) | PluginError::Forbidden(m)) => {
             Err(ApiError::invalid(&module.plugin, m))

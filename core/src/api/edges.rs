@@ -6,9 +6,9 @@
 use super::edge_routes::route_json;
 use super::views::{created, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer};
 use super::{ApiError, Ctx};
-use crate::auth::ModuleOutputs;
 use crate::ids;
 use crate::model::{self, Edge, Source};
+use crate::modules::ModuleOutputs;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -30,7 +30,7 @@ pub(super) async fn outputs_of<'e>(ctx: &Ctx<'_>, edges: impl IntoIterator<Item 
                 .filter_map(|r| Some((r.id.clone(), e.hostports.clone(), r.auth.clone()?)))
         })
         .collect();
-    crate::auth::describe_modules(ctx.shared, modules).await
+    crate::modules::describe_modules(ctx.shared, modules).await
 }
 
 fn edge_json(ctx: &Ctx<'_>, e: &Edge, outputs: &ModuleOutputs) -> Value {

@@ -40,7 +40,7 @@ pub(super) async fn replace_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name:
     let (edge, route) = change_route(ctx, edge_id, id, change).await?;
     let outputs = outputs_of(ctx, [&edge]).await;
     match route.auth.as_ref() {
-        Some(module) => ok(crate::auth::module_json(module, outputs.get(&route.id))),
+        Some(module) => ok(crate::modules::module_json(module, outputs.get(&route.id))),
         None => Err(ApiError::internal("the module was not stored")),
     }
 }
@@ -51,7 +51,7 @@ pub(super) async fn get_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name: &st
     let route = route_of(&edge, id)?;
     let outputs = outputs_of(ctx, [&edge]).await;
     match route.auth.as_ref().filter(|m| m.plugin == name) {
-        Some(module) => ok(crate::auth::module_json(module, outputs.get(&route.id))),
+        Some(module) => ok(crate::modules::module_json(module, outputs.get(&route.id))),
         None => Err(ApiError::not_found(&format!("{name} module of route"), id)),
     }
 }
