@@ -23,6 +23,18 @@ pub const APP_SESSION: &str = "aps";
 /// Prefix of operation (request) ids in API error details.
 pub const OPERATION: &str = "op";
 
+/// A new request id: 16 random bytes in hex.
+pub fn new_request_id() -> String {
+    let mut raw = [0u8; 16];
+    rand::rng().fill_bytes(&mut raw);
+    let mut out = String::with_capacity(32);
+    for b in raw {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out
+}
+
 /// Seconds between the Unix epoch and the KSUID epoch (2014-05-13T16:53:20Z).
 const KSUID_EPOCH: u64 = 1_400_000_000;
 const ENCODED_LEN: usize = 27;

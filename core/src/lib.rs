@@ -12,6 +12,7 @@ pub mod api;
 pub mod cidr;
 pub mod clock;
 pub mod config;
+pub mod configure;
 pub mod cookies;
 pub mod echo;
 pub mod gate;

@@ -112,7 +112,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
             for (i, route) in edge.routes.iter().enumerate() {
                 let module = match &route.auth {
                     Some(table) => Some(
-                        portcullis::state::config_auth_module(
+                        portcullis::configure::config_auth_module(
                             &registry,
                             &file,
                             &format!("edges.{name}.routes[{i}].auth"),

@@ -1,15 +1,26 @@
-//! The edge reverse proxy: match a request to a route, forward it to the route's upstream
-//! with streaming bodies both ways, relay WebSocket upgrades (and no other protocol switch),
-//! and answer with a readable page when there is no route, the client's request body is
-//! malformed or stalls, or the upstream fails.
+//! The edge handler: every edge request goes through its phases, in this order, in
+//! [`handle`] (the one place the order is written):
+//!
+//! 1. normalise: the request's `host:port` and its path ([`routing::normalize_path`]); a path
+//!    upstreams could read otherwise is a 400;
+//! 2. route: a reserved `/_portcullis/` path goes to [`crate::signin::reserved`]; any other
+//!    path is matched in the [`RouteTable`] (none: 404);
+//! 3. access rules: none yet (an empty phase until IP policies arrive, see [`access_rules`]);
+//! 4. session gate: [`gate::gate`] (cookie -> session index; never a plugin, never the store);
+//! 5. sign-in or forward: a request the gate found not signed in goes to
+//!    [`crate::signin::start`]; a passed one is forwarded to the route's upstream with its
+//!    identity headers, streaming bodies both ways, relaying WebSocket upgrades (and no other
+//!    protocol switch), with a readable page when the client's request body is malformed or
+//!    stalls or the upstream fails;
+//! 6. log: the route's metrics and the access log line.
 
 use crate::gate::{self, Gate};
 use crate::metrics::UpstreamError;
 use crate::pages::{error_page, Body};
-use crate::routing::{RouteTable, RouteTarget, Upstream};
+use crate::routing::{self, RouteTable, RouteTarget, Upstream};
 use crate::sessions::SessionEntry;
 use crate::state::Shared;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{error_chain, UpstreamPool};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -17,9 +28,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -38,50 +48,11 @@ where
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.upstream_idle_timeout())
         .pool_timer(TokioTimer::new())
-        .build(connector(config)?))
+        .build(crate::upstream::connector(config)?))
 }
 
-/// The edge's upstream pool for one worker.
-pub fn upstream_pool(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool>, String> {
-    Ok(UpstreamPool::new(connector(config)?, config.upstream_idle_timeout()))
-}
-
-/// The connector for upstreams: TCP with the configured connect timeout, and TLS verified
-/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
-fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.upstream_connect_timeout()));
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!("reading the system CA certificates: {error}");
-    }
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &config.upstream_ca_file {
-        let extra = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("proxy.upstream_ca_file: cannot read {}: {e}", path.display()))?;
-        for cert in extra {
-            roots
-                .add(cert)
-                .map_err(|e| format!("proxy.upstream_ca_file: {}: {e}", path.display()))?;
-        }
-    } else if added == 0 {
-        tracing::warn!("no system CA certificates found: TLS upstreams will fail verification unless proxy.upstream_ca_file is set");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
-}
+/// The upstream pool of one edge worker: its requests carry the client's watched body.
+pub type EdgePool = UpstreamPool<ClientBody>;
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1), with
 /// `Upgrade` (set again only for a WebSocket upgrade) and `HTTP2-Settings`, which exists only
@@ -99,22 +70,19 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("http2-settings"),
 ];
 
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Serves one edge request.
+/// Serves one edge request, phase by phase (see the module's documentation).
 pub async fn handle(
     shared: Arc<Shared>,
-    client: Arc<UpstreamPool>,
+    client: Arc<EdgePool>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     is_tls: bool,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = crate::state::new_request_id();
+    let request_id = crate::ids::new_request_id();
+    // Phase 1, normalise: the host and the path routing (and the upstream) will see.
     // Cheap clones (reference counts) that outlive `req`, which the proxy consumes.
     let uri = req.uri().clone();
     let host_header = req.headers().get(header::HOST).cloned();
@@ -125,6 +93,7 @@ pub async fn handle(
         Ok(path) => (path, None),
         Err(reason) => (std::borrow::Cow::Borrowed(uri.path()), Some(reason)),
     };
+    // Phase 2, route: the gateway's reserved paths, or the route table.
     let edge_host = host.as_deref().filter(|h| table.has_edge(h));
     let mut target = None;
     let response = match edge_host {
@@ -167,37 +136,43 @@ pub async fn handle(
                         &request_id,
                     )
                 }
-                Some(target) => match gate::gate(&shared.sessions, shared.clock.as_ref(), target, &req) {
-                    Gate::SignIn(auth) => {
-                        crate::signin::start(&shared, &table, target, auth, &req, peer, is_tls, &request_id).await
-                    }
-                    Gate::Pass(session) => match &target.upstream {
-                        None => error_page(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "Route has no backend",
-                            "The route for this address has no enabled backend.",
-                            &request_id,
-                        ),
-                        Some(upstream) => {
-                            let upgrade = wants_websocket(&req).then(|| hyper::upgrade::on(&mut req));
-                            let hop = Hop {
-                                shared: &shared,
-                                client: &client,
-                                table: &table,
-                                target,
-                                upstream,
-                                peer,
-                                is_tls,
-                                request_id: &request_id,
-                                normalized_path: &path,
-                            };
-                            forward(hop, req, session.as_deref(), upgrade).await
+                // Phase 3, access rules (none yet).
+                Some(target) => match access_rules(target, peer) {
+                    Some(refusal) => refusal,
+                    // Phase 4, the session gate; phase 5, sign-in or forward.
+                    None => match gate::gate(&shared.sessions, shared.clock.as_ref(), target, &req) {
+                        Gate::SignIn(auth) => {
+                            crate::signin::start(&shared, &table, target, auth, &req, peer, is_tls, &request_id).await
                         }
+                        Gate::Pass(session) => match &target.upstream {
+                            None => error_page(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "Route has no backend",
+                                "The route for this address has no enabled backend.",
+                                &request_id,
+                            ),
+                            Some(upstream) => {
+                                let upgrade = wants_websocket(&req).then(|| hyper::upgrade::on(&mut req));
+                                let hop = Hop {
+                                    shared: &shared,
+                                    client: &client,
+                                    table: &table,
+                                    target,
+                                    upstream,
+                                    peer,
+                                    is_tls,
+                                    request_id: &request_id,
+                                    normalized_path: &path,
+                                };
+                                forward(hop, req, session.as_deref(), upgrade).await
+                            }
+                        },
                     },
                 },
             }
         }
     };
+    // Phase 6, log.
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     if let Some(target) = &target {
@@ -217,10 +192,18 @@ pub async fn handle(
     response
 }
 
+/// The access-rules phase: whether the route's access rules refuse the request before the
+/// session gate sees it. There are none yet: IP policies (an issue of their own) will fill
+/// this phase; until then every request passes it.
+#[inline]
+fn access_rules(_target: &RouteTarget, _peer: SocketAddr) -> Option<Response<Body>> {
+    None
+}
+
 /// Everything about one forwarded request but the request itself.
 struct Hop<'a> {
     shared: &'a Shared,
-    client: &'a Arc<UpstreamPool>,
+    client: &'a Arc<EdgePool>,
     table: &'a RouteTable,
     target: &'a RouteTarget,
     upstream: &'a Upstream,
@@ -248,7 +231,7 @@ async fn forward(
         request_id,
         normalized_path,
     } = hop;
-    let original_host = original_host(&req);
+    let original_host = routing::original_host(&req);
     let (mut parts, body) = req.into_parts();
     // A chunked body's framing is the client's: its first chunk is read (and so checked)
     // before the upstream is contacted, so a malformed one reaches no upstream.
@@ -296,7 +279,7 @@ async fn forward(
     if let Some(host) = &original_host {
         parts.headers.insert(header::HOST, host.clone());
     }
-    set_forwarding_headers(&mut parts.headers, peer, is_tls, original_host.as_ref());
+    routing::set_forwarding_headers(&mut parts.headers, peer, is_tls, original_host.as_ref());
     if let Ok(id) = HeaderValue::from_str(request_id) {
         parts.headers.insert(X_REQUEST_ID, id);
     }
@@ -472,36 +455,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The host a request asked for: its `Host` header, or an HTTP/2 request's `:authority`.
-pub fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
-/// Sets the gateway's own forwarding headers on a request it passes on (to an upstream, or to
-/// a plugin): `X-Forwarded-For` (the connection's peer), `-Host` (the host asked for),
-/// `-Proto` and `Forwarded`. A client's own were removed with the other untrusted headers:
-/// the connection's peer is the client (there are no trusted proxies in front yet).
-pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, is_tls: bool, host: Option<&HeaderValue>) {
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
-    let client_ip = peer.ip().to_canonical();
-    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    if let Some(value) = forwarded(client_ip, is_tls, host) {
-        headers.insert(FORWARDED, value);
-    }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
-    );
-}
-
 /// Joins the `cookie` fields of an HTTP/2 request into one, with "; " between them, as RFC 9113
 /// section 8.2.3 asks before a request goes on over HTTP/1.1 (which allows one `Cookie` line).
 fn join_cookie_fields(headers: &mut HeaderMap) {
@@ -517,25 +470,6 @@ fn join_cookie_fields(headers: &mut HeaderMap) {
     if let Ok(joined) = HeaderValue::from_bytes(&fields.join(&b"; "[..])) {
         headers.insert(header::COOKIE, joined);
     }
-}
-
-/// The gateway's own `Forwarded` (RFC 7239): the client, the scheme and the host it asked for.
-fn forwarded(client: IpAddr, is_tls: bool, host: Option<&HeaderValue>) -> Option<HeaderValue> {
-    let mut value = match client {
-        IpAddr::V4(ip) => format!("for={ip}"),
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-    };
-    value.push_str(if is_tls { ";proto=https" } else { ";proto=http" });
-    // A host that a quoted-string cannot carry as it is is left out.
-    if let Some(host) = host
-        .map(HeaderValue::as_bytes)
-        .filter(|h| h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
-    {
-        value.push_str(";host=\"");
-        value.push_str(&String::from_utf8_lossy(host));
-        value.push('"');
-    }
-    HeaderValue::from_str(&value).ok()
 }
 
 /// Why a client's request body failed on its way upstream.
@@ -723,16 +657,4 @@ impl hyper::body::Body for ClientBody {
         }
         hint
     }
-}
-
-/// An error and its sources, on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }

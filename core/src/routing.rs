@@ -7,12 +7,18 @@
 use crate::config::IdentityHeaders;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::model::{AuthModule, Edge, MatchType, StaticBackend};
-use crate::plugins::{Registered, Registry};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, Request};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Where a route sends its requests.
 #[derive(Debug, Clone)]
@@ -40,7 +46,8 @@ pub struct RouteTarget {
     pub metrics: Arc<RouteMetrics>,
 }
 
-/// An enabled auth module, resolved against the registry.
+/// An enabled auth module and its session cookie. Its plugin is found by name in the registry
+/// by sign-in ([`crate::signin`]), the only code that calls it; the table does not hold it.
 pub struct AuthTarget {
     pub module: AuthModule,
     /// The session cookie: `__Host-<cookie_prefix>session` on an https edge (see
@@ -51,8 +58,6 @@ pub struct AuthTarget {
     pub plain_cookie_name: String,
     /// Whether the edge is https: the cookie is then `Secure` (and `__Host-`).
     pub cookie_secure: bool,
-    /// `None` when the plugin is not registered: the route then refuses every request.
-    pub plugin: Option<Arc<Registered>>,
 }
 
 /// The identity header names, parsed once, and every header name removed from a request
@@ -264,7 +269,6 @@ impl RouteTable {
     pub fn build(
         edges: &[Edge],
         backends: &[StaticBackend],
-        registry: &Registry,
         identity: &IdentityHeaders,
         edge_scheme: &str,
         metrics: &Metrics,
@@ -314,7 +318,6 @@ impl RouteTable {
                     cookie_name: session_cookie_name(&module.cookie_prefix, https),
                     plain_cookie_name: session_cookie_name(&module.cookie_prefix, false),
                     cookie_secure: https,
-                    plugin: registry.get(&module.plugin).cloned(),
                     module: module.clone(),
                 });
                 let target = Arc::new(RouteTarget {
@@ -381,6 +384,55 @@ impl RouteTable {
                 .map(|(_, t)| t)
         })
     }
+}
+
+/// The host a request asked for: its `Host` header, or an HTTP/2 request's `:authority`.
+pub fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+/// Sets the gateway's own forwarding headers on a request it passes on (to an upstream, or to
+/// a plugin): `X-Forwarded-For` (the connection's peer), `-Host` (the host asked for),
+/// `-Proto` and `Forwarded`. A client's own were removed with the other untrusted headers:
+/// the connection's peer is the client (there are no trusted proxies in front yet).
+pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, is_tls: bool, host: Option<&HeaderValue>) {
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+    }
+    let client_ip = peer.ip().to_canonical();
+    if let Ok(value) = HeaderValue::from_str(&client_ip.to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Some(value) = forwarded(client_ip, is_tls, host) {
+        headers.insert(FORWARDED, value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if is_tls { "https" } else { "http" }),
+    );
+}
+
+/// The gateway's own `Forwarded` (RFC 7239): the client, the scheme and the host it asked for.
+fn forwarded(client: IpAddr, is_tls: bool, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let mut value = match client {
+        IpAddr::V4(ip) => format!("for={ip}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    };
+    value.push_str(if is_tls { ";proto=https" } else { ";proto=http" });
+    // A host that a quoted-string cannot carry as it is is left out.
+    if let Some(host) = host
+        .map(HeaderValue::as_bytes)
+        .filter(|h| h.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    {
+        value.push_str(";host=\"");
+        value.push_str(&String::from_utf8_lossy(host));
+        value.push('"');
+    }
+    HeaderValue::from_str(&value).ok()
 }
 
 /// The session cookie of a module with `cookie_prefix`: `__Host-<prefix>session` on an https
@@ -560,7 +612,6 @@ mod tests {
         let table = RouteTable::build(
             &[edge],
             &[backend],
-            &Registry::default(),
             &IdentityHeaders::default(),
             "https",
             &Metrics::default(),

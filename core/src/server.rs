@@ -1,21 +1,33 @@
-//! Listeners and the process lifecycle: bind the edge, console, echo and admin listeners,
-//! serve HTTP/1.1 and HTTP/2 (with TLS when configured), reload on SIGHUP and drain
-//! in-flight requests on SIGTERM.
+//! The composition root and the process lifecycle: build the registry, the store, the session
+//! index, the signer and the egress client into [`Shared`] (and the route table from the
+//! store), bind the edge, console, echo and admin listeners, serve HTTP/1.1 and HTTP/2 (with
+//! TLS when configured), reload on SIGHUP and drain in-flight requests on SIGTERM; the
+//! console's small routes (health, readiness, metrics).
 
+use crate::clock::Clock;
 use crate::config::{Config, ListenerConfig};
+use crate::configure::{config_error, ApplyError};
+use crate::identity::Signer;
+use crate::metrics::Metrics;
 use crate::pages::{error_page, full, Body};
-use crate::state::{ApplyError, Shared};
+use crate::plugins::Registry;
+use crate::routing::RouteTable;
+use crate::sessions::Sessions;
+use crate::state::Shared;
+use crate::store::{Store, StoreError};
+use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -103,7 +115,7 @@ impl Gateway {
         for plugin in registry.iter() {
             tracing::info!(plugin = %plugin.info.name, version = %plugin.info.version, origin = %plugin.origin, "plugin registered");
         }
-        let shared = Shared::open(config, Arc::new(registry), options.clock).await?;
+        let shared = open_shared(config, Arc::new(registry), options.clock).await?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -121,7 +133,7 @@ impl Gateway {
             address: edge_addr,
             reason,
         };
-        let client = crate::proxy::upstream_pool(&proxy_config).map_err(client_error)?;
+        let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(client_error)?;
         let s = shared.clone();
         tasks.spawn(serve(
             edge,
@@ -131,7 +143,7 @@ impl Gateway {
             move |req, peer, is_tls| crate::proxy::handle(s.clone(), client.clone(), req, peer, is_tls),
         ));
         for worker in 1..edge_workers(proxy_config.workers) {
-            let client = crate::proxy::upstream_pool(&proxy_config).map_err(client_error)?;
+            let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(client_error)?;
             let (shared, tls, stop) = (shared.clone(), edge_tls.clone(), shutdown.subscribe());
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -265,7 +277,7 @@ impl Gateway {
         if old.data_dir != config.data_dir {
             needs_restart.push("data_dir");
         }
-        self.shared.apply_config(config).await?;
+        crate::configure::apply_config(&self.shared, config).await?;
         if !needs_restart.is_empty() {
             tracing::warn!(
                 "config reloaded, but changes to [{}] take effect only after a restart",
@@ -294,6 +306,69 @@ impl Gateway {
         if let Err(e) = shared.store.flush().await {
             tracing::error!("final flush: {e}");
         }
+    }
+}
+
+/// Opens the store for `config`, builds the state the listeners share around it, and applies
+/// the config's declared objects.
+async fn open_shared(
+    config: Config,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Shared>, ApplyError> {
+    // sled releases its lock from a background thread a moment after the database is
+    // dropped: a restart right after a stop waits for it briefly.
+    let mut attempts = 0;
+    let store = loop {
+        match Store::open(&config.data_dir) {
+            Err(StoreError::Locked { .. }) if attempts < 60 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other?,
+        }
+    };
+    let client_error = |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
+    let shared = Arc::new(Shared {
+        egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
+        sessions: Sessions::load(&store, clock.now())?,
+        signer: Signer::load_or_create(&store).await?,
+        registry,
+        clock,
+        proxy_config: config.proxy.clone(),
+        config: ArcSwap::from_pointee(config.clone()),
+        store,
+        routes: ArcSwap::from_pointee(RouteTable::default()),
+        metrics: Metrics::default(),
+        ready: AtomicBool::new(false),
+        rechecking: AtomicBool::new(false),
+        recheck_passes: AtomicU64::new(0),
+    });
+    crate::configure::apply_config(&shared, config).await?;
+    Ok(shared)
+}
+
+// The route table is derived state, built here from the store (until the wave-2 follower in
+// `derived.rs` rebuilds it from the change feed); `Shared` itself holds no logic.
+impl Shared {
+    /// Rebuilds the routing table from the store and swaps it in.
+    pub fn rebuild_routes(&self) -> Result<(), StoreError> {
+        let edges = self.store.all_edges()?;
+        let config = self.config.load();
+        let table = RouteTable::build(
+            &edges,
+            &self.store.all_backends()?,
+            &config.identity_headers,
+            config.listeners.edge.scheme(),
+            &self.metrics,
+        );
+        self.routes.store(Arc::new(table));
+        let live: HashSet<&str> = edges
+            .iter()
+            .flat_map(|e| e.routes.iter().map(|r| r.id.as_str()))
+            .collect();
+        self.metrics.retain_routes(&live);
+        Ok(())
     }
 }
 
@@ -565,7 +640,7 @@ async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: Socke
             StatusCode::NOT_FOUND,
             "Not found",
             "Nothing is served at this path of the console.",
-            &crate::state::new_request_id(),
+            &crate::ids::new_request_id(),
         ),
     };
     tracing::debug!(target: "portcullis::access", method = %req.method(), path, status = response.status().as_u16(), "console request");

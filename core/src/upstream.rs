@@ -3,15 +3,17 @@
 //! Each worker owns one pool, so a request, its upstream connection and the task driving that
 //! connection all live on one thread. A connection goes back to the pool when the response
 //! body has been read to its end; one that is closed, upgraded (WebSocket) or idle past
-//! `upstream_idle_timeout_secs` is dropped.
+//! `upstream_idle_timeout_secs` is dropped. The pool carries any request body type (the
+//! proxy's is its watched client body); the connector (TCP, and TLS verified against the
+//! system's and the configured CA certificates) is made here too.
 
-use crate::proxy::ClientBody;
 use crate::routing::Upstream;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -33,21 +35,31 @@ pub enum UpstreamError {
     Request(#[from] hyper::Error),
 }
 
-struct Idle {
-    sender: SendRequest<ClientBody>,
+struct Idle<B> {
+    sender: SendRequest<B>,
     since: Instant,
 }
 
-/// A pool of upstream connections.
-pub struct UpstreamPool {
+/// A pool of upstream connections whose requests carry bodies of type `B`.
+pub struct UpstreamPool<B> {
     connector: Connector,
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle<B>>>>,
     idle_timeout: Duration,
 }
 
-impl UpstreamPool {
+impl<B> UpstreamPool<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// A pool for `config`'s upstreams (see [`connector`]).
+    pub fn for_config(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool<B>>, String> {
+        Ok(UpstreamPool::new(connector(config)?, config.upstream_idle_timeout()))
+    }
+
     /// A pool connecting with `connector` (plain TCP, or TLS for `https` upstreams).
-    pub fn new(connector: Connector, idle_timeout: Duration) -> Arc<UpstreamPool> {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Arc<UpstreamPool<B>> {
         Arc::new(UpstreamPool {
             connector,
             idle: Mutex::new(HashMap::new()),
@@ -60,8 +72,8 @@ impl UpstreamPool {
     pub async fn send(
         self: &Arc<Self>,
         upstream: &Upstream,
-        request: Request<ClientBody>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
+        request: Request<B>,
+    ) -> Result<Response<PooledBody<B>>, UpstreamError> {
         let key = upstream.key.clone();
         let mut sender = loop {
             match self.take(&key) {
@@ -95,7 +107,7 @@ impl UpstreamPool {
         Ok(Response::from_parts(parts, pooled))
     }
 
-    fn take(&self, key: &str) -> Option<SendRequest<ClientBody>> {
+    fn take(&self, key: &str) -> Option<SendRequest<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let list = idle.get_mut(key)?;
         while let Some(entry) = list.pop() {
@@ -106,7 +118,7 @@ impl UpstreamPool {
         None
     }
 
-    fn put(&self, key: Arc<str>, sender: SendRequest<ClientBody>) {
+    fn put(&self, key: Arc<str>, sender: SendRequest<B>) {
         if sender.is_closed() {
             return;
         }
@@ -120,7 +132,7 @@ impl UpstreamPool {
         }
     }
 
-    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<ClientBody>, UpstreamError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<B>, UpstreamError> {
         let uri = http::Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
@@ -132,11 +144,11 @@ impl UpstreamPool {
             .clone()
             .call(uri)
             .await
-            .map_err(|e| UpstreamError::Connect(crate::proxy::error_chain(e.as_ref())))?;
+            .map_err(|e| UpstreamError::Connect(error_chain(e.as_ref())))?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Connect(crate::proxy::error_chain(&e)))?;
+            .map_err(|e| UpstreamError::Connect(error_chain(&e)))?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!("upstream connection ended: {e}");
@@ -147,13 +159,18 @@ impl UpstreamPool {
 }
 
 /// A connection on loan to one response.
-struct Lease {
-    pool: Weak<UpstreamPool>,
+struct Lease<B> {
+    pool: Weak<UpstreamPool<B>>,
     key: Arc<str>,
-    sender: SendRequest<ClientBody>,
+    sender: SendRequest<B>,
 }
 
-impl Lease {
+impl<B> Lease<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn give_back(self) {
         if let Some(pool) = self.pool.upgrade() {
             pool.put(self.key, self.sender);
@@ -162,12 +179,17 @@ impl Lease {
 }
 
 /// An upstream response body that returns its connection to the pool when read to the end.
-pub struct PooledBody {
+pub struct PooledBody<B> {
     inner: Incoming,
-    lease: Option<Lease>,
+    lease: Option<Lease<B>>,
 }
 
-impl PooledBody {
+impl<B> PooledBody<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     fn finish(&mut self) {
         if let Some(lease) = self.lease.take() {
             lease.give_back();
@@ -175,7 +197,12 @@ impl PooledBody {
     }
 }
 
-impl Body for PooledBody {
+impl<B> Body for PooledBody<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -199,4 +226,53 @@ impl Body for PooledBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The connector for upstreams: TCP with the configured connect timeout, and TLS verified
+/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
+pub fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.upstream_connect_timeout()));
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!("reading the system CA certificates: {error}");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if let Some(path) = &config.upstream_ca_file {
+        let extra = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("proxy.upstream_ca_file: cannot read {}: {e}", path.display()))?;
+        for cert in extra {
+            roots
+                .add(cert)
+                .map_err(|e| format!("proxy.upstream_ca_file: {}: {e}", path.display()))?;
+        }
+    } else if added == 0 {
+        tracing::warn!("no system CA certificates found: TLS upstreams will fail verification unless proxy.upstream_ca_file is set");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
+/// An error and its sources, on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
 }

@@ -80,7 +80,9 @@ pub async fn logout(
     for (entry, target) in &ended {
         tracing::info!(target: "portcullis::audit", request_id, event = "logout", session = %entry.session.id, user = %entry.session.user_id, "logout");
         let Some(auth) = &target.auth else { continue };
-        let Some(plugin) = &auth.plugin else { continue };
+        let Some(plugin) = shared.registry.get(&auth.module.plugin) else {
+            continue;
+        };
         let identity = identity_of(&entry.session);
         let call = Call::Logout {
             module: module_context(target, auth),

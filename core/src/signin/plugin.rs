@@ -29,11 +29,11 @@ pub fn sdk_request<B>(
 ) -> HttpRequest {
     let mut headers = req.headers().clone();
     table.identity_headers.remove_untrusted(&mut headers);
-    let host = crate::proxy::original_host(req);
+    let host = crate::routing::original_host(req);
     if let Some(host) = &host {
         headers.insert(header::HOST, host.clone());
     }
-    crate::proxy::set_forwarding_headers(&mut headers, peer, is_tls, host.as_ref());
+    crate::routing::set_forwarding_headers(&mut headers, peer, is_tls, host.as_ref());
     let cookies: Vec<&[u8]> = cookie_crumbs(req.headers())
         .filter(|crumb| is_token(crumb_name(crumb)))
         .collect();

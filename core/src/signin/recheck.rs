@@ -20,7 +20,9 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
             continue;
         };
         let Some(auth) = &target.auth else { continue };
-        let Some(plugin) = &auth.plugin else { continue };
+        let Some(plugin) = shared.registry.get(&auth.module.plugin) else {
+            continue;
+        };
         let call = Call::Recheck {
             module: module_context(&target, auth),
             identity: identity_of(s),

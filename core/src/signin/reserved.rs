@@ -87,7 +87,7 @@ pub async fn reserved(
             request_id,
         );
     };
-    let Some(plugin) = &auth.plugin else {
+    let Some(plugin) = shared.registry.get(&auth.module.plugin) else {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",

@@ -33,7 +33,7 @@ pub async fn start(
     request_id: &str,
 ) -> Response<Body> {
     let now = shared.clock.now();
-    let Some(plugin) = &auth.plugin else {
+    let Some(plugin) = shared.registry.get(&auth.module.plugin) else {
         return error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",

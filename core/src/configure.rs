@@ -1,0 +1,190 @@
+//! Config application: turns a `Config` into config objects (static backends, edges with
+//! their routes and auth modules, ids derived from names) and writes them through the store
+//! in one atomic operation; then swaps the config in and rebuilds the routing table (until the
+//! wave-2 follower rebuilds it from the change feed). Runs at start-up and on SIGHUP.
+
+use crate::config::{Config, ConfigError};
+use crate::ids;
+use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
+use crate::plugins::Registry;
+use crate::state::Shared;
+use crate::store::StoreError;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Why a config could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Makes the store's config-declared backends and edges match `config`, swaps `config` in,
+/// and rebuilds the routing table. On error nothing changes.
+pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyError> {
+    let _guard = shared.store.lock_writes().await;
+    let file = config.file.display().to_string();
+    let now = crate::model::now_unix();
+    let stored_backends = shared.store.all_backends()?;
+    let stored_edges = shared.store.all_edges()?;
+    let created: HashMap<&str, i64> = stored_backends
+        .iter()
+        .map(|b| (b.id.as_str(), b.created_at))
+        .chain(stored_edges.iter().map(|e| (e.id.as_str(), e.created_at)))
+        .chain(
+            stored_edges
+                .iter()
+                .flat_map(|e| e.routes.iter().map(|r| (r.id.as_str(), r.created_at))),
+        )
+        .collect();
+    let created_at = |id: &str| created.get(id).copied().unwrap_or(now);
+
+    let backends: Vec<StaticBackend> = config
+        .backends
+        .iter()
+        .map(|(name, b)| {
+            let id = ids::config_id(ids::STATIC_BACKEND, name);
+            StaticBackend {
+                created_at: created_at(&id),
+                id,
+                description: b.description.clone(),
+                metadata: b.metadata.clone(),
+                address: b.address.clone(),
+                tls: b.tls,
+                source: Source::Config {
+                    file: file.clone(),
+                    name: name.clone(),
+                },
+            }
+        })
+        .collect();
+    let api_hostports: HashMap<String, &str> = stored_edges
+        .iter()
+        .filter(|e| e.source == Source::Api)
+        .flat_map(|e| e.hostports.iter().map(move |h| (h.clone(), e.id.as_str())))
+        .collect();
+    let mut edges = Vec::new();
+    for (name, e) in &config.edges {
+        let mut hostports = Vec::new();
+        for (i, hostport) in e.hostports.iter().enumerate() {
+            let normal = crate::model::normalize_hostport(hostport)
+                .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m))?;
+            if let Some(api_edge) = api_hostports.get(&normal) {
+                return Err(config_error(
+                    &file,
+                    &format!("edges.{name}.hostports[{i}]"),
+                    format!("`{hostport}` is already served by edge {api_edge}, created through the API; delete that edge or pick another host:port"),
+                )
+                .into());
+            }
+            hostports.push(normal);
+        }
+        let edge_id = ids::config_id(ids::HTTPS_EDGE, name);
+        let mut routes = Vec::new();
+        for (i, r) in e.routes.iter().enumerate() {
+            let auth = match &r.auth {
+                None => None,
+                Some(table) => Some(
+                    config_auth_module(
+                        &shared.registry,
+                        &file,
+                        &format!("edges.{name}.routes[{i}].auth"),
+                        table,
+                    )
+                    .await?,
+                ),
+            };
+            let id = ids::config_id(
+                ids::HTTPS_ROUTE,
+                &format!("{name}/{}/{}", r.match_type.as_str(), r.path),
+            );
+            routes.push(Route {
+                created_at: created_at(&id),
+                id,
+                match_type: r.match_type,
+                path: r.path.clone(),
+                description: r.description.clone(),
+                metadata: r.metadata.clone(),
+                backend: Some(RouteBackend {
+                    enabled: r.enabled,
+                    backend_id: ids::config_id(ids::STATIC_BACKEND, &r.backend),
+                }),
+                auth,
+            });
+        }
+        edges.push(Edge {
+            created_at: created_at(&edge_id),
+            id: edge_id,
+            description: e.description.clone(),
+            metadata: e.metadata.clone(),
+            hostports,
+            routes,
+            source: Source::Config {
+                file: file.clone(),
+                name: name.clone(),
+            },
+        });
+    }
+    let keep: HashSet<&str> = backends
+        .iter()
+        .map(|b| b.id.as_str())
+        .chain(edges.iter().map(|e| e.id.as_str()))
+        .collect();
+    let stale_backends: Vec<String> = stored_backends
+        .iter()
+        .filter(|b| b.source != Source::Api && !keep.contains(b.id.as_str()))
+        .map(|b| b.id.clone())
+        .collect();
+    let stale_edges: Vec<String> = stored_edges
+        .iter()
+        .filter(|e| e.source != Source::Api && !keep.contains(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
+    shared
+        .store
+        .replace_config_objects(&backends, &edges, &stale_backends, &stale_edges)
+        .await?;
+    shared.config.store(Arc::new(config));
+    shared.rebuild_routes()?;
+    Ok(())
+}
+
+/// Builds the auth module a config route declares (`[edges.NAME.routes.auth]`); errors name
+/// the key under `key`.
+pub async fn config_auth_module(
+    registry: &Registry,
+    file: &str,
+    key: &str,
+    table: &serde_json::Map<String, serde_json::Value>,
+) -> Result<crate::model::AuthModule, ConfigError> {
+    let Some(serde_json::Value::String(plugin)) = table.get("plugin") else {
+        return Err(config_error(
+            file,
+            &format!("{key}.plugin"),
+            "is required: the name of a registered plugin".into(),
+        ));
+    };
+    crate::modules::parse_module(registry, plugin, table.clone())
+        .await
+        .map_err(|(k, m)| {
+            config_error(
+                file,
+                &if k.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{key}.{k}")
+                },
+                m,
+            )
+        })
+}
+
+pub(crate) fn config_error(file: &str, key: &str, message: String) -> ConfigError {
+    ConfigError {
+        source: file.to_string(),
+        key: Some(key.to_string()),
+        message,
+    }
+}
