@@ -12,7 +12,7 @@ fn is_gateway_cookie(name: &str) -> bool {
     name.starts_with("portcullis-") || name.starts_with("portcullis_")
 }
 
-/// Removes the gateway's own cookies (see [`is_gateway_cookie`]) from the request.
+/// Removes the gateway's own cookies (see `is_gateway_cookie`) from the request.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
     let present = headers.get_all(header::COOKIE).iter().any(|v| {
         v.as_bytes()

@@ -1,10 +1,12 @@
 //! Portcullis: an on-premises identity gateway in one binary.
 //!
-//! This crate owns the gateway: the config loader ([`config`]), durable state ([`store`]),
-//! the edge reverse proxy ([`proxy`], [`routing`]), the console listener with the ngrok-shaped
-//! management API ([`api`]), metrics, TLS, the admin socket, and the process lifecycle
-//! ([`server`]). Data flows one way: listener -> router -> proxy or API handler -> store.
-//! The store knows nothing about HTTP; the proxy never writes to the store.
+//! This crate owns the gateway: the config loader ([`config`]) and its application
+//! ([`configure`]), durable state ([`store`]), the edge reverse proxy ([`proxy`], [`routing`],
+//! [`upstream`]) with its session gate ([`gate`]) and sign-in ([`signin`], [`modules`]), the
+//! console listener with the ngrok-shaped management API ([`api`]), metrics, TLS, the admin
+//! socket, and the composition root and process lifecycle ([`server`]). Data flows one way:
+//! listener -> router -> proxy or API handler -> store. The store knows nothing about HTTP;
+//! the proxy never writes to the store.
 #![deny(unsafe_code)]
 
 pub mod admin;

@@ -5,7 +5,7 @@
 //!    upstreams could read otherwise is a 400;
 //! 2. route: a reserved `/_portcullis/` path goes to [`crate::signin::reserved`]; any other
 //!    path is matched in the [`RouteTable`] (none: 404);
-//! 3. access rules: none yet (an empty phase until IP policies arrive, see [`access_rules`]);
+//! 3. access rules: none yet (an empty phase until IP policies arrive, see `access_rules`);
 //! 4. session gate: [`gate::gate`] (cookie -> session index; never a plugin, never the store);
 //! 5. sign-in or forward: a request the gate found not signed in goes to
 //!    [`crate::signin::start`]; a passed one is forwarded to the route's upstream with its

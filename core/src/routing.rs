@@ -1,4 +1,7 @@
-//! The edge routing table: request host -> edge -> route -> upstream.
+//! The edge routing table (the edge's "route" phase): request host -> edge -> route ->
+//! upstream and auth module; the path normalisation of the "normalise" phase; and which
+//! headers a request loses (and which forwarding headers it gets) before it goes upstream or
+//! to a plugin.
 //!
 //! The table is immutable and rebuilt from the store after every change; the proxy reads the
 //! current one through an `ArcSwap`, so a lookup takes no lock and allocates nothing beyond

@@ -1,4 +1,5 @@
-//! Connections to upstreams: an HTTP/1.1 connection pool per edge worker.
+//! Connections to upstreams (the edge's "forward" phase): an HTTP/1.1 connection pool per edge
+//! worker.
 //!
 //! Each worker owns one pool, so a request, its upstream connection and the task driving that
 //! connection all live on one thread. A connection goes back to the pool when the response
