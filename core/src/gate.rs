@@ -4,7 +4,7 @@
 //!
 //! The gate never calls a plugin and never writes the store (it reads the session index, in
 //! memory): a request that is not signed in is answered [`Gate::SignIn`], and the proxy hands
-//! it to [`crate::signin`], which starts a sign-in.
+//! it to sign-in (`signin`), which starts one.
 
 use crate::clock::Clock;
 use crate::cookies::{cookie_values, strip_cookie, strip_gateway_cookies};

@@ -50,7 +50,7 @@ pub struct RouteTarget {
 }
 
 /// An enabled auth module and its session cookie. Its plugin is found by name in the registry
-/// by sign-in ([`crate::signin`]), the only code that calls it; the table does not hold it.
+/// by sign-in (`signin`), the only code that calls it; the table does not hold it.
 pub struct AuthTarget {
     pub module: AuthModule,
     /// The session cookie: `__Host-<cookie_prefix>session` on an https edge (see

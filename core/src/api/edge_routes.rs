@@ -1,7 +1,7 @@
 //! `/edges/https/{edge_id}/routes`: an edge's routes (match, backend, at most one auth module),
 //! stored as part of their edge. Writes go through [`change_route`], which checks a new module
 //! with its plugin before storing and rebuilds the routing table; parsing a module is
-//! `crate::auth`'s, the module's own path is `route_modules`'.
+//! `crate::modules`'s, the module's own path is `route_modules`'.
 
 use super::edges::{find_edge, outputs_of};
 use super::route_modules::is_module_name;

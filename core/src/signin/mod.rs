@@ -3,7 +3,7 @@
 //! route phase sends here ([`reserved`]: plugin endpoints and login completion, logout and its
 //! confirmation page, the JWKS), plus the background re-checks of sessions
 //! ([`recheck_sessions`]). Every call into a plugin on behalf of the edge is made here, on a
-//! blocking thread; the per-request gate ([`crate::gate`]) makes none.
+//! blocking thread; the per-request gate (`gate`) makes none.
 //!
 //! Files by concern: `start.rs` (starting, with the start rate limit), `reserved.rs` (the
 //! reserved-path dispatch), `complete.rs` (login completion: user, session, cookie),
