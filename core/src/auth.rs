@@ -6,7 +6,7 @@
 
 use crate::model::{AppUser, AuthModule, Session};
 use crate::pages::{error_page, full, Body};
-use crate::plugins::host::PluginHost;
+use crate::plugins::Ports;
 use crate::plugins::{Registered, Registry};
 use crate::routing::{AuthTarget, RouteTable, RouteTarget};
 use crate::sessions::SessionEntry;
@@ -190,13 +190,7 @@ fn describe_one(
         .registry
         .get(&module.plugin)
         .ok_or_else(|| PluginError::Internal(format!("no plugin `{}` is registered", module.plugin)))?;
-    let host = PluginHost {
-        shared,
-        namespace: format!("{}/{route_id}", module.plugin),
-        plugin: &plugin.info.name,
-        egress_hosts: &module.egress_hosts,
-        runtime: runtime.clone(),
-    };
+    let host = Ports::from_shared(shared).module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
     let scheme = shared.config.load().listeners.edge.scheme();
     let call = Call::DescribeModule {
         module: ModuleContext {
@@ -1047,22 +1041,16 @@ async fn call_plugin(
     route_id: &str,
     call: Call,
 ) -> Result<Outcome, PluginError> {
-    let (shared, plugin) = (shared.clone(), plugin.clone());
-    let namespace = format!("{}/{route_id}", auth.module.plugin);
-    let egress = auth.module.egress_hosts.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let host = PluginHost {
-            shared: &shared,
-            namespace,
-            plugin: &plugin.info.name,
-            egress_hosts: &egress,
-            runtime,
-        };
-        plugin.call(&host, call)
-    })
-    .await
-    .unwrap_or_else(|e| Err(PluginError::Internal(format!("plugin call did not finish: {e}"))))
+    let host = Ports::from_shared(shared).module_host(
+        &auth.module.plugin,
+        route_id,
+        &auth.module.egress_hosts,
+        tokio::runtime::Handle::current(),
+    );
+    let plugin = plugin.clone();
+    tokio::task::spawn_blocking(move || plugin.call(&host, call))
+        .await
+        .unwrap_or_else(|e| Err(PluginError::Internal(format!("plugin call did not finish: {e}"))))
 }
 
 /// The page for a failed plugin call; internal details go only to the log.

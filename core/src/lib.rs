@@ -7,6 +7,7 @@
 //! The store knows nothing about HTTP; the proxy never writes to the store.
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod echo;
+pub mod egress;
 pub mod identity;
 pub mod ids;
 pub mod logging;
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod plugins;
+pub mod provisioning;
 pub mod proxy;
 pub mod routing;
 pub mod server;

@@ -15,9 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{pem::PemObject, CertificateDer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -26,61 +24,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// A pooling HTTP client on the gateway's connector (used for plugins' HTTP calls).
-pub fn upstream_client<B>(
-    config: &crate::config::ProxyConfig,
-) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream_idle_timeout())
-        .pool_timer(TokioTimer::new())
-        .build(connector(config)?))
-}
-
 /// The edge's upstream pool for one worker.
 pub fn upstream_pool(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool>, String> {
-    Ok(UpstreamPool::new(connector(config)?, config.upstream_idle_timeout()))
-}
-
-/// The connector for upstreams: TCP with the configured connect timeout, and TLS verified
-/// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
-fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.upstream_connect_timeout()));
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!("reading the system CA certificates: {error}");
-    }
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    if let Some(path) = &config.upstream_ca_file {
-        let extra = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("proxy.upstream_ca_file: cannot read {}: {e}", path.display()))?;
-        for cert in extra {
-            roots
-                .add(cert)
-                .map_err(|e| format!("proxy.upstream_ca_file: {}: {e}", path.display()))?;
-        }
-    } else if added == 0 {
-        tracing::warn!("no system CA certificates found: TLS upstreams will fail verification unless proxy.upstream_ca_file is set");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http))
+    Ok(UpstreamPool::new(
+        crate::egress::connector(config)?,
+        config.upstream_idle_timeout(),
+    ))
 }
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 section 7.6.1), with

@@ -540,11 +540,15 @@ async fn serve<H, F>(
     }
 }
 
-/// The console listener: health, readiness, metrics and the management API.
+/// The console listener: health, readiness, metrics, the management API and the provisioning
+/// plugins' paths.
 async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == crate::api::PREFIX || path.starts_with("/api/") {
         return crate::api::handle(shared, req, peer).await;
+    }
+    if let Some(plugin) = shared.registry.provisioning_plugin(path) {
+        return crate::provisioning::handle(&shared, plugin.clone(), req, peer).await;
     }
     let response = match path {
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),

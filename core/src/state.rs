@@ -18,12 +18,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
-/// The client plugins' HTTP calls go through.
-pub type EgressClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<bytes::Bytes>,
->;
-
 /// State shared by the edge, the console and the admin socket.
 pub struct Shared {
     pub config: ArcSwap<Config>,
@@ -39,7 +33,7 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub sessions: Sessions,
     pub signer: Signer,
-    pub egress_client: EgressClient,
+    pub egress_client: crate::egress::EgressClient,
     /// Set while a pass of session re-checks runs (see `auth::recheck_sessions`).
     pub rechecking: AtomicBool,
     /// Passes of session re-checks the upkeep has finished (tests wait on it).
@@ -77,7 +71,7 @@ impl Shared {
         let client_error =
             |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
         let shared = Arc::new(Shared {
-            egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
+            egress_client: crate::egress::egress_client(&config.proxy).map_err(client_error)?,
             sessions: Sessions::load(&store, clock.now())?,
             signer: Signer::load_or_create(&store).await?,
             registry,
