@@ -3,7 +3,8 @@
 //! tests can hand core hostile return URLs; `<mount>/panic` panics; `<mount>/directory?email=E`
 //! tries the directory port from a sign-in call (which must refuse). It also provisions, on the
 //! console: `/testlogin/set-active?email=E&active=true|false` (with the API key,
-//! [`set_active`]) (de)activates a person through the host's directory port, as SCIM would.
+//! [`set_active`]) (de)activates a person through the host's directory port, as SCIM would;
+//! it tries the port for a refused caller too, and reports what the port answered.
 
 use crate::harness::{send, Reply, TestGateway};
 use portcullis_plugin_sdk::{
@@ -179,27 +180,32 @@ impl Plugin for TestLogin {
                 body: body.into_bytes(),
             })
         };
-        if let Caller::Refused { status, reason } = &provisioning.caller {
-            return answer(*status, format!("refused: {reason}"));
-        }
         let request = &provisioning.request;
         if request.path != "/testlogin/set-active" {
             return answer(404, "no such provisioning call".into());
         }
         let query = request.query.clone().unwrap_or_default();
         let param = |name: &str| query_param(&query, name).unwrap_or_default();
-        let person = match host.person_by_email(&param("email")) {
-            Ok(Some(person)) => person,
-            Ok(None) => return answer(404, "no such person".into()),
-            Err(e) => return answer(500, format!("refused: {e}")),
+        // Tried whoever the caller is: the port, not the plugin, must refuse a refused caller.
+        let outcome = match host.person_by_email(&param("email")) {
+            Ok(Some(person)) => host
+                .update_person(
+                    &person.id,
+                    PersonPatch {
+                        active: Some(param("active") == "true"),
+                        ..Default::default()
+                    },
+                )
+                .map(|person| format!("active {}", person.active)),
+            Ok(None) => Ok("no such person".into()),
+            Err(e) => Err(e),
         };
-        let patch = PersonPatch {
-            active: Some(param("active") == "true"),
-            ..Default::default()
-        };
-        match host.update_person(&person.id, patch) {
-            Ok(person) => answer(200, format!("active {}", person.active)),
-            Err(e) => answer(500, format!("refused: {e}")),
+        match (&provisioning.caller, outcome) {
+            (Caller::Refused { status, reason }, outcome) => {
+                answer(*status, format!("refused: {reason}; directory: {outcome:?}"))
+            }
+            (Caller::ApiKey { .. }, Ok(text)) => answer(200, text),
+            (Caller::ApiKey { .. }, Err(e)) => answer(500, format!("refused: {e}")),
         }
     }
 }
