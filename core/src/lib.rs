@@ -9,6 +9,7 @@
 //! the proxy never writes to the store.
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod cidr;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod configure;
 pub mod cookies;
 pub mod echo;
+pub mod egress;
 pub mod gate;
 pub mod identity;
 pub mod ids;
@@ -26,6 +28,7 @@ pub mod model;
 pub mod modules;
 pub mod pages;
 pub mod plugins;
+pub mod provisioning;
 pub mod proxy;
 pub mod routing;
 pub mod server;

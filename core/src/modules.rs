@@ -4,7 +4,7 @@
 //! and config application, never on the edge's request path.
 
 use crate::model::AuthModule;
-use crate::plugins::host::PluginHost;
+use crate::plugins::Ports;
 use crate::plugins::Registry;
 use crate::state::Shared;
 use portcullis_plugin_sdk::{Call, Capability, ModuleContext, Outcome, PluginError};
@@ -165,13 +165,7 @@ fn describe_one(
         .registry
         .get(&module.plugin)
         .ok_or_else(|| PluginError::Internal(format!("no plugin `{}` is registered", module.plugin)))?;
-    let host = PluginHost {
-        shared,
-        namespace: format!("{}/{route_id}", module.plugin),
-        plugin: &plugin.info.name,
-        egress_hosts: &module.egress_hosts,
-        runtime: runtime.clone(),
-    };
+    let host = Ports::from_shared(shared).module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
     let scheme = shared.config.load().listeners.edge.scheme();
     let call = Call::DescribeModule {
         module: ModuleContext {

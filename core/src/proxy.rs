@@ -26,8 +26,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,21 +34,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-/// A pooling HTTP client on the gateway's connector (used for plugins' HTTP calls).
-pub fn upstream_client<B>(
-    config: &crate::config::ProxyConfig,
-) -> Result<Client<hyper_rustls::HttpsConnector<HttpConnector>, B>, String>
-where
-    B: hyper::body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(config.upstream_idle_timeout())
-        .pool_timer(TokioTimer::new())
-        .build(crate::upstream::connector(config)?))
-}
 
 /// The upstream pool of one edge worker: its requests carry the client's watched body.
 pub type EdgePool = UpstreamPool<ClientBody>;

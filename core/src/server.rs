@@ -330,7 +330,7 @@ async fn open_shared(
     };
     let client_error = |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
     let shared = Arc::new(Shared {
-        egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
+        egress_client: crate::egress::egress_client(&config.proxy).map_err(client_error)?,
         sessions: Sessions::load(&store, clock.now())?,
         signer: Signer::load_or_create(&store).await?,
         registry,
@@ -615,11 +615,15 @@ async fn serve<H, F>(
     }
 }
 
-/// The console listener: health, readiness, metrics and the management API.
+/// The console listener: health, readiness, metrics, the management API and the provisioning
+/// plugins' paths.
 async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
     if path == crate::api::PREFIX || path.starts_with("/api/") {
         return crate::api::handle(shared, req, peer).await;
+    }
+    if let Some(plugin) = shared.registry.provisioning_plugin(path) {
+        return crate::provisioning::handle(&shared, plugin.clone(), req, peer).await;
     }
     let response = match path {
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),

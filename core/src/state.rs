@@ -15,12 +15,6 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 
-/// The client plugins' HTTP calls go through.
-pub type EgressClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<bytes::Bytes>,
->;
-
 /// State shared by the edge, the console and the admin socket.
 pub struct Shared {
     pub config: ArcSwap<Config>,
@@ -36,7 +30,7 @@ pub struct Shared {
     pub clock: Arc<dyn Clock>,
     pub sessions: Sessions,
     pub signer: Signer,
-    pub egress_client: EgressClient,
+    pub egress_client: crate::egress::EgressClient,
     /// Set while a pass of session re-checks runs (see `signin::recheck_sessions`).
     pub rechecking: AtomicBool,
     /// Passes of session re-checks the upkeep has finished (tests wait on it).

@@ -492,6 +492,7 @@ impl Plugin for RequestReporter {
             version: "0.0.0".into(),
             description: "reports the request it is handed (tests only)".into(),
             capabilities: vec![Capability::BrowserLogin],
+            provisioning_path: None,
         }
     }
 

@@ -15,6 +15,7 @@ mod ngrok_client;
 mod oidc;
 mod oidc_attacks;
 mod plugins;
+mod provisioning;
 mod proxy;
 mod saml;
 mod saml_attacks;

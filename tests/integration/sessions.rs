@@ -396,10 +396,9 @@ async fn deactivating_a_user_ends_their_sessions_at_once_and_bars_new_sign_ins()
     let (alice, _) = login(&gw, "/", "alice", &[]).await;
     let (admin_page, _) = login(&gw, "/public/admin/", "alice", &[]).await;
     let (bob, _) = login(&gw, "/", "bob", &[]).await;
-    let mount = login_path(&gw).await.trim_end_matches("/login").to_string();
-    let set_active = |active: bool| format!("{mount}/set-active?email=alice@example.com&active={active}");
+    let set_active = |active: bool| test_plugin::set_active(&gw, "alice@example.com", active);
 
-    assert_eq!(get(&gw, &set_active(false), &[]).await.body, "active false");
+    assert_eq!(set_active(false).await.body, "active false");
     assert_eq!(with_session(&gw, "/", &alice).await.status, 303, "ended at once");
     assert_eq!(
         with_session(&gw, "/public/admin/", &admin_page).await.status,
@@ -416,7 +415,7 @@ async fn deactivating_a_user_ends_their_sessions_at_once_and_bars_new_sign_ins()
     assert!(refused.body.contains("Account disabled"), "{}", refused.body);
     assert!(set_cookie(&refused, COOKIE).is_none());
 
-    assert_eq!(get(&gw, &set_active(true), &[]).await.body, "active true");
+    assert_eq!(set_active(true).await.body, "active true");
     let (again, _) = login(&gw, "/", "alice", &[]).await;
     assert_eq!(with_session(&gw, "/", &again).await.status, 200);
     gw.stop().await;

@@ -1,11 +1,15 @@
 //! `testlogin`: a linked-in plugin for tests of what core does around any plugin. It logs in
 //! whoever `GET <mount>/login?user=U&return_to=R` names, with exactly that `return_to`, so the
-//! tests can hand core hostile return URLs; `<mount>/panic` panics; `<mount>/set-active?email=E&
-//! active=true|false` (de)activates a user through the host's user directory, as SCIM would.
+//! tests can hand core hostile return URLs; `<mount>/panic` panics; `<mount>/directory?email=E`
+//! tries the directory port from a sign-in call (which must refuse). It also provisions, on the
+//! console: `/testlogin/set-active?email=E&active=true|false` (with the API key,
+//! [`set_active`]) (de)activates a person through the host's directory port, as SCIM would;
+//! it tries the port for a refused caller too, and reports what the port answered.
 
+use crate::harness::{send, Reply, TestGateway};
 use portcullis_plugin_sdk::{
-    Capability, Host, HttpRequest, HttpResponse, Identity, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
-    PluginError, PluginInfo, Recheck,
+    Caller, Capability, Host, HttpRequest, HttpResponse, Identity, ModuleContext, ModulePlan, NewPerson, OptionError,
+    Outcome, PersonPatch, Plugin, PluginError, PluginInfo, ProvisioningRequest, Recheck,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,7 +45,8 @@ impl Plugin for TestLogin {
             name: "testlogin".into(),
             version: "0.0.0".into(),
             description: "logs anyone in (tests only)".into(),
-            capabilities: vec![Capability::BrowserLogin],
+            capabilities: vec![Capability::BrowserLogin, Capability::Provisioning],
+            provisioning_path: Some("/testlogin".into()),
         }
     }
 
@@ -102,16 +107,20 @@ impl Plugin for TestLogin {
                     .map_or("<none>".into(), |v| String::from_utf8_lossy(&v).into_owned()),
             );
         }
-        if request.path.ends_with("/set-active") {
-            let update = portcullis_plugin_sdk::UserUpdate {
-                email: param("email"),
-                name: None,
-                active: Some(param("active") == "true"),
-            };
-            return text(match host.upsert_user(update) {
-                Ok(user) => format!("active {}", user.active),
-                Err(e) => format!("refused: {e}"),
+        if request.path.ends_with("/directory") {
+            // A sign-in call may neither read nor write people.
+            let email = param("email");
+            let created = host.create_person(NewPerson {
+                email: email.clone(),
+                name: "From a sign-in".into(),
+                active: true,
+                external_id: None,
             });
+            return text(format!(
+                "lookup {:?}; create {:?}",
+                host.person_by_email(&email),
+                created
+            ));
         }
         if request.path.ends_with("/fetch") {
             let outbound = portcullis_plugin_sdk::OutboundRequest {
@@ -161,4 +170,53 @@ impl Plugin for TestLogin {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Ok(None)
     }
+
+    fn provision(&self, host: &dyn Host, provisioning: &ProvisioningRequest) -> Result<HttpResponse, PluginError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = |status: u16, body: String| {
+            Ok(HttpResponse {
+                status,
+                headers: vec![],
+                body: body.into_bytes(),
+            })
+        };
+        let request = &provisioning.request;
+        if request.path != "/testlogin/set-active" {
+            return answer(404, "no such provisioning call".into());
+        }
+        let query = request.query.clone().unwrap_or_default();
+        let param = |name: &str| query_param(&query, name).unwrap_or_default();
+        // Tried whoever the caller is: the port, not the plugin, must refuse a refused caller.
+        let outcome = match host.person_by_email(&param("email")) {
+            Ok(Some(person)) => host
+                .update_person(
+                    &person.id,
+                    PersonPatch {
+                        active: Some(param("active") == "true"),
+                        ..Default::default()
+                    },
+                )
+                .map(|person| format!("active {}", person.active)),
+            Ok(None) => Ok("no such person".into()),
+            Err(e) => Err(e),
+        };
+        match (&provisioning.caller, outcome) {
+            (Caller::Refused { status, reason }, outcome) => {
+                answer(*status, format!("refused: {reason}; directory: {outcome:?}"))
+            }
+            (Caller::ApiKey { .. }, Ok(text)) => answer(200, text),
+            (Caller::ApiKey { .. }, Err(e)) => answer(500, format!("refused: {e}")),
+        }
+    }
+}
+
+/// (De)activates the person with `email` through `testlogin`'s provisioning path on the
+/// console, with the gateway's API key.
+pub async fn set_active(gw: &TestGateway, email: &str, active: bool) -> Reply {
+    let url = format!(
+        "http://{}/testlogin/set-active?email={email}&active={active}",
+        gw.gateway.console_addr
+    );
+    let auth = format!("Bearer {}", gw.token);
+    send(http::Method::POST, &url, &[("authorization", &auth)], None).await
 }

@@ -130,28 +130,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .unwrap_or("")
         .trim_end_matches('/')
         .to_string();
-    let (limit, timeout) = {
-        let config = shared.config.load();
-        (config.api.max_body_bytes, config.api.body_read_timeout())
-    };
-    let declared_too_large = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > limit);
-    if declared_too_large {
-        return Err(ApiError::too_large(limit));
-    }
-    // The whole body within the timeout: a client that announces one and never sends it
-    // holds no connection open.
-    let body = match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(ApiError::too_large(limit))
-        }
-        Ok(Err(e)) => return Err(ApiError::bad_body(format!("could not read the body: {e}"))),
-        Err(_) => return Err(ApiError::body_timed_out(timeout)),
-    };
+    let body = read_body(shared, req).await?;
     let ctx = Ctx {
         shared,
         base_url,
@@ -172,8 +151,33 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     Ok(json_response(status, value))
 }
 
-/// The id of the API key the request authenticates with.
-fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<String, ApiError> {
+/// The request's body, at most `api.max_body_bytes` (413), arrived whole within
+/// `api.body_read_timeout_secs` (408): a client that announces a body and never sends it holds
+/// no connection open. Also the body limit of the console's provisioning paths.
+pub(crate) async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let (limit, timeout) = {
+        let config = shared.config.load();
+        (config.api.max_body_bytes, config.api.body_read_timeout())
+    };
+    let declared_too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > limit);
+    if declared_too_large {
+        return Err(ApiError::too_large(limit));
+    }
+    match tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::bad_body(format!("could not read the body: {e}"))),
+        Err(_) => Err(ApiError::body_timed_out(timeout)),
+    }
+}
+
+/// The id of the API key the request authenticates with (also the check of the console's
+/// provisioning paths).
+pub(crate) fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

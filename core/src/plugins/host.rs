@@ -1,95 +1,118 @@
-//! What the gateway gives a plugin ([`portcullis_plugin_sdk::Host`]): a key-value namespace
-//! per module with TTLs, the user directory, an HTTP client that follows no redirects and
-//! reaches only the module's allowed hosts, the gateway's clock, randomness and the log.
+//! What the gateway gives a plugin ([`portcullis_plugin_sdk::Host`]), over narrow ports: a
+//! key-value namespace per module with TTLs, the directory of people (only in a provisioning
+//! call by an authenticated caller: `accounts` behind it), an HTTP client that follows no
+//! redirects and reaches only the module's allowed hosts, the gateway's clock, randomness and
+//! the log. A `PluginHost` holds only these; it is made by [`super::Ports`].
 
-use crate::state::Shared;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use portcullis_plugin_sdk::{Host, HttpResponse, LogLevel, OutboundRequest, User, UserUpdate};
+use super::ports::PluginKvStore;
+use crate::accounts::{Accounts, AccountsError, User};
+use crate::clock::Clock;
+use crate::egress::ModuleEgress;
+use portcullis_plugin_sdk::{
+    DirectoryError, Host, HttpResponse, LogLevel, NewPerson, OutboundRequest, PeoplePage, Person, PersonPatch,
+};
 use rand::RngCore;
-use std::time::Duration;
+use std::sync::Arc;
 
-/// Largest response body a plugin's HTTP call reads.
-const MAX_EGRESS_BODY: usize = 2 * 1024 * 1024;
-/// Time limit of a plugin's HTTP call.
-const EGRESS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The host of one plugin call on one module.
-pub struct PluginHost<'a> {
-    pub shared: &'a Shared,
-    /// Plugin name and module id: keys of different modules never meet.
-    pub namespace: String,
-    pub plugin: &'a str,
-    pub egress_hosts: &'a [String],
-    pub runtime: tokio::runtime::Handle,
+/// The host of one plugin call.
+pub struct PluginHost {
+    /// The plugin's name, for the log.
+    pub(super) plugin: String,
+    pub(super) kv: Arc<dyn PluginKvStore>,
+    /// Plugin name and module id (or `provisioning`): keys of different modules never meet.
+    pub(super) namespace: String,
+    /// The directory port: only a provisioning call by an authenticated caller has it.
+    pub(super) directory: Option<Arc<Accounts>>,
+    pub(super) egress: ModuleEgress,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) runtime: tokio::runtime::Handle,
 }
 
-impl PluginHost<'_> {
+impl PluginHost {
     fn warn_store(&self, op: &str, e: crate::store::StoreError) {
-        tracing::error!(plugin = self.plugin, "plugin {op} failed: {e}");
+        tracing::error!(plugin = %self.plugin, "plugin {op} failed: {e}");
+    }
+
+    /// Runs a directory operation on `accounts`, when this call may reach the directory.
+    fn directory<T, F>(&self, op: impl FnOnce(Arc<Accounts>) -> F) -> Result<T, DirectoryError>
+    where
+        F: std::future::Future<Output = Result<T, AccountsError>>,
+    {
+        let accounts = self.directory.clone().ok_or(DirectoryError::NotAllowed)?;
+        // Plugin calls run on blocking threads, where waiting on the runtime is allowed.
+        self.runtime.block_on(op(accounts)).map_err(|e| match e {
+            AccountsError::EmailTaken { email } => DirectoryError::EmailTaken { email },
+            AccountsError::NotFound { id } => DirectoryError::NotFound { id },
+            AccountsError::Invalid { field, message } => DirectoryError::Invalid {
+                field: field.to_string(),
+                message,
+            },
+            AccountsError::Disabled => DirectoryError::Invalid {
+                field: "active".into(),
+                message: "the account is disabled".into(),
+            },
+            AccountsError::Store(e) => {
+                self.warn_store("directory call", e);
+                DirectoryError::Unavailable("the gateway's store failed".into())
+            }
+        })
     }
 }
 
-fn to_sdk_user(user: crate::model::AppUser) -> User {
-    User {
+fn person_of(user: User) -> Person {
+    Person {
         id: user.id,
         email: user.email,
         name: user.name,
         active: user.active,
+        external_id: user.external_id,
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+        last_login: user.last_login,
     }
 }
 
-impl Host for PluginHost<'_> {
+impl Host for PluginHost {
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        let now = self.shared.clock.now();
-        self.shared.store.kv_get(&self.namespace, key, now).unwrap_or_else(|e| {
+        let now = self.clock.now();
+        self.kv.kv_get(&self.namespace, key, now).unwrap_or_else(|e| {
             self.warn_store("kv_get", e);
             None
         })
     }
 
     fn kv_put(&self, key: &str, value: &[u8], ttl_secs: Option<u64>) {
-        let expires_at = ttl_secs.map(|ttl| {
-            self.shared
-                .clock
-                .now()
-                .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
-        });
-        if let Err(e) = self.shared.store.kv_put(&self.namespace, key, value, expires_at) {
+        let expires_at = ttl_secs.map(|ttl| self.clock.now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+        if let Err(e) = self.kv.kv_put(&self.namespace, key, value, expires_at) {
             self.warn_store("kv_put", e);
         }
     }
 
     fn kv_take(&self, key: &str) -> Option<Vec<u8>> {
-        let now = self.shared.clock.now();
-        self.shared
-            .store
-            .kv_take(&self.namespace, key, now)
-            .unwrap_or_else(|e| {
-                self.warn_store("kv_take", e);
-                None
-            })
+        let now = self.clock.now();
+        self.kv.kv_take(&self.namespace, key, now).unwrap_or_else(|e| {
+            self.warn_store("kv_take", e);
+            None
+        })
     }
 
     fn kv_delete(&self, key: &str) {
-        if let Err(e) = self.shared.store.kv_delete(&self.namespace, key) {
+        if let Err(e) = self.kv.kv_delete(&self.namespace, key) {
             self.warn_store("kv_delete", e);
         }
     }
 
     fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
-        self.shared
-            .store
+        self.kv
             .kv_get_or_insert(&self.namespace, key, value)
             .map_err(|e| self.warn_store("kv_get_or_insert", e))
             .ok()
     }
 
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
-        let now = self.shared.clock.now();
+        let now = self.clock.now();
         let expires_at = ttl_secs.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
-        self.shared
-            .store
+        self.kv
             .kv_incr(&self.namespace, key, now, expires_at)
             .unwrap_or_else(|e| {
                 self.warn_store("kv_incr", e);
@@ -97,112 +120,62 @@ impl Host for PluginHost<'_> {
             })
     }
 
-    fn find_user(&self, email: &str) -> Option<User> {
-        match self.shared.store.find_app_user_by_email(email) {
-            Ok(user) => user.map(to_sdk_user),
-            Err(e) => {
-                self.warn_store("find_user", e);
-                None
-            }
-        }
+    fn person(&self, id: &str) -> Result<Option<Person>, DirectoryError> {
+        self.directory(|accounts| async move { accounts.person(id).await })
+            .map(|user| user.map(person_of))
     }
 
-    fn upsert_user(&self, update: UserUpdate) -> Result<User, String> {
-        let store = &self.shared.store;
-        let now = self.shared.clock.now();
-        let mut user = match store.find_app_user_by_email(&update.email).map_err(|e| e.to_string())? {
-            Some(user) => user,
-            None => crate::model::AppUser {
-                id: crate::ids::new_id(crate::ids::APP_USER),
-                provider: self.plugin.to_string(),
-                subject: update.email.clone(),
-                email: update.email.clone(),
-                name: String::new(),
-                active: true,
-                created_at: now,
-                last_login: 0,
-            },
+    fn person_by_email(&self, email: &str) -> Result<Option<Person>, DirectoryError> {
+        self.directory(|accounts| async move { accounts.person_by_email(email).await })
+            .map(|user| user.map(person_of))
+    }
+
+    fn person_by_external_id(&self, external_id: &str) -> Result<Option<Person>, DirectoryError> {
+        self.directory(|accounts| async move { accounts.person_by_external_id(external_id).await })
+            .map(|user| user.map(person_of))
+    }
+
+    fn people(&self, after_id: Option<&str>, limit: usize) -> Result<PeoplePage, DirectoryError> {
+        self.directory(|accounts| async move { accounts.people(after_id, limit).await })
+            .map(|(users, more)| PeoplePage {
+                people: users.into_iter().map(person_of).collect(),
+                more,
+            })
+    }
+
+    fn create_person(&self, person: NewPerson) -> Result<Person, DirectoryError> {
+        let new = crate::accounts::NewPerson {
+            email: person.email,
+            name: person.name,
+            active: person.active,
+            external_id: person.external_id,
         };
-        if let Some(name) = update.name {
-            user.name = name;
-        }
-        if let Some(active) = update.active {
-            user.active = active;
-        }
-        store.put_app_user(&user).map_err(|e| e.to_string())?;
-        if !user.active {
-            // A deactivated user's sessions end at once.
-            let ended = self
-                .runtime
-                .block_on(self.shared.end_sessions_of(&user.id))
-                .map_err(|e| e.to_string())?;
-            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended, plugin = self.plugin, "user deactivated");
-        }
-        Ok(to_sdk_user(user))
+        self.directory(|accounts| async move { accounts.create_person(new).await })
+            .map(person_of)
+    }
+
+    fn update_person(&self, id: &str, patch: PersonPatch) -> Result<Person, DirectoryError> {
+        let patch = crate::accounts::PersonPatch {
+            email: patch.email,
+            name: patch.name,
+            active: patch.active,
+            external_id: patch.external_id,
+        };
+        self.directory(|accounts| async move { accounts.update_person(id, patch).await })
+            .map(person_of)
+    }
+
+    fn delete_person(&self, id: &str) -> Result<Option<Person>, DirectoryError> {
+        self.directory(|accounts| async move { accounts.delete_person(id).await })
+            .map(|user| user.map(person_of))
     }
 
     fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String> {
-        let uri: http::Uri = request
-            .url
-            .parse()
-            .map_err(|e| format!("bad URL {}: {e}", request.url))?;
-        let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
-            443
-        } else {
-            80
-        };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("URL {} has no host", request.url))?;
-        let hostport = format!(
-            "{}:{}",
-            authority.host().to_ascii_lowercase(),
-            authority.port_u16().unwrap_or(default_port)
-        );
-        if !self
-            .egress_hosts
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(&hostport))
-        {
-            return Err(format!("{hostport} is not among the hosts this module may reach"));
-        }
-        let mut builder = http::Request::builder().method(request.method.as_str()).uri(uri);
-        for (name, value) in &request.headers {
-            builder = builder.header(name, value);
-        }
-        let outbound = builder
-            .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| e.to_string())?;
-        let client = self.shared.egress_client.clone();
-        // Plugin calls run on blocking threads, where waiting on the runtime is allowed.
-        self.runtime.block_on(async move {
-            let response = tokio::time::timeout(EGRESS_TIMEOUT, client.request(outbound))
-                .await
-                .map_err(|_| format!("no answer within {EGRESS_TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            let headers = response
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let body = Limited::new(response.into_body(), MAX_EGRESS_BODY)
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes()
-                .to_vec();
-            Ok(HttpResponse { status, headers, body })
-        })
+        self.egress.send(&self.runtime, request)
     }
 
     fn now_unix(&self) -> i64 {
-        self.shared.clock.now()
+        self.clock.now()
     }
 
     fn random(&self, len: usize) -> Vec<u8> {
@@ -212,7 +185,7 @@ impl Host for PluginHost<'_> {
     }
 
     fn log(&self, level: LogLevel, message: &str) {
-        log_line(self.plugin, level, message);
+        log_line(&self.plugin, level, message);
     }
 }
 
@@ -264,17 +237,32 @@ impl Host for Detached {
     fn kv_incr(&self, _: &str, _: Option<u64>) -> u64 {
         u64::MAX
     }
-    fn find_user(&self, _: &str) -> Option<User> {
-        None
+    fn person(&self, _: &str) -> Result<Option<Person>, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
     }
-    fn upsert_user(&self, _: UserUpdate) -> Result<User, String> {
-        Err("no user directory before the gateway runs".into())
+    fn person_by_email(&self, _: &str) -> Result<Option<Person>, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
+    }
+    fn person_by_external_id(&self, _: &str) -> Result<Option<Person>, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
+    }
+    fn people(&self, _: Option<&str>, _: usize) -> Result<PeoplePage, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
+    }
+    fn create_person(&self, _: NewPerson) -> Result<Person, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
+    }
+    fn update_person(&self, _: &str, _: PersonPatch) -> Result<Person, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
+    }
+    fn delete_person(&self, _: &str) -> Result<Option<Person>, DirectoryError> {
+        Err(DirectoryError::NotAllowed)
     }
     fn http(&self, _: OutboundRequest) -> Result<HttpResponse, String> {
         Err("no HTTP before the gateway runs".into())
     }
     fn now_unix(&self) -> i64 {
-        crate::model::now_unix()
+        crate::clock::SystemClock.now()
     }
     fn random(&self, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];

@@ -5,12 +5,14 @@
 
 mod dynamic;
 pub mod host;
+mod ports;
 
 pub use dynamic::file_sha256;
+pub use ports::{PluginKvStore, Ports};
 
 use dynamic::DynamicPlugin;
 use portcullis_plugin_sdk::abi::panic_message;
-use portcullis_plugin_sdk::{dispatch, Call, Host, Outcome, Plugin, PluginError, PluginInfo};
+use portcullis_plugin_sdk::{dispatch, Call, Capability, Host, Outcome, Plugin, PluginError, PluginInfo};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -64,6 +66,42 @@ pub struct Registry {
     plugins: BTreeMap<String, Arc<Registered>>,
 }
 
+/// The paths the console listener serves itself; no provisioning path may be one of them, nor
+/// above or below one.
+pub const CONSOLE_PATHS: [&str; 4] = [crate::api::PREFIX, "/healthz", "/readyz", "/metrics"];
+
+/// Whether `path` is `mount` or lies below it (segment-wise: `/scim/v2x` is not below `/scim/v2`).
+fn under(path: &str, mount: &str) -> bool {
+    path.strip_prefix(mount)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether one of two paths is the other or lies below it.
+fn overlaps(a: &str, b: &str) -> bool {
+    under(a, b) || under(b, a)
+}
+
+/// A provisioning path: `/` and one or more segments of ASCII letters, digits, `-`, `_` and `.`
+/// (not `.` or `..`), no trailing `/`.
+fn check_provisioning_path(path: &str) -> Result<(), &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("must begin with `/`");
+    };
+    let segment_ok = |segment: &str| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if rest.split('/').all(segment_ok) {
+        Ok(())
+    } else {
+        Err("must be `/` and segments of letters, digits, `-`, `_` and `.`, with no empty, `.` or `..` segment and no trailing `/`")
+    }
+}
+
 /// The plugins linked into this binary. SCIM registers here when it arrives.
 pub fn builtins() -> Vec<Arc<dyn Plugin>> {
     vec![
@@ -84,7 +122,52 @@ impl Registry {
                 .load_library(library)
                 .map_err(|e| format!("plugin[{i}]: {e}"))?;
         }
+        registry.check_provisioning_paths()?;
         Ok(registry)
+    }
+
+    /// Every provisioning plugin names a well-formed path of its own on the console listener,
+    /// apart from the console's own paths and from each other's (neither above nor below).
+    fn check_provisioning_paths(&self) -> Result<(), String> {
+        let mut claimed: Vec<(&str, String)> = CONSOLE_PATHS.iter().map(|p| (*p, "the console".to_string())).collect();
+        for plugin in self.plugins.values() {
+            let name = &plugin.info.name;
+            let provisions = plugin.info.capabilities.contains(&Capability::Provisioning);
+            let path = match (&plugin.info.provisioning_path, provisions) {
+                (None, false) => continue,
+                (None, true) => {
+                    return Err(format!(
+                        "plugin `{name}` declares the Provisioning capability but no provisioning_path"
+                    ))
+                }
+                (Some(path), false) => {
+                    return Err(format!(
+                        "plugin `{name}` names the provisioning_path `{path}` but does not declare the Provisioning capability"
+                    ))
+                }
+                (Some(path), true) => path.as_str(),
+            };
+            check_provisioning_path(path).map_err(|e| format!("plugin `{name}`: provisioning_path `{path}` {e}"))?;
+            if let Some((taken, owner)) = claimed.iter().find(|(taken, _)| overlaps(taken, path)) {
+                return Err(format!(
+                    "plugin `{name}`: provisioning_path `{path}` collides with `{taken}`, served by {owner}; each provisioning path must be apart from the others"
+                ));
+            }
+            claimed.push((path, format!("the plugin `{name}`")));
+        }
+        Ok(())
+    }
+
+    /// The provisioning plugin whose path is `path` or lies above it.
+    pub fn provisioning_plugin(&self, path: &str) -> Option<&Arc<Registered>> {
+        self.plugins.values().find(|plugin| {
+            plugin.info.capabilities.contains(&Capability::Provisioning)
+                && plugin
+                    .info
+                    .provisioning_path
+                    .as_deref()
+                    .is_some_and(|mount| under(path, mount))
+        })
     }
 
     /// Registers a linked-in plugin under its own name.
@@ -151,5 +234,112 @@ impl Registry {
     /// Every plugin, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Registered>> {
         self.plugins.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_provisioning_path, overlaps, Registry};
+    use portcullis_plugin_sdk::{
+        Capability, Host, HttpRequest, HttpResponse, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
+        PluginError, PluginInfo,
+    };
+    use std::sync::Arc;
+
+    struct Provisioner {
+        name: &'static str,
+        path: Option<&'static str>,
+        capability: bool,
+    }
+
+    impl Plugin for Provisioner {
+        fn info(&self) -> PluginInfo {
+            PluginInfo {
+                name: self.name.into(),
+                version: "0".into(),
+                description: "a provisioning path".into(),
+                capabilities: if self.capability {
+                    vec![Capability::Provisioning]
+                } else {
+                    vec![]
+                },
+                provisioning_path: self.path.map(str::to_string),
+            }
+        }
+        fn validate_options(&self, _: &serde_json::Value) -> Result<ModulePlan, Vec<OptionError>> {
+            Ok(ModulePlan::default())
+        }
+        fn start_login(
+            &self,
+            _: &dyn Host,
+            _: &ModuleContext,
+            _: &str,
+            _: &HttpRequest,
+        ) -> Result<HttpResponse, PluginError> {
+            Err(PluginError::Internal("no sign-in".into()))
+        }
+        fn handle(&self, _: &dyn Host, _: &ModuleContext, _: &HttpRequest) -> Result<Outcome, PluginError> {
+            Err(PluginError::Internal("no sign-in".into()))
+        }
+    }
+
+    fn load(plugins: &[(&'static str, Option<&'static str>, bool)]) -> Result<Registry, String> {
+        let extra = plugins
+            .iter()
+            .map(|&(name, path, capability)| Arc::new(Provisioner { name, path, capability }) as Arc<dyn Plugin>)
+            .collect();
+        Registry::load(&[], extra)
+    }
+
+    #[test]
+    fn provisioning_paths_are_checked_at_load() {
+        assert!(check_provisioning_path("/scim/v2").is_ok());
+        for bad in [
+            "",
+            "scim",
+            "/",
+            "/scim/",
+            "/scim//v2",
+            "/scim/../api",
+            "/sc im",
+            "/scim/%2e",
+        ] {
+            assert!(check_provisioning_path(bad).is_err(), "{bad}");
+        }
+        assert!(overlaps("/api", "/api/scim") && overlaps("/api/scim", "/api") && overlaps("/a", "/a"));
+        assert!(!overlaps("/apis", "/api") && !overlaps("/scim/v2", "/scim/v3"));
+
+        let registry = load(&[("scim", Some("/scim/v2"), true), ("other", Some("/scim/v3"), true)]).unwrap();
+        assert_eq!(
+            registry.provisioning_plugin("/scim/v2/Users/1").unwrap().info.name,
+            "scim"
+        );
+        assert_eq!(registry.provisioning_plugin("/scim/v2").unwrap().info.name, "scim");
+        assert!(registry.provisioning_plugin("/scim/v2x").is_none());
+        assert!(registry.provisioning_plugin("/scim").is_none());
+
+        for (plugins, expected) in [
+            (
+                vec![("scim", Some("/api"), true)],
+                "collides with `/api`, served by the console",
+            ),
+            (vec![("scim", Some("/api/scim"), true)], "collides with `/api`"),
+            (vec![("scim", Some("/metrics"), true)], "collides with `/metrics`"),
+            (vec![("scim", Some("/healthz/x"), true)], "collides with `/healthz`"),
+            (vec![("scim", Some("/readyz"), true)], "collides with `/readyz`"),
+            (
+                vec![("a", Some("/scim"), true), ("b", Some("/scim/v2"), true)],
+                "collides with `/scim`, served by the plugin `a`",
+            ),
+            (vec![("scim", Some("scim"), true)], "must begin with `/`"),
+            (vec![("scim", None, true)], "no provisioning_path"),
+            (
+                vec![("scim", Some("/scim"), false)],
+                "does not declare the Provisioning capability",
+            ),
+        ] {
+            let error = load(&plugins).err().unwrap();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::cookies::{cookie_crumbs, crumb_name, is_token};
 use crate::pages::{error_page, full, Body};
-use crate::plugins::host::PluginHost;
+use crate::plugins::Ports;
 use crate::plugins::Registered;
 use crate::routing::{AuthTarget, RouteTable};
 use crate::state::Shared;
@@ -82,22 +82,16 @@ pub async fn call_plugin(
     route_id: &str,
     call: Call,
 ) -> Result<Outcome, PluginError> {
-    let (shared, plugin) = (shared.clone(), plugin.clone());
-    let namespace = format!("{}/{route_id}", auth.module.plugin);
-    let egress = auth.module.egress_hosts.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let host = PluginHost {
-            shared: &shared,
-            namespace,
-            plugin: &plugin.info.name,
-            egress_hosts: &egress,
-            runtime,
-        };
-        plugin.call(&host, call)
-    })
-    .await
-    .unwrap_or_else(|e| Err(PluginError::Internal(format!("plugin call did not finish: {e}"))))
+    let host = Ports::from_shared(shared).module_host(
+        &auth.module.plugin,
+        route_id,
+        &auth.module.egress_hosts,
+        tokio::runtime::Handle::current(),
+    );
+    let plugin = plugin.clone();
+    tokio::task::spawn_blocking(move || plugin.call(&host, call))
+        .await
+        .unwrap_or_else(|e| Err(PluginError::Internal(format!("plugin call did not finish: {e}"))))
 }
 
 /// The page for a failed plugin call; internal details go only to the log.

@@ -213,6 +213,7 @@ impl Plugin for Htpasswd {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "login form against bcrypt hashes from an htpasswd file or the module's options".into(),
             capabilities: vec![Capability::BrowserLogin],
+            provisioning_path: None,
         }
     }
 

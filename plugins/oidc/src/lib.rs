@@ -73,6 +73,7 @@ impl Plugin for Oidc {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "OpenID Connect relying party: sign-in with an OpenID Provider (code flow, PKCE)".into(),
             capabilities: vec![Capability::BrowserLogin],
+            provisioning_path: None,
         }
     }
 

@@ -350,6 +350,7 @@ impl Plugin for Saml {
             version: env!("CARGO_PKG_VERSION").into(),
             description: "SAML 2.0 service provider: single sign-on with an identity provider's metadata".into(),
             capabilities: vec![Capability::BrowserLogin],
+            provisioning_path: None,
         }
     }
 

@@ -11,7 +11,10 @@
 //! Plugin authors do not use this module directly: [`crate::export_plugin!`] writes it all.
 #![allow(unsafe_code)]
 
-use crate::{dispatch, Call, Host, HostCall, HostReply, Outcome, Plugin, PluginError};
+use crate::{
+    dispatch, Call, DirectoryError, Host, HostCall, HostReply, NewPerson, Outcome, PeoplePage, Person, PersonPatch,
+    Plugin, PluginError,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -234,17 +237,34 @@ impl Host for RemoteHost<'_> {
             _ => u64::MAX,
         }
     }
-    fn find_user(&self, email: &str) -> Option<crate::User> {
-        match self.call(HostCall::FindUser { email: email.into() }) {
-            HostReply::User(user) => user,
-            _ => None,
+    fn person(&self, id: &str) -> Result<Option<Person>, DirectoryError> {
+        found(self.call(HostCall::Person { id: id.into() }))
+    }
+    fn person_by_email(&self, email: &str) -> Result<Option<Person>, DirectoryError> {
+        found(self.call(HostCall::PersonByEmail { email: email.into() }))
+    }
+    fn person_by_external_id(&self, external_id: &str) -> Result<Option<Person>, DirectoryError> {
+        found(self.call(HostCall::PersonByExternalId {
+            external_id: external_id.into(),
+        }))
+    }
+    fn people(&self, after_id: Option<&str>, limit: usize) -> Result<PeoplePage, DirectoryError> {
+        match self.call(HostCall::People {
+            after_id: after_id.map(str::to_string),
+            limit,
+        }) {
+            HostReply::People(result) => result,
+            other => Err(unexpected(other)),
         }
     }
-    fn upsert_user(&self, user: crate::UserUpdate) -> Result<crate::User, String> {
-        match self.call(HostCall::UpsertUser(user)) {
-            HostReply::UserResult(result) => result,
-            other => Err(format!("unexpected host reply {other:?}")),
-        }
+    fn create_person(&self, person: NewPerson) -> Result<Person, DirectoryError> {
+        written(self.call(HostCall::CreatePerson(person)))
+    }
+    fn update_person(&self, id: &str, patch: PersonPatch) -> Result<Person, DirectoryError> {
+        written(self.call(HostCall::UpdatePerson { id: id.into(), patch }))
+    }
+    fn delete_person(&self, id: &str) -> Result<Option<Person>, DirectoryError> {
+        found(self.call(HostCall::DeletePerson { id: id.into() }))
     }
     fn http(&self, request: crate::OutboundRequest) -> Result<crate::HttpResponse, String> {
         match self.call(HostCall::Http(request)) {
@@ -272,6 +292,26 @@ impl Host for RemoteHost<'_> {
             message: message.into(),
         });
     }
+}
+
+/// A directory lookup's (or deletion's) answer.
+fn found(reply: HostReply) -> Result<Option<Person>, DirectoryError> {
+    match reply {
+        HostReply::PersonFound(result) => result,
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A directory write's answer.
+fn written(reply: HostReply) -> Result<Person, DirectoryError> {
+    match reply {
+        HostReply::PersonWritten(result) => result,
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(reply: HostReply) -> DirectoryError {
+    DirectoryError::Unavailable(format!("unexpected host reply {reply:?}"))
 }
 
 /// Exports a plugin from a `cdylib`: `export_plugin!(MyPlugin::new());`.

@@ -6,8 +6,9 @@
 //!   the gateway and called directly; a dynamic library wraps its plugin with
 //!   [`export_plugin!`], which exports one `extern "C"` entry point.
 //! - [`Host`] is everything a plugin may touch outside itself: a key-value store namespaced to
-//!   the plugin, the user directory, an HTTP client run by the gateway, a clock, randomness and
-//!   logging. Plugins never open sockets or the database themselves.
+//!   the plugin, the directory of people (only in a provisioning call by an authenticated
+//!   caller), an HTTP client run by the gateway, a clock, randomness and logging. Plugins never
+//!   open sockets or the database themselves.
 //! - Across the C ABI ([`abi`]) only bytes travel: bincode-encoded [`Call`]/[`Outcome`] and
 //!   [`HostCall`]/[`HostReply`] messages, plus a function to free buffers the other side
 //!   allocated. The ABI version is checked before anything else.
@@ -30,7 +31,7 @@ pub use options::{escape, option_error, read_options};
 
 /// The ABI and message-format version of this SDK. A library built against another version
 /// is refused at load.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// A protocol plugin. Every method has the `&dyn Host` it may use for state and I/O.
 ///
@@ -45,6 +46,11 @@ pub const ABI_VERSION: u32 = 3;
 ///
 /// [`Plugin::describe_module`] adds a module's read-only outputs (URLs to register at the
 /// identity provider, certificates) to what the API shows of it.
+///
+/// A [`Capability::Provisioning`] plugin (SCIM) names a [`PluginInfo::provisioning_path`]; the
+/// console listener hands it every request under that path with [`Plugin::provision`], after
+/// checking the caller the way the management API does. Protocol parsing lives in the plugin;
+/// every rule about people stays in the gateway, behind the directory port of [`Host`].
 pub trait Plugin: Send + Sync {
     /// Name, version and capabilities.
     fn info(&self) -> PluginInfo;
@@ -94,6 +100,19 @@ pub trait Plugin: Send + Sync {
         let _ = (host, module, identity);
         Ok(None)
     }
+
+    /// Answers a request under the plugin's [`PluginInfo::provisioning_path`] on the console
+    /// listener. The gateway has checked the caller: [`Caller::ApiKey`] when the address is in
+    /// `api.allow_cidrs` and the request carries a valid management API key (only then does
+    /// the directory port of `host` answer), else [`Caller::Refused`], which the plugin renders
+    /// in its protocol's error shape with the status given. The response is sent as it is.
+    fn provision(&self, host: &dyn Host, request: &ProvisioningRequest) -> Result<HttpResponse, PluginError> {
+        let _ = (host, request);
+        Err(PluginError::Internal(format!(
+            "the plugin `{}` does not provision",
+            self.info().name
+        )))
+    }
 }
 
 /// Runs one [`Call`] against a plugin: the single entry point both the in-process and the
@@ -122,6 +141,7 @@ pub fn dispatch(plugin: &dyn Plugin, host: &dyn Host, call: Call) -> Result<Outc
         Call::DescribeModule { module } => plugin.describe_module(host, &module).map(|outputs| Outcome::Described {
             outputs_json: outputs.to_string(),
         }),
+        Call::Provision(request) => plugin.provision(host, &request).map(Outcome::Respond),
     }
 }
 
@@ -142,10 +162,22 @@ pub trait Host {
     /// Adds one to a counter atomically and returns the new count; a new or expired counter
     /// starts at 1 and expires `ttl_secs` later (for rate limits and lockouts).
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64;
-    /// Finds a user of the directory by email.
-    fn find_user(&self, email: &str) -> Option<User>;
-    /// Creates or updates a user of the directory (keyed by email) and returns it.
-    fn upsert_user(&self, user: UserUpdate) -> Result<User, String>;
+    /// The person with this id. The directory calls answer [`DirectoryError::NotAllowed`]
+    /// outside a [`Plugin::provision`] call whose caller is [`Caller::ApiKey`].
+    fn person(&self, id: &str) -> Result<Option<Person>, DirectoryError>;
+    /// The person with this email address (compared trimmed and in lower case).
+    fn person_by_email(&self, email: &str) -> Result<Option<Person>, DirectoryError>;
+    /// The person with this external id.
+    fn person_by_external_id(&self, external_id: &str) -> Result<Option<Person>, DirectoryError>;
+    /// Up to `limit` people after `after_id`, in ascending id order (stable paging).
+    fn people(&self, after_id: Option<&str>, limit: usize) -> Result<PeoplePage, DirectoryError>;
+    /// Creates a person; [`DirectoryError::EmailTaken`] when another has the address.
+    fn create_person(&self, person: NewPerson) -> Result<Person, DirectoryError>;
+    /// Changes a person; deactivation (`active: Some(false)`) ends every session of theirs
+    /// before it returns.
+    fn update_person(&self, id: &str, patch: PersonPatch) -> Result<Person, DirectoryError>;
+    /// Ends the person's sessions, then deletes them; `None` when no person has this id.
+    fn delete_person(&self, id: &str) -> Result<Option<Person>, DirectoryError>;
     /// Sends an HTTP request through the gateway's client: timeouts, no redirects followed,
     /// only the hosts the module's options allow.
     fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String>;
@@ -172,8 +204,15 @@ pub fn serve_host_call(host: &dyn Host, call: HostCall) -> HostReply {
         }
         HostCall::KvGetOrInsert { key, value } => HostReply::Bytes(host.kv_get_or_insert(&key, &value)),
         HostCall::KvIncr { key, ttl_secs } => HostReply::Count(host.kv_incr(&key, ttl_secs)),
-        HostCall::FindUser { email } => HostReply::User(host.find_user(&email)),
-        HostCall::UpsertUser(update) => HostReply::UserResult(host.upsert_user(update)),
+        HostCall::Person { id } => HostReply::PersonFound(host.person(&id)),
+        HostCall::PersonByEmail { email } => HostReply::PersonFound(host.person_by_email(&email)),
+        HostCall::PersonByExternalId { external_id } => {
+            HostReply::PersonFound(host.person_by_external_id(&external_id))
+        }
+        HostCall::People { after_id, limit } => HostReply::People(host.people(after_id.as_deref(), limit)),
+        HostCall::CreatePerson(person) => HostReply::PersonWritten(host.create_person(person)),
+        HostCall::UpdatePerson { id, patch } => HostReply::PersonWritten(host.update_person(&id, patch)),
+        HostCall::DeletePerson { id } => HostReply::PersonFound(host.delete_person(&id)),
         HostCall::Http(request) => HostReply::Http(host.http(request)),
         HostCall::Now => HostReply::Now(host.now_unix()),
         HostCall::Random { len } => HostReply::Bytes(Some(host.random(len))),

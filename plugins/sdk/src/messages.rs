@@ -15,6 +15,12 @@ pub struct PluginInfo {
     pub description: String,
     /// What it can be used for.
     pub capabilities: Vec<Capability>,
+    /// For a [`Capability::Provisioning`] plugin: the path the console listener serves it
+    /// under (e.g. SCIM's `/scim/v2`), it and everything below it. Checked at load: one or more
+    /// segments of letters, digits, `-`, `_` and `.`, never `/api`, `/healthz`, `/readyz`,
+    /// `/metrics` or another plugin's path, nor above or below one of them. `None` for a
+    /// plugin that does not provision.
+    pub provisioning_path: Option<String>,
 }
 
 /// A kind of work a plugin does.
@@ -291,6 +297,8 @@ pub enum Call {
         /// The identity of the session being ended.
         identity: Identity,
     },
+    /// [`crate::Plugin::provision`]; answered with [`Outcome::Respond`].
+    Provision(ProvisioningRequest),
 }
 
 /// A plugin's answer to a [`Call`].
@@ -364,28 +372,134 @@ impl std::fmt::Display for PluginError {
 
 impl std::error::Error for PluginError {}
 
-/// A user of the gateway's directory.
+/// A person of the gateway's directory, as the directory port ([`crate::Host::person`] and
+/// the calls beside it) shows one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct User {
-    /// The directory's id for the user.
+pub struct Person {
+    /// The directory's id for the person.
     pub id: String,
-    /// Email, the user's key.
+    /// Email address (unique in the directory, compared trimmed and in lower case).
     pub email: String,
     /// Display name.
     pub name: String,
-    /// Whether the user may log in.
+    /// Whether the person may sign in; deactivating one ends their sessions at once.
     pub active: bool,
+    /// The provisioning client's own id for the person (SCIM's `externalId`).
+    pub external_id: Option<String>,
+    /// When the person was created, in seconds since the Unix epoch.
+    pub created_at: i64,
+    /// When the person last changed, in seconds since the Unix epoch.
+    pub updated_at: i64,
+    /// When the person last signed in (0: never), in seconds since the Unix epoch.
+    pub last_login: i64,
 }
 
-/// Fields to create or update a user with.
+/// A person to create ([`crate::Host::create_person`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserUpdate {
-    /// Email, the user's key.
+pub struct NewPerson {
+    /// Email address; another person's (compared trimmed and in lower case) is refused.
     pub email: String,
     /// Display name.
+    pub name: String,
+    /// Whether the person may sign in.
+    pub active: bool,
+    /// The provisioning client's own id for the person.
+    pub external_id: Option<String>,
+}
+
+/// Changes to a person ([`crate::Host::update_person`]); `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonPatch {
+    /// A new email address.
+    pub email: Option<String>,
+    /// A new display name.
     pub name: Option<String>,
-    /// Whether the user may log in.
+    /// Activates or deactivates the person; deactivation ends their sessions before the call
+    /// returns.
     pub active: Option<bool>,
+    /// A new external id (`Some(None)` removes it).
+    pub external_id: Option<Option<String>>,
+}
+
+/// A page of the directory in ascending id order ([`crate::Host::people`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeoplePage {
+    /// Up to the asked number of people.
+    pub people: Vec<Person>,
+    /// Whether more people follow the last one.
+    pub more: bool,
+}
+
+/// Why the directory refused a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryError {
+    /// Another person has this email address.
+    EmailTaken {
+        /// The address asked for.
+        email: String,
+    },
+    /// No person has this id.
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// A field's value is not allowed.
+    Invalid {
+        /// The field (`email`, `name`, `external_id`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The directory answers only a provisioning call ([`crate::Plugin::provision`]) whose
+    /// caller authenticated ([`Caller::ApiKey`]): sign-in calls never read or write people.
+    NotAllowed,
+    /// The directory could not be reached or failed; the message is for the log.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for DirectoryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirectoryError::EmailTaken { email } => write!(f, "another person has the email address {email}"),
+            DirectoryError::NotFound { id } => write!(f, "no person has the id {id}"),
+            DirectoryError::Invalid { field, message } => write!(f, "{field}: {message}"),
+            DirectoryError::NotAllowed => {
+                f.write_str("the directory answers only provisioning calls by an authenticated caller")
+            }
+            DirectoryError::Unavailable(message) => write!(f, "the directory is unavailable: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for DirectoryError {}
+
+/// Who sent a provisioning request, as the gateway established it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Caller {
+    /// The request came from an allowed address with a valid management API key (its id).
+    ApiKey {
+        /// The API key's id (`ak_...`), for the plugin's own audit lines.
+        id: String,
+    },
+    /// The gateway refused the request (an address outside `api.allow_cidrs`, no or a wrong
+    /// API key, a body too large or too slow): the plugin answers with `status` in its
+    /// protocol's error shape. The directory port answers [`DirectoryError::NotAllowed`].
+    Refused {
+        /// The HTTP status to answer with (401, 403, 408, 413, 400).
+        status: u16,
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+/// A request under a plugin's provisioning path ([`crate::Plugin::provision`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvisioningRequest {
+    /// The request as received (its whole path; the `authorization` header removed, and an
+    /// empty body when the caller was refused).
+    pub request: HttpRequest,
+    /// Who sent it.
+    pub caller: Caller,
 }
 
 /// An HTTP request a plugin asks the gateway to send.
@@ -440,10 +554,27 @@ pub enum HostCall {
         key: String,
         value: Vec<u8>,
     },
-    FindUser {
+    Person {
+        id: String,
+    },
+    PersonByEmail {
         email: String,
     },
-    UpsertUser(UserUpdate),
+    PersonByExternalId {
+        external_id: String,
+    },
+    People {
+        after_id: Option<String>,
+        limit: usize,
+    },
+    CreatePerson(NewPerson),
+    UpdatePerson {
+        id: String,
+        patch: PersonPatch,
+    },
+    DeletePerson {
+        id: String,
+    },
     Http(OutboundRequest),
     Now,
     Random {
@@ -461,8 +592,12 @@ pub enum HostCall {
 pub enum HostReply {
     Done,
     Bytes(Option<Vec<u8>>),
-    User(Option<User>),
-    UserResult(Result<User, String>),
+    /// Answer to the directory lookups and to `DeletePerson` (the person deleted).
+    PersonFound(Result<Option<Person>, DirectoryError>),
+    /// Answer to `CreatePerson` and `UpdatePerson`.
+    PersonWritten(Result<Person, DirectoryError>),
+    /// Answer to `People`.
+    People(Result<PeoplePage, DirectoryError>),
     Http(Result<HttpResponse, String>),
     Now(i64),
     Count(u64),

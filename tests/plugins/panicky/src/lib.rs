@@ -14,6 +14,7 @@ impl Plugin for Panicky {
             version: "0.0.0".into(),
             description: "panics on purpose (test fixture)".into(),
             capabilities: vec![Capability::BrowserLogin],
+            provisioning_path: None,
         }
     }
 

@@ -1,0 +1,152 @@
+//! The console's provisioning paths: a request under a provisioning plugin's
+//! `provisioning_path` is checked the way the management API checks its requests (the client
+//! address in `api.allow_cidrs`, the Bearer API key, the body within `api.max_body_bytes` and
+//! `api.body_read_timeout_secs`), then handed to `Plugin::provision` on a blocking thread with
+//! the caller it turned out to be; the plugin's response is the answer. A refused caller still
+//! reaches the plugin (as `Caller::Refused`, with no body), so the refusal comes in the
+//! plugin's protocol's error shape; only an authenticated caller's call reaches the directory.
+
+use crate::pages::{full, Body};
+use crate::plugins::{Ports, Registered};
+use crate::state::Shared;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use portcullis_plugin_sdk::{Call, Caller, HttpRequest, HttpResponse, Outcome, PluginError, ProvisioningRequest};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves one request under `plugin`'s provisioning path.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    plugin: Arc<Registered>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let request_id = crate::ids::new_request_id();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    // The API key is for the gateway: the plugin is told whose it is, never handed it.
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (caller, body) = match admit(shared, req, peer).await {
+        Ok((api_key, body)) => (Caller::ApiKey { id: api_key }, body),
+        Err(refusal) => (
+            Caller::Refused {
+                status: refusal.status.as_u16(),
+                reason: refusal.msg,
+            },
+            Bytes::new(),
+        ),
+    };
+    // The rest of a body that did not come in time is not waited for.
+    let unread_body = matches!(caller, Caller::Refused { status: 408, .. });
+    let request = ProvisioningRequest {
+        request: HttpRequest {
+            method: method.clone(),
+            path: path.clone(),
+            query,
+            headers,
+            body: body.to_vec(),
+            remote_addr: peer.ip().to_string(),
+        },
+        caller: caller.clone(),
+    };
+    let host =
+        Ports::from_shared(shared).provisioning_host(&plugin.info.name, &caller, tokio::runtime::Handle::current());
+    let name = plugin.info.name.clone();
+    let outcome = tokio::task::spawn_blocking(move || plugin.call(&host, Call::Provision(request)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(PluginError::Internal(format!(
+                "the provisioning call did not finish: {e}"
+            )))
+        });
+    let mut response = match outcome {
+        Ok(Outcome::Respond(answer)) => from_plugin(answer),
+        Ok(other) => failure(
+            PluginError::Internal(format!("provision answered {other:?}")),
+            &name,
+            &request_id,
+        ),
+        Err(e) => failure(e, &name, &request_id),
+    };
+    if unread_body {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = response.status().as_u16();
+    match &caller {
+        Caller::ApiKey { id } if method != "GET" => {
+            tracing::info!(target: "portcullis::audit", request_id, event = "provisioning", api_key = %id, plugin = %name, method, path, status, "provisioning request");
+        }
+        Caller::Refused { reason, .. } => {
+            tracing::info!(request_id, plugin = %name, method, path, status, "provisioning request refused: {reason}");
+        }
+        Caller::ApiKey { .. } => {}
+    }
+    tracing::info!(target: "portcullis::access", request_id, method, path, status, plugin = %name, "provisioning request");
+    response
+}
+
+/// The API key id and the body of a request the management API would accept, or why not:
+/// the address first, then the key, then the body.
+async fn admit(
+    shared: &Shared,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<(String, Bytes), crate::api::ApiError> {
+    if !shared.config.load().api.allows(peer.ip()) {
+        return Err(crate::api::ApiError::address_not_allowed(peer.ip()));
+    }
+    let api_key = crate::api::authenticate(shared, req.headers())?;
+    let body = crate::api::read_body(shared, req).await?;
+    Ok((api_key, body))
+}
+
+fn from_plugin(answer: HttpResponse) -> Response<Body> {
+    let mut response = Response::new(full(answer.body));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in answer.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// The answer when the plugin failed: a plain-text status line with the request id (details
+/// only in the log).
+fn failure(error: PluginError, plugin: &str, request_id: &str) -> Response<Body> {
+    let status = match &error {
+        PluginError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        PluginError::Forbidden(_) => StatusCode::FORBIDDEN,
+        PluginError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        PluginError::Internal(_) | PluginError::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let text = match error {
+        PluginError::BadRequest(message) | PluginError::Forbidden(message) => message,
+        other => {
+            tracing::error!(request_id, plugin, "provisioning plugin failed: {other}");
+            "the provisioning plugin failed".to_string()
+        }
+    };
+    let mut response = Response::new(full(format!("{text} (request id {request_id})\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
