@@ -41,8 +41,8 @@ impl ModuleEgress {
     }
 
     /// Sends `request` when its destination is allowed, waiting on `runtime` (call it from a
-    /// blocking thread): no redirect followed, [`EGRESS_TIMEOUT`], at most [`MAX_EGRESS_BODY`]
-    /// bytes of answer.
+    /// blocking thread): no redirect followed, [`EGRESS_TIMEOUT`] for the whole answer (head and
+    /// body), at most [`MAX_EGRESS_BODY`] bytes of answer.
     pub fn send(&self, runtime: &tokio::runtime::Handle, request: OutboundRequest) -> Result<HttpResponse, String> {
         let uri: http::Uri = request
             .url
@@ -76,12 +76,10 @@ impl ModuleEgress {
             .body(Full::new(Bytes::from(request.body)))
             .map_err(|e| e.to_string())?;
         let client = self.client.clone();
-        // Plugin calls run on blocking threads, where waiting on the runtime is allowed.
-        runtime.block_on(async move {
-            let response = tokio::time::timeout(EGRESS_TIMEOUT, client.request(outbound))
-                .await
-                .map_err(|_| format!("no answer within {EGRESS_TIMEOUT:?}"))?
-                .map_err(|e| e.to_string())?;
+        // The limit counts the whole answer, its body too: a provider that sends the head and
+        // then stalls holds the call (a thread of the small blocking pool) no longer.
+        let exchange = async move {
+            let response = client.request(outbound).await.map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
@@ -100,6 +98,12 @@ impl ModuleEgress {
                 .to_bytes()
                 .to_vec();
             Ok(HttpResponse { status, headers, body })
+        };
+        // Plugin calls run on blocking threads, where waiting on the runtime is allowed.
+        runtime.block_on(async move {
+            tokio::time::timeout(EGRESS_TIMEOUT, exchange)
+                .await
+                .map_err(|_| format!("no answer within {EGRESS_TIMEOUT:?}"))?
         })
     }
 }

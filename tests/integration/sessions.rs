@@ -713,6 +713,30 @@ async fn plugins_get_a_namespaced_store_with_ttls_and_an_http_client_limited_to_
     gw.stop().await;
 }
 
+/// A provider that sends its answer's head and then stalls the body holds no plugin call (and
+/// so no thread of the small blocking pool) past the 10-second egress limit: the limit counts
+/// the body too. (`/stream` sends a first chunk and the rest only after `go`.)
+#[tokio::test]
+async fn a_provider_answer_that_stalls_its_body_is_cut_at_the_egress_time_limit() {
+    let upstream = Upstream::start().await;
+    let egress = format!("egress = [\"{}\"]\n", upstream.addr);
+    let (gw, _) = start(&upstream, &egress).await;
+    let base = login_path(&gw).await.replace("/login", "");
+    let stalled = format!("{base}/fetch?url=http://{}/stream", upstream.addr);
+    // Far beyond the 10 s limit; the old code waited for the body as long as the provider
+    // held it back.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(40), get(&gw, &stalled, &[])).await;
+    upstream.go.notify_one();
+    let answer = answer
+        .expect("the plugin's HTTP call was still waiting for the body")
+        .body;
+    assert!(
+        answer.starts_with("refused:") && answer.contains("no answer within"),
+        "{answer}"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_browser_sub_resource_gets_401_instead_of_starting_a_login() {
     let upstream = Upstream::start().await;
