@@ -4,7 +4,8 @@
 //! The per-request path (cookie -> session -> identity headers) stays in core and never
 //! crosses into a plugin. Plugins are called only for login-time work, on blocking threads.
 
-use crate::model::{AppUser, AuthModule, Session};
+use crate::accounts::{AccountsError, LoginIdentity};
+use crate::model::{AuthModule, Session};
 use crate::pages::{error_page, full, Body};
 use crate::plugins::host::PluginHost;
 use crate::plugins::{Registered, Registry};
@@ -285,6 +286,7 @@ pub async fn gate(
             now,
             Some(now + 60),
         )
+        .await
         .unwrap_or(u64::MAX);
     if starts > MAX_LOGIN_STARTS_PER_MINUTE {
         return Gate::Respond(error_page(
@@ -469,9 +471,12 @@ pub async fn reserved(
     };
     match call_plugin(shared, plugin, auth, &target.route_id, call).await {
         Ok(Outcome::Respond(response)) => from_sdk_response(response),
-        Ok(Outcome::LoggedIn { identity, return_to }) => complete_login(
-            shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
-        ),
+        Ok(Outcome::LoggedIn { identity, return_to }) => {
+            complete_login(
+                shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
+            )
+            .await
+        }
         Ok(Outcome::EndSessions {
             subject,
             session_indexes,
@@ -485,6 +490,7 @@ pub async fn reserved(
                         .is_none_or(|index| session_indexes.contains(index))
             };
             match shared
+                .accounts
                 .end_sessions_where(|s| s.route_id == *route_id && s.subject == subject && named(s))
                 .await
             {
@@ -565,7 +571,7 @@ async fn read_body(body: Incoming, timeout: std::time::Duration) -> Result<Bytes
 
 /// Creates the session of a completed login and sends the browser on, with a fresh cookie.
 #[allow(clippy::too_many_arguments)]
-fn complete_login(
+async fn complete_login(
     shared: &Shared,
     target: &RouteTarget,
     auth: &AuthTarget,
@@ -577,20 +583,22 @@ fn complete_login(
     request_id: &str,
 ) -> Response<Body> {
     let now = shared.clock.now();
-    let store = &shared.store;
-    let existing = store.find_app_user_by_subject(&auth.module.plugin, &identity.subject);
-    let mut user = match existing {
-        Ok(Some(user)) => user,
-        Ok(None) => AppUser {
-            id: crate::ids::new_id(crate::ids::APP_USER),
-            provider: auth.module.plugin.clone(),
-            subject: identity.subject.clone(),
-            email: String::new(),
-            name: String::new(),
-            active: true,
-            created_at: now,
-            last_login: now,
-        },
+    let login = LoginIdentity {
+        idp: &auth.module.plugin,
+        subject: &identity.subject,
+        email: identity.email.as_deref(),
+        name: identity.name.as_deref(),
+    };
+    let user = match shared.accounts.resolve_login(login).await {
+        Ok(user) => user,
+        Err(AccountsError::Disabled) => {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Account disabled",
+                "This account may not sign in.",
+                request_id,
+            );
+        }
         Err(e) => {
             tracing::error!(request_id, "user directory: {e}");
             return error_page(
@@ -601,17 +609,6 @@ fn complete_login(
             );
         }
     };
-    if !user.active {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Account disabled",
-            "This account may not sign in.",
-            request_id,
-        );
-    }
-    user.email = identity.email.clone().unwrap_or_default();
-    user.name = identity.name.clone().unwrap_or_default();
-    user.last_login = now;
     let (token, token_hash) = crate::sessions::new_token();
     let session = Session {
         id: crate::ids::new_id(crate::ids::APP_SESSION),
@@ -642,10 +639,7 @@ fn complete_login(
             .unwrap_or_default()
             .to_string(),
     };
-    let stored = store
-        .put_app_user(&user)
-        .and_then(|()| shared.sessions.insert(store, session));
-    let entry = match stored {
+    let entry = match shared.sessions.insert(&*shared.store, session).await {
         Ok(entry) => entry,
         Err(e) => {
             tracing::error!(request_id, "session store: {e}");
@@ -705,7 +699,11 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
                 access_token,
             })) => {
                 let Some(token) = access_token else { continue };
-                match shared.sessions.renew_access_token(&shared.store, &s.token_hash, token) {
+                match shared
+                    .sessions
+                    .renew_access_token(&*shared.store, &s.token_hash, token)
+                    .await
+                {
                     Ok(renewed) => {
                         tracing::debug!(session = %s.id, renewed, "access token renewed by the re-check")
                     }
@@ -714,7 +712,7 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
             }
             Ok(Outcome::Rechecked(Recheck { allowed: false, .. })) => {
                 let id = s.id.clone();
-                match shared.end_sessions_where(|other| other.id == id).await {
+                match shared.accounts.end_sessions(&[id]).await {
                     Ok(_) => {
                         tracing::info!(target: "portcullis::audit", event = "access_revoked", session = %s.id, user = %s.user_id, route = %s.route_id, plugin = %auth.module.plugin, "the identity provider no longer grants access")
                     }
@@ -786,8 +784,7 @@ async fn logout(
     clear.sort();
     clear.dedup();
     let ids: Vec<String> = ended.iter().map(|(e, _)| e.session.id.clone()).collect();
-    shared.sessions.remove_where(|s| ids.contains(&s.id));
-    if let Err(e) = shared.store.delete_sessions(&ids, true).await {
+    if let Err(e) = shared.accounts.end_sessions(&ids).await {
         tracing::error!(request_id, "ending sessions: {e}");
     }
     let mut response = None;

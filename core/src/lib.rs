@@ -7,6 +7,7 @@
 //! The store knows nothing about HTTP; the proxy never writes to the store.
 #![deny(unsafe_code)]
 
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod auth;

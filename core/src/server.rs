@@ -291,7 +291,7 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Err(e) = shared.store.flush().await {
+        if let Err(e) = shared.store.flush_activity().await {
             tracing::error!("final flush: {e}");
         }
     }
@@ -317,7 +317,7 @@ const BLOCKING_THREADS: usize = 8;
 /// whose identity provider should confirm access again, and, when `sweep`,
 /// end expired sessions and purge expired plugin state.
 async fn maintain(shared: &Arc<Shared>, sweep: bool) {
-    if let Err(e) = shared.sessions.persist_activity(&shared.store) {
+    if let Err(e) = shared.sessions.persist_activity(&*shared.store).await {
         tracing::error!("persisting session activity: {e}");
     }
     // Re-checks wait on identity providers: they run beside the upkeep, one pass at a time.
@@ -331,13 +331,15 @@ async fn maintain(shared: &Arc<Shared>, sweep: bool) {
     }
     if sweep {
         let now = shared.clock.now();
-        let expired = shared.sessions.remove_expired(now);
-        if let Err(e) = shared.store.delete_sessions(&expired, false).await {
+        if let Err(e) = shared.accounts.end_expired_sessions(now).await {
             tracing::error!("removing expired sessions: {e}");
         }
         // A scan of every plugin key: off the runtime thread that also serves the console.
-        let store_owner = shared.clone();
-        let purged = tokio::task::spawn_blocking(move || store_owner.store.kv_purge_expired(now)).await;
+        let store = shared.store.clone();
+        let purged = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(store.kv_purge_expired(now))
+        })
+        .await;
         match purged {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("purging expired plugin state: {e}"),

@@ -11,7 +11,7 @@ use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
 use crate::plugins::Registry;
 use crate::routing::RouteTable;
 use crate::sessions::Sessions;
-use crate::store::{Store, StoreError};
+use crate::store::{ConfigObjectSet, Conflict, Storage, StoreError};
 use arc_swap::ArcSwap;
 use rand::RngCore;
 use std::collections::{HashMap, HashSet};
@@ -27,7 +27,9 @@ pub type EgressClient = hyper_util::client::legacy::Client<
 /// State shared by the edge, the console and the admin socket.
 pub struct Shared {
     pub config: ArcSwap<Config>,
-    pub store: Store,
+    pub store: Arc<dyn Storage>,
+    /// People and the ends of sessions.
+    pub accounts: crate::accounts::Accounts,
     pub routes: ArcSwap<RouteTable>,
     pub metrics: Metrics,
     /// Proxy settings in force; they change only with a restart.
@@ -37,7 +39,7 @@ pub struct Shared {
     /// The protocol plugins, fixed at start-up.
     pub registry: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     pub signer: Signer,
     pub egress_client: EgressClient,
     /// Set while a pass of session re-checks runs (see `auth::recheck_sessions`).
@@ -66,7 +68,7 @@ impl Shared {
         // dropped: a restart right after a stop waits for it briefly.
         let mut attempts = 0;
         let store = loop {
-            match Store::open(&config.data_dir) {
+            match crate::store::open(&config.data_dir) {
                 Err(StoreError::Locked { .. }) if attempts < 60 => {
                     attempts += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -76,10 +78,12 @@ impl Shared {
         };
         let client_error =
             |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
+        let sessions = Arc::new(Sessions::load(&*store, clock.now()).await?);
         let shared = Arc::new(Shared {
             egress_client: crate::proxy::upstream_client(&config.proxy).map_err(client_error)?,
-            sessions: Sessions::load(&store, clock.now())?,
-            signer: Signer::load_or_create(&store).await?,
+            accounts: crate::accounts::Accounts::new(store.clone(), sessions.clone(), clock.clone()),
+            sessions,
+            signer: Signer::load_or_create(&*store).await?,
             registry,
             clock,
             proxy_config: config.proxy.clone(),
@@ -98,11 +102,9 @@ impl Shared {
     /// Makes the store's config-declared backends and edges match `config`, swaps `config` in,
     /// and rebuilds the routing table. On error nothing changes.
     pub async fn apply_config(&self, config: Config) -> Result<(), ApplyError> {
-        let _guard = self.store.lock_writes().await;
         let file = config.file.display().to_string();
         let now = crate::model::now_unix();
-        let stored_backends = self.store.all_backends()?;
-        let stored_edges = self.store.all_edges()?;
+        let (stored_backends, stored_edges) = self.store.config_snapshot().await?;
         let created: HashMap<&str, i64> = stored_backends
             .iter()
             .map(|b| (b.id.as_str(), b.created_at))
@@ -196,59 +198,49 @@ impl Shared {
                 },
             });
         }
-        let keep: HashSet<&str> = backends
-            .iter()
-            .map(|b| b.id.as_str())
-            .chain(edges.iter().map(|e| e.id.as_str()))
-            .collect();
-        let stale_backends: Vec<String> = stored_backends
-            .iter()
-            .filter(|b| b.source != Source::Api && !keep.contains(b.id.as_str()))
-            .map(|b| b.id.clone())
-            .collect();
-        let stale_edges: Vec<String> = stored_edges
-            .iter()
-            .filter(|e| e.source != Source::Api && !keep.contains(e.id.as_str()))
-            .map(|e| e.id.clone())
-            .collect();
-        self.store
-            .replace_config_objects(&backends, &edges, &stale_backends, &stale_edges)
-            .await?;
+        match self
+            .store
+            .replace_config_objects(ConfigObjectSet {
+                backends: &backends,
+                edges: &edges,
+            })
+            .await
+        {
+            Ok(()) => {}
+            // An edge created through the API took a host:port since it was read above.
+            Err(StoreError::Conflict(Conflict::HostportTaken { hostport, edge_id })) => {
+                let key = config
+                    .edges
+                    .iter()
+                    .find_map(|(name, e)| {
+                        let i = e
+                            .hostports
+                            .iter()
+                            .position(|h| crate::model::normalize_hostport(h).as_deref() == Ok(hostport.as_str()))?;
+                        Some(format!("edges.{name}.hostports[{i}]"))
+                    })
+                    .unwrap_or_else(|| "edges".to_string());
+                return Err(config_error(
+                    &file,
+                    &key,
+                    format!("`{hostport}` is already served by edge {edge_id}, created through the API; delete that edge or pick another host:port"),
+                )
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.config.store(Arc::new(config));
-        self.rebuild_routes()?;
+        self.rebuild_routes().await?;
         Ok(())
     }
 
-    /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
-    /// very next request is refused. Returns how many were live.
-    pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, StoreError> {
-        self.end_sessions_where(|s| s.user_id == user_id).await
-    }
-
-    /// Ends every session `which` selects, live and stored; answers how many were live.
-    pub async fn end_sessions_where(
-        &self,
-        which: impl Fn(&crate::model::Session) -> bool,
-    ) -> Result<usize, StoreError> {
-        let live = self.sessions.remove_where(&which);
-        let stored: Vec<String> = self
-            .store
-            .all_sessions()?
-            .into_iter()
-            .filter(|s| which(s))
-            .map(|s| s.id)
-            .collect();
-        self.store.delete_sessions(&stored, true).await?;
-        Ok(live.len())
-    }
-
     /// Rebuilds the routing table from the store and swaps it in.
-    pub fn rebuild_routes(&self) -> Result<(), StoreError> {
-        let edges = self.store.all_edges()?;
+    pub async fn rebuild_routes(&self) -> Result<(), StoreError> {
+        let (backends, edges) = self.store.config_snapshot().await?;
         let config = self.config.load();
         let table = RouteTable::build(
             &edges,
-            &self.store.all_backends()?,
+            &backends,
             &self.registry,
             &config.identity_headers,
             config.listeners.edge.scheme(),

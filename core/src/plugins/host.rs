@@ -25,12 +25,12 @@ pub struct PluginHost<'a> {
 }
 
 impl PluginHost<'_> {
-    fn warn_store(&self, op: &str, e: crate::store::StoreError) {
+    fn warn_store(&self, op: &str, e: impl std::fmt::Display) {
         tracing::error!(plugin = self.plugin, "plugin {op} failed: {e}");
     }
 }
 
-fn to_sdk_user(user: crate::model::AppUser) -> User {
+fn to_sdk_user(user: crate::model::User) -> User {
     User {
         id: user.id,
         email: user.email,
@@ -42,7 +42,10 @@ fn to_sdk_user(user: crate::model::AppUser) -> User {
 impl Host for PluginHost<'_> {
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.shared.clock.now();
-        self.shared.store.kv_get(&self.namespace, key, now).unwrap_or_else(|e| {
+        let read = self
+            .runtime
+            .block_on(self.shared.store.kv_get(&self.namespace, key, now));
+        read.unwrap_or_else(|e| {
             self.warn_store("kv_get", e);
             None
         })
@@ -55,16 +58,18 @@ impl Host for PluginHost<'_> {
                 .now()
                 .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
         });
-        if let Err(e) = self.shared.store.kv_put(&self.namespace, key, value, expires_at) {
+        let written = self
+            .runtime
+            .block_on(self.shared.store.kv_put(&self.namespace, key, value, expires_at));
+        if let Err(e) = written {
             self.warn_store("kv_put", e);
         }
     }
 
     fn kv_take(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.shared.clock.now();
-        self.shared
-            .store
-            .kv_take(&self.namespace, key, now)
+        self.runtime
+            .block_on(self.shared.store.kv_take(&self.namespace, key, now))
             .unwrap_or_else(|e| {
                 self.warn_store("kv_take", e);
                 None
@@ -72,15 +77,15 @@ impl Host for PluginHost<'_> {
     }
 
     fn kv_delete(&self, key: &str) {
-        if let Err(e) = self.shared.store.kv_delete(&self.namespace, key) {
+        if let Err(e) = self.runtime.block_on(self.shared.store.kv_delete(&self.namespace, key)) {
             self.warn_store("kv_delete", e);
         }
     }
 
     fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
-        self.shared
-            .store
-            .kv_get_or_insert(&self.namespace, key, value)
+        let now = self.shared.clock.now();
+        self.runtime
+            .block_on(self.shared.store.kv_get_or_insert(&self.namespace, key, value, now))
             .map_err(|e| self.warn_store("kv_get_or_insert", e))
             .ok()
     }
@@ -88,9 +93,8 @@ impl Host for PluginHost<'_> {
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
         let now = self.shared.clock.now();
         let expires_at = ttl_secs.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
-        self.shared
-            .store
-            .kv_incr(&self.namespace, key, now, expires_at)
+        self.runtime
+            .block_on(self.shared.store.kv_incr(&self.namespace, key, now, expires_at))
             .unwrap_or_else(|e| {
                 self.warn_store("kv_incr", e);
                 u64::MAX
@@ -98,7 +102,7 @@ impl Host for PluginHost<'_> {
     }
 
     fn find_user(&self, email: &str) -> Option<User> {
-        match self.shared.store.find_app_user_by_email(email) {
+        match self.runtime.block_on(self.shared.accounts.person_by_email(email)) {
             Ok(user) => user.map(to_sdk_user),
             Err(e) => {
                 self.warn_store("find_user", e);
@@ -108,37 +112,29 @@ impl Host for PluginHost<'_> {
     }
 
     fn upsert_user(&self, update: UserUpdate) -> Result<User, String> {
-        let store = &self.shared.store;
-        let now = self.shared.clock.now();
-        let mut user = match store.find_app_user_by_email(&update.email).map_err(|e| e.to_string())? {
-            Some(user) => user,
-            None => crate::model::AppUser {
-                id: crate::ids::new_id(crate::ids::APP_USER),
-                provider: self.plugin.to_string(),
-                subject: update.email.clone(),
-                email: update.email.clone(),
-                name: String::new(),
-                active: true,
-                created_at: now,
-                last_login: 0,
-            },
-        };
-        if let Some(name) = update.name {
-            user.name = name;
-        }
-        if let Some(active) = update.active {
-            user.active = active;
-        }
-        store.put_app_user(&user).map_err(|e| e.to_string())?;
-        if !user.active {
-            // A deactivated user's sessions end at once.
-            let ended = self
-                .runtime
-                .block_on(self.shared.end_sessions_of(&user.id))
-                .map_err(|e| e.to_string())?;
-            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended, plugin = self.plugin, "user deactivated");
-        }
-        Ok(to_sdk_user(user))
+        let accounts = &self.shared.accounts;
+        let upserted = self.runtime.block_on(async {
+            match accounts.person_by_email(&update.email).await? {
+                Some(user) => {
+                    let patch = crate::accounts::PersonPatch {
+                        name: update.name,
+                        active: update.active,
+                        ..Default::default()
+                    };
+                    accounts.update_person(&user.id, patch).await
+                }
+                None => {
+                    let new = crate::accounts::NewPerson {
+                        email: update.email,
+                        name: update.name.unwrap_or_default(),
+                        active: update.active.unwrap_or(true),
+                        external_id: None,
+                    };
+                    accounts.create_person(new).await
+                }
+            }
+        });
+        upserted.map(to_sdk_user).map_err(|e| e.to_string())
     }
 
     fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String> {

@@ -3,11 +3,13 @@
 //! version in one transaction: a crash leaves the data dir at one schema or the next, never
 //! between.
 
-use super::{codec, transaction_error, StoreError, SCHEMA_KEY};
-use crate::model::Session;
+use super::{codec, committed, pair_key, StoreError, SCHEMA_KEY};
+use crate::model::{IdentityLink, Session, User};
+use crate::store::normalize_email;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::transaction::Transactional;
+use std::collections::HashMap;
 
 /// Brings every collection from schema `found` up to the current one.
 pub fn run(db: &sled::Db, found: u32) -> Result<(), StoreError> {
@@ -16,6 +18,9 @@ pub fn run(db: &sled::Db, found: u32) -> Result<(), StoreError> {
     }
     if found < 3 {
         upgrade_sessions(db, 3, session_v2_to_v3)?;
+    }
+    if found < 4 {
+        people_v3_to_v4(db)?;
     }
     Ok(())
 }
@@ -34,16 +39,186 @@ fn upgrade_sessions<Old: DeserializeOwned, New: Serialize>(
         upgraded.push((key, codec::encode(&upgrade(codec::decode(&bytes)?))?));
     }
     let meta: &sled::Tree = db;
-    (&tree, meta)
-        .transaction(|(sessions, meta)| {
-            for (key, bytes) in &upgraded {
-                sessions.insert(key, bytes.as_slice())?;
-            }
-            meta.insert(SCHEMA_KEY, &to.to_be_bytes())?;
-            Ok::<_, ConflictableTransactionError<String>>(())
-        })
-        .map_err(transaction_error)?;
+    committed((&tree, meta).transaction(|(sessions, meta)| {
+        for (key, bytes) in &upgraded {
+            sessions.insert(key, bytes.as_slice())?;
+        }
+        meta.insert(SCHEMA_KEY, &to.to_be_bytes())?;
+        Ok(())
+    }))?;
     db.flush()?;
+    Ok(())
+}
+
+/// An application user as schema 3 stored it: one record per `(provider, subject)`, so a person
+/// provisioned by email and then signed in could be two users.
+#[derive(Serialize, Deserialize)]
+pub(super) struct AppUserV3 {
+    pub id: String,
+    pub provider: String,
+    pub subject: String,
+    pub email: String,
+    pub name: String,
+    pub active: bool,
+    pub created_at: i64,
+    pub last_login: i64,
+}
+
+/// What schema 3's users become: users, their links, and which old users were merged into which.
+struct PeopleV4 {
+    users: Vec<User>,
+    links: Vec<IdentityLink>,
+    merged_into: HashMap<String, String>,
+}
+
+/// Each schema-3 user becomes a `User` and a link `{idp: provider, subject}`; users whose
+/// normalised emails collide are merged into the oldest (by creation, then id): its record
+/// stays, the others' links point to it, it is inactive if any was, its last login is the latest.
+fn people_from_v3(mut old: Vec<AppUserV3>) -> PeopleV4 {
+    old.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let mut users: Vec<User> = Vec::with_capacity(old.len());
+    let mut links = Vec::with_capacity(old.len());
+    let mut merged_into = HashMap::new();
+    let mut by_email: HashMap<String, usize> = HashMap::new();
+    for u in old {
+        let email = normalize_email(&u.email);
+        let survivor = by_email.get(&email).copied().filter(|_| !email.is_empty());
+        let user_id = match survivor {
+            Some(index) => {
+                let kept = &mut users[index];
+                kept.active &= u.active;
+                kept.last_login = kept.last_login.max(u.last_login);
+                kept.updated_at = kept.updated_at.max(u.last_login);
+                merged_into.insert(u.id, kept.id.clone());
+                kept.id.clone()
+            }
+            None => {
+                if !email.is_empty() {
+                    by_email.insert(email, users.len());
+                }
+                users.push(User {
+                    id: u.id.clone(),
+                    email: u.email,
+                    name: u.name,
+                    active: u.active,
+                    external_id: None,
+                    created_at: u.created_at,
+                    updated_at: u.created_at.max(u.last_login),
+                    last_login: u.last_login,
+                });
+                u.id
+            }
+        };
+        links.push(IdentityLink {
+            idp: u.provider,
+            subject: u.subject,
+            user_id,
+            created_at: u.created_at,
+        });
+    }
+    PeopleV4 {
+        users,
+        links,
+        merged_into,
+    }
+}
+
+/// Schema 3 to 4: application users become users and identity links with an email index
+/// (merging the duplicates), sessions of merged users are repointed, and sessions get their
+/// token-hash index; all in one transaction with the schema version.
+fn people_v3_to_v4(db: &sled::Db) -> Result<(), StoreError> {
+    let old_users = db.open_tree("app_users")?;
+    let old_keys = db.open_tree("app_user_keys")?;
+    let users_tree = db.open_tree("users")?;
+    let emails_tree = db.open_tree("user_emails")?;
+    let links_tree = db.open_tree("identity_links")?;
+    let user_links_tree = db.open_tree("user_links")?;
+    let sessions_tree = db.open_tree("sessions")?;
+    let hashes_tree = db.open_tree("session_hashes")?;
+    let old = old_users
+        .iter()
+        .map(|item| Ok(codec::decode::<AppUserV3>(&item?.1)?))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let old_user_ids: Vec<String> = old.iter().map(|u| u.id.clone()).collect();
+    let old_key_names = old_keys.iter().keys().collect::<Result<Vec<_>, sled::Error>>()?;
+    let people = people_from_v3(old);
+    let users = people
+        .users
+        .iter()
+        .map(|u| Ok((u.id.clone(), normalize_email(&u.email), codec::encode(u)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let links = people
+        .links
+        .iter()
+        .map(|l| {
+            let mut by_user = pair_key(&l.user_id, &l.idp);
+            by_user.push(0);
+            by_user.extend_from_slice(l.subject.as_bytes());
+            Ok((pair_key(&l.idp, &l.subject), by_user, codec::encode(l)?))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut sessions = Vec::new();
+    for item in sessions_tree.iter() {
+        let (key, bytes) = item?;
+        let mut session: Session = codec::decode(&bytes)?;
+        if let Some(kept) = people.merged_into.get(&session.user_id) {
+            session.user_id = kept.clone();
+        }
+        sessions.push((key, session.token_hash, codec::encode(&session)?));
+    }
+    let meta: &sled::Tree = db;
+    committed(
+        (
+            meta,
+            &old_users,
+            &old_keys,
+            &users_tree,
+            &emails_tree,
+            &links_tree,
+            &user_links_tree,
+            &sessions_tree,
+            &hashes_tree,
+        )
+            .transaction(
+                |(
+                    meta,
+                    old_users,
+                    old_keys,
+                    users_tree,
+                    emails_tree,
+                    links_tree,
+                    user_links_tree,
+                    sessions_tree,
+                    hashes_tree,
+                )| {
+                    for (id, email, bytes) in &users {
+                        users_tree.insert(id.as_bytes(), bytes.as_slice())?;
+                        if !email.is_empty() {
+                            emails_tree.insert(email.as_bytes(), id.as_bytes())?;
+                        }
+                    }
+                    for (key, by_user, bytes) in &links {
+                        links_tree.insert(key.as_slice(), bytes.as_slice())?;
+                        user_links_tree.insert(by_user.as_slice(), bytes.as_slice())?;
+                    }
+                    for (key, hash, bytes) in &sessions {
+                        sessions_tree.insert(key, bytes.as_slice())?;
+                        hashes_tree.insert(hash, key)?;
+                    }
+                    for id in &old_user_ids {
+                        old_users.remove(id.as_bytes())?;
+                    }
+                    for key in &old_key_names {
+                        old_keys.remove(key)?;
+                    }
+                    meta.insert(SCHEMA_KEY, &4u32.to_be_bytes())?;
+                    Ok(())
+                },
+            ),
+    )?;
+    db.flush()?;
+    db.drop_tree("app_users")?;
+    db.drop_tree("app_user_keys")?;
     Ok(())
 }
 

@@ -1,0 +1,332 @@
+//! People and the ends of sessions: the only writer of users and identity links, and the only
+//! code that ends sessions. Sign-in completion resolves the user a login names here
+//! ([`Accounts::resolve_login`]); the management API, the plugin host's directory and later the
+//! console and SCIM read and write people here; logout, revocation, re-check denials, identity
+//! provider logouts and expiry end sessions here. Every people write and every ending is an
+//! audit line (`target: "portcullis::audit"`).
+
+use crate::clock::Clock;
+use crate::model::{IdentityLink, Session, User};
+use crate::sessions::Sessions;
+use crate::store::{normalize_email, Conflict, Storage, StoreError};
+use std::sync::Arc;
+
+/// How often a write that found its record changed under it reads again before giving up.
+const WRITE_ATTEMPTS: usize = 8;
+
+/// People and sessions, over the store and the session index.
+pub struct Accounts {
+    store: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Who an identity provider says signed in.
+pub struct LoginIdentity<'a> {
+    /// The plugin (identity provider) that identified the user.
+    pub idp: &'a str,
+    pub subject: &'a str,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+}
+
+/// A person to create (provisioning).
+pub struct NewPerson {
+    pub email: String,
+    pub name: String,
+    pub active: bool,
+    pub external_id: Option<String>,
+}
+
+/// The fields of a person to change; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct PersonPatch {
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub active: Option<bool>,
+    pub external_id: Option<Option<String>>,
+}
+
+/// Why an accounts operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("the email `{email}` belongs to another user")]
+    EmailTaken { email: String },
+    #[error("user `{id}` was not found")]
+    NotFound { id: String },
+    #[error("invalid `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("this account may not sign in")]
+    Disabled,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn Storage>, sessions: Arc<Sessions>, clock: Arc<dyn Clock>) -> Accounts {
+        Accounts { store, sessions, clock }
+    }
+
+    /// The user an identity provider's login names: by link (idp, subject); else the user with
+    /// that (normalised) email, linked now; else a new user, linked. `Disabled` for an inactive
+    /// user. Updates email/name/last_login as today's login completion does.
+    pub async fn resolve_login(&self, login: LoginIdentity<'_>) -> Result<User, AccountsError> {
+        let now = self.clock.now();
+        let email = login.email.unwrap_or_default();
+        let name = login.name.unwrap_or_default();
+        let link_to = |user_id: &str| IdentityLink {
+            idp: login.idp.to_string(),
+            subject: login.subject.to_string(),
+            user_id: user_id.to_string(),
+            created_at: now,
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(user) = self.store.user_by_link(login.idp, login.subject).await? {
+                if !user.active {
+                    return Err(AccountsError::Disabled);
+                }
+                let mut signed_in = User {
+                    email: email.to_string(),
+                    name: name.to_string(),
+                    last_login: now,
+                    updated_at: now,
+                    ..user.clone()
+                };
+                match self.store.put_user(Some(&user), &signed_in).await {
+                    Ok(()) => return Ok(signed_in),
+                    Err(StoreError::Conflict(Conflict::EmailTaken { user_id, .. })) => {
+                        // Another user holds the email the provider now sends: keep ours.
+                        tracing::warn!(user = %user.id, other = %user_id, idp = login.idp, "the identity provider's email belongs to another user; the user keeps its email");
+                        signed_in.email = user.email.clone();
+                        match self.store.put_user(Some(&user), &signed_in).await {
+                            Ok(()) => return Ok(signed_in),
+                            Err(e) if retry(&e) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(e) if retry(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let normalized = normalize_email(email);
+            if !normalized.is_empty() {
+                if let Some(user) = self.store.user_by_email(&normalized).await? {
+                    if !user.active {
+                        return Err(AccountsError::Disabled);
+                    }
+                    let signed_in = User {
+                        email: email.to_string(),
+                        name: if name.is_empty() {
+                            user.name.clone()
+                        } else {
+                            name.to_string()
+                        },
+                        last_login: now,
+                        updated_at: now,
+                        ..user.clone()
+                    };
+                    match self
+                        .store
+                        .put_user_with_link(Some(&user), &signed_in, &link_to(&user.id))
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(target: "portcullis::audit", event = "identity_linked", user = %user.id, idp = login.idp, "an identity provider's login was linked to the user with its email");
+                            return Ok(signed_in);
+                        }
+                        Err(e) if retry(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let user = User {
+                id: crate::ids::new_id(crate::ids::APP_USER),
+                email: email.to_string(),
+                name: name.to_string(),
+                active: true,
+                external_id: None,
+                created_at: now,
+                updated_at: now,
+                last_login: now,
+            };
+            match self.store.put_user_with_link(None, &user, &link_to(&user.id)).await {
+                Ok(()) => {
+                    tracing::info!(target: "portcullis::audit", event = "user_created", user = %user.id, idp = login.idp, "user created at sign-in");
+                    return Ok(user);
+                }
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Conflict(Conflict::Changed).into())
+    }
+
+    pub async fn person(&self, id: &str) -> Result<Option<User>, AccountsError> {
+        Ok(self.store.user(id).await?)
+    }
+
+    pub async fn person_by_email(&self, email: &str) -> Result<Option<User>, AccountsError> {
+        let normalized = normalize_email(email);
+        if normalized.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.store.user_by_email(&normalized).await?)
+    }
+
+    pub async fn person_by_external_id(&self, external_id: &str) -> Result<Option<User>, AccountsError> {
+        Ok(self.store.user_by_external_id(external_id).await?)
+    }
+
+    /// Ascending id order (stable paging for SCIM): up to `limit` after `after_id`, and whether more remain.
+    pub async fn people(&self, after_id: Option<&str>, limit: usize) -> Result<(Vec<User>, bool), AccountsError> {
+        Ok(self.store.users_after(after_id, limit).await?)
+    }
+
+    /// Up to `limit` people with ids below `before_id`, newest first (the management API's paging).
+    pub async fn people_newest_first(
+        &self,
+        before_id: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page<User>, AccountsError> {
+        Ok(self.store.users_page(before_id, limit).await?)
+    }
+
+    pub async fn create_person(&self, new: NewPerson) -> Result<User, AccountsError> {
+        let email = checked_email(&new.email)?;
+        let now = self.clock.now();
+        let user = User {
+            id: crate::ids::new_id(crate::ids::APP_USER),
+            email,
+            name: new.name,
+            active: new.active,
+            external_id: new.external_id,
+            created_at: now,
+            updated_at: now,
+            last_login: 0,
+        };
+        self.store.put_user(None, &user).await.map_err(people_error)?;
+        tracing::info!(target: "portcullis::audit", event = "user_created", user = %user.id, active = user.active, "user provisioned");
+        Ok(user)
+    }
+
+    /// Deactivation (active: Some(false)) ends every session of the user before it returns.
+    pub async fn update_person(&self, id: &str, patch: PersonPatch) -> Result<User, AccountsError> {
+        let email = patch.email.as_deref().map(checked_email).transpose()?;
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(user) = self.store.user(id).await? else {
+                return Err(AccountsError::NotFound { id: id.to_string() });
+            };
+            let mut updated = user.clone();
+            if let Some(email) = &email {
+                updated.email = email.clone();
+            }
+            if let Some(name) = &patch.name {
+                updated.name = name.clone();
+            }
+            if let Some(active) = patch.active {
+                updated.active = active;
+            }
+            if let Some(external_id) = &patch.external_id {
+                updated.external_id = external_id.clone();
+            }
+            updated.updated_at = self.clock.now();
+            match self.store.put_user(Some(&user), &updated).await {
+                Ok(()) => {
+                    tracing::info!(target: "portcullis::audit", event = "user_updated", user = %id, active = updated.active, "user updated");
+                    if !updated.active {
+                        // A deactivated user's sessions end at once (again, if it was inactive:
+                        // a session made in between must not outlive the deactivation).
+                        let ended = self.end_sessions_of(id).await?;
+                        tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %id, sessions_ended = ended, "user deactivated");
+                    }
+                    return Ok(updated);
+                }
+                Err(e) if e.is_changed() => continue,
+                Err(e) => return Err(people_error(e)),
+            }
+        }
+        Err(StoreError::Conflict(Conflict::Changed).into())
+    }
+
+    /// Ends the user's sessions, then deletes the user and its links.
+    pub async fn delete_person(&self, id: &str) -> Result<Option<User>, AccountsError> {
+        let ended = self.end_sessions_of(id).await?;
+        let deleted = self.store.delete_user(id).await?;
+        if deleted.is_some() {
+            tracing::info!(target: "portcullis::audit", event = "user_deleted", user = %id, sessions_ended = ended, "user deleted");
+        }
+        Ok(deleted)
+    }
+
+    pub async fn links_of(&self, user_id: &str) -> Result<Vec<IdentityLink>, AccountsError> {
+        Ok(self.store.links_of(user_id).await?)
+    }
+
+    /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
+    /// very next request is refused. Returns how many were live.
+    pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, AccountsError> {
+        self.end_sessions_where(|s| s.user_id == user_id).await
+    }
+
+    /// Ends every session `which` selects, live and stored; answers how many were live.
+    pub async fn end_sessions_where(&self, which: impl Fn(&Session) -> bool + Send) -> Result<usize, AccountsError> {
+        let live = self.sessions.remove_where(&which);
+        let stored: Vec<String> = self
+            .store
+            .all_sessions()
+            .await?
+            .into_iter()
+            .filter(|s| which(s))
+            .map(|s| s.id)
+            .collect();
+        self.store.delete_sessions(&stored).await?;
+        Ok(live.len())
+    }
+
+    /// Ends the sessions with these ids (logout, revocation): the index first, then the store.
+    /// Answers the sessions that were stored.
+    pub async fn end_sessions(&self, ids: &[String]) -> Result<Vec<Session>, AccountsError> {
+        self.sessions.remove_where(|s| ids.contains(&s.id));
+        Ok(self.store.delete_sessions(ids).await?)
+    }
+
+    /// Ends the sessions that have expired by `now`; answers how many were live.
+    pub async fn end_expired_sessions(&self, now: i64) -> Result<usize, AccountsError> {
+        let expired = self.sessions.remove_expired(now);
+        self.store.delete_sessions(&expired).await?;
+        Ok(expired.len())
+    }
+}
+
+/// Whether a sign-in's write met another writer and should read again.
+fn retry(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Conflict(
+            Conflict::Changed | Conflict::Missing | Conflict::EmailTaken { .. } | Conflict::LinkTaken { .. }
+        )
+    )
+}
+
+/// A store refusal of a people write, as this module's error.
+fn people_error(e: StoreError) -> AccountsError {
+    match e {
+        StoreError::Conflict(Conflict::EmailTaken { email, .. }) => AccountsError::EmailTaken { email },
+        other => AccountsError::Store(other),
+    }
+}
+
+/// An email a person may be given: trimmed, not empty, one `@` with text either side.
+fn checked_email(email: &str) -> Result<String, AccountsError> {
+    let email = email.trim();
+    let valid = email
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+    if !valid || email.chars().any(char::is_control) {
+        return Err(AccountsError::Invalid {
+            field: "email",
+            message: format!("`{}` is not an email address", email.escape_debug()),
+        });
+    }
+    Ok(email.to_string())
+}
