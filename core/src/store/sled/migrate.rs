@@ -426,4 +426,99 @@ mod tests {
             (Some("at"), 300, 25, None)
         );
     }
+
+    /// A schema-3 data dir as that release wrote it: application users keyed by
+    /// `(provider, subject)`, two of them the same person (the duplicate-user bug: provisioned
+    /// by email through the plugin host, then signed in with a subject), and sessions of each.
+    #[tokio::test]
+    async fn schema_3_users_become_users_and_links_and_duplicates_merge() {
+        use crate::store::{Directory, SessionStore};
+        let user = |id: &str, provider: &str, subject: &str, email: &str, active: bool, created_at: i64| AppUserV3 {
+            id: id.into(),
+            provider: provider.into(),
+            subject: subject.into(),
+            email: email.into(),
+            name: format!("name of {id}"),
+            active,
+            created_at,
+            last_login: created_at + 100,
+        };
+        let dir = super::super::tests::tempdir();
+        {
+            let db = sled::open(dir.join("db")).unwrap();
+            db.insert(SCHEMA_KEY, &3u32.to_be_bytes()).unwrap();
+            let users = db.open_tree("app_users").unwrap();
+            let keys = db.open_tree("app_user_keys").unwrap();
+            let sessions = db.open_tree("sessions").unwrap();
+            for u in [
+                user("apu_signedin", "saml", "idp-subject-1", "Alice@Example.com", true, 20),
+                user(
+                    "apu_provisioned",
+                    "testlogin",
+                    "alice@example.com",
+                    " alice@example.com",
+                    false,
+                    10,
+                ),
+                user("apu_bob", "oidc", "bob-subject", "", true, 30),
+            ] {
+                keys.insert(pair_key(&u.provider, &u.subject), u.id.as_bytes()).unwrap();
+                users.insert(u.id.as_bytes(), codec::encode(&u).unwrap()).unwrap();
+            }
+            for (id, user_id, byte) in [("aps_1", "apu_signedin", 1), ("aps_2", "apu_bob", 2)] {
+                let session = crate::store::conformance::session(id, user_id, byte);
+                sessions.insert(id, codec::encode(&session).unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = super::super::tests::open_when_released(&dir).unwrap();
+        let schema = store.db.get(SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(schema.as_ref(), 4u32.to_be_bytes());
+        assert!(
+            !store.db.tree_names().iter().any(|n| n.as_ref() == b"app_users"),
+            "the old tree is gone"
+        );
+
+        // The two records of one person are one user now: the oldest, inactive because one was.
+        let (users, more) = store.users_after(None, 10).await.unwrap();
+        assert!(!more);
+        assert_eq!(
+            users.iter().map(|u| (u.id.as_str(), u.active)).collect::<Vec<_>>(),
+            [("apu_bob", true), ("apu_provisioned", false)]
+        );
+        let alice = store.user_by_email("alice@example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (alice.id.as_str(), alice.last_login, alice.created_at),
+            ("apu_provisioned", 120, 10)
+        );
+        let links: Vec<(String, String)> = store
+            .links_of("apu_provisioned")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.idp, l.subject))
+            .collect();
+        assert_eq!(
+            links,
+            [
+                ("testlogin".to_string(), "alice@example.com".to_string()),
+                ("saml".to_string(), "idp-subject-1".to_string())
+            ]
+        );
+        assert_eq!(
+            store.user_by_link("saml", "idp-subject-1").await.unwrap().map(|u| u.id),
+            Some("apu_provisioned".into())
+        );
+        assert_eq!(
+            store.user_by_link("oidc", "bob-subject").await.unwrap().map(|u| u.id),
+            Some("apu_bob".into())
+        );
+        // Sessions follow their merged user and are found by token hash.
+        let s1 = store.session_by_token_hash(&[1; 32]).await.unwrap().unwrap();
+        assert_eq!(s1.user_id, "apu_provisioned");
+        let s2 = store.session_by_token_hash(&[2; 32]).await.unwrap().unwrap();
+        assert_eq!(s2.user_id, "apu_bob");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
