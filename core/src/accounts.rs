@@ -1,45 +1,36 @@
-//! TEMPORARY (helper "ports", issue 12): a stand-in with the interface 12-DESIGN.md gives
-//! `accounts`, implemented over today's store (`AppUser` records, `Shared::end_sessions_of`)
-//! so that the plugin host's directory port builds and is tested. Helper "data" writes the
-//! real module (the only writer of people and the only code that ends sessions); at merge it
-//! replaces this file whole. Nothing else belongs here.
+//! People and the ends of sessions: the only writer of users and identity links, and the only
+//! code that ends sessions. Sign-in completion resolves the user a login names here
+//! ([`Accounts::resolve_login`]); the management API, the plugin host's directory and later the
+//! console and SCIM read and write people here; logout, revocation, re-check denials, identity
+//! provider logouts and expiry end sessions here. Every people write and every ending is an
+//! audit line (`target: "portcullis::audit"`).
 
-use crate::model::{AppUser, Session};
-use crate::state::Shared;
-use crate::store::StoreError;
+use crate::clock::Clock;
+use crate::model::{IdentityLink, Session, User};
+use crate::sessions::Sessions;
+use crate::store::{normalize_email, Conflict, Storage, StoreError};
 use std::sync::Arc;
 
-/// A person of the directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: String,
-    pub email: String,
-    pub name: String,
-    pub active: bool,
-    pub external_id: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_login: i64,
-}
+/// How often a write that found its record changed under it reads again before giving up.
+const WRITE_ATTEMPTS: usize = 8;
 
-/// A link from an identity provider's subject to a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityLink {
-    pub idp: String,
-    pub subject: String,
-    pub user_id: String,
-    pub created_at: i64,
+/// People and sessions, over the store and the session index.
+pub struct Accounts {
+    store: Arc<dyn Storage>,
+    sessions: Arc<Sessions>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Who an identity provider says signed in.
 pub struct LoginIdentity<'a> {
+    /// The plugin (identity provider) that identified the user.
     pub idp: &'a str,
     pub subject: &'a str,
     pub email: Option<&'a str>,
     pub name: Option<&'a str>,
 }
 
-/// A person to create.
+/// A person to create (provisioning).
 pub struct NewPerson {
     pub email: String,
     pub name: String,
@@ -47,7 +38,7 @@ pub struct NewPerson {
     pub external_id: Option<String>,
 }
 
-/// Changes to a person; `None` keeps a field.
+/// The fields of a person to change; `None` leaves a field as it is.
 #[derive(Default)]
 pub struct PersonPatch {
     pub email: Option<String>,
@@ -56,213 +47,286 @@ pub struct PersonPatch {
     pub external_id: Option<Option<String>>,
 }
 
-/// Why a people operation failed.
+/// Why an accounts operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
-    #[error("another person has the email address {email}")]
+    #[error("the email `{email}` belongs to another user")]
     EmailTaken { email: String },
-    #[error("no person has the id {id}")]
+    #[error("user `{id}` was not found")]
     NotFound { id: String },
-    #[error("{field}: {message}")]
+    #[error("invalid `{field}`: {message}")]
     Invalid { field: &'static str, message: String },
-    #[error("the account is disabled")]
+    #[error("this account may not sign in")]
     Disabled,
     #[error("{0}")]
     Store(#[from] StoreError),
 }
 
-/// The people of the directory and the ending of their sessions.
-pub struct Accounts {
-    shared: Arc<Shared>,
-}
-
-fn user_of(user: AppUser) -> User {
-    User {
-        id: user.id,
-        email: user.email,
-        name: user.name,
-        active: user.active,
-        external_id: None,
-        created_at: user.created_at,
-        updated_at: user.created_at,
-        last_login: user.last_login,
-    }
-}
-
-fn checked_email(email: &str) -> Result<String, AccountsError> {
-    let email = email.trim().to_lowercase();
-    if email.is_empty() || !email.contains('@') || email.chars().any(char::is_whitespace) {
-        return Err(AccountsError::Invalid {
-            field: "email",
-            message: format!("`{email}` is not an email address"),
-        });
-    }
-    Ok(email)
-}
-
-fn no_external_id() -> AccountsError {
-    AccountsError::Invalid {
-        field: "external_id",
-        message: "external ids are kept from schema 4 on".into(),
-    }
-}
-
 impl Accounts {
-    /// Temporary: over the shared state's store and session index.
-    pub fn new(shared: Arc<Shared>) -> Accounts {
-        Accounts { shared }
+    pub fn new(store: Arc<dyn Storage>, sessions: Arc<Sessions>, clock: Arc<dyn Clock>) -> Accounts {
+        Accounts { store, sessions, clock }
     }
 
+    /// The user an identity provider's login names: by link (idp, subject); else the user with
+    /// that (normalised) email, linked now; else a new user, linked. `Disabled` for an inactive
+    /// user. Updates email/name/last_login as today's login completion does.
     pub async fn resolve_login(&self, login: LoginIdentity<'_>) -> Result<User, AccountsError> {
-        let store = &self.shared.store;
-        let now = self.shared.clock.now();
-        let mut user = match store.find_app_user_by_subject(login.idp, login.subject)? {
-            Some(user) => user,
-            None => AppUser {
-                id: crate::ids::new_id(crate::ids::APP_USER),
-                provider: login.idp.to_string(),
-                subject: login.subject.to_string(),
-                email: String::new(),
-                name: String::new(),
-                active: true,
-                created_at: now,
-                last_login: now,
-            },
+        let now = self.clock.now();
+        let email = login.email.unwrap_or_default();
+        let name = login.name.unwrap_or_default();
+        let link_to = |user_id: &str| IdentityLink {
+            idp: login.idp.to_string(),
+            subject: login.subject.to_string(),
+            user_id: user_id.to_string(),
+            created_at: now,
         };
-        if !user.active {
-            return Err(AccountsError::Disabled);
+        for _ in 0..WRITE_ATTEMPTS {
+            if let Some(user) = self.store.user_by_link(login.idp, login.subject).await? {
+                if !user.active {
+                    return Err(AccountsError::Disabled);
+                }
+                let mut signed_in = User {
+                    email: email.to_string(),
+                    name: name.to_string(),
+                    last_login: now,
+                    updated_at: now,
+                    ..user.clone()
+                };
+                match self.store.put_user(Some(&user), &signed_in).await {
+                    Ok(()) => return Ok(signed_in),
+                    Err(StoreError::Conflict(Conflict::EmailTaken { user_id, .. })) => {
+                        // Another user holds the email the provider now sends: keep ours.
+                        tracing::warn!(user = %user.id, other = %user_id, idp = login.idp, "the identity provider's email belongs to another user; the user keeps its email");
+                        signed_in.email = user.email.clone();
+                        match self.store.put_user(Some(&user), &signed_in).await {
+                            Ok(()) => return Ok(signed_in),
+                            Err(e) if retry(&e) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    Err(e) if retry(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let normalized = normalize_email(email);
+            if !normalized.is_empty() {
+                if let Some(user) = self.store.user_by_email(&normalized).await? {
+                    if !user.active {
+                        return Err(AccountsError::Disabled);
+                    }
+                    let signed_in = User {
+                        email: email.to_string(),
+                        name: if name.is_empty() {
+                            user.name.clone()
+                        } else {
+                            name.to_string()
+                        },
+                        last_login: now,
+                        updated_at: now,
+                        ..user.clone()
+                    };
+                    match self
+                        .store
+                        .put_user_with_link(Some(&user), &signed_in, &link_to(&user.id))
+                        .await
+                    {
+                        Ok(()) => {
+                            tracing::info!(target: "portcullis::audit", event = "identity_linked", user = %user.id, idp = login.idp, "an identity provider's login was linked to the user with its email");
+                            return Ok(signed_in);
+                        }
+                        Err(e) if retry(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            let user = User {
+                id: crate::ids::new_id(crate::ids::APP_USER),
+                email: email.to_string(),
+                name: name.to_string(),
+                active: true,
+                external_id: None,
+                created_at: now,
+                updated_at: now,
+                last_login: now,
+            };
+            match self.store.put_user_with_link(None, &user, &link_to(&user.id)).await {
+                Ok(()) => {
+                    tracing::info!(target: "portcullis::audit", event = "user_created", user = %user.id, idp = login.idp, "user created at sign-in");
+                    return Ok(user);
+                }
+                Err(e) if retry(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        user.email = login.email.unwrap_or_default().to_string();
-        user.name = login.name.unwrap_or_default().to_string();
-        user.last_login = now;
-        store.put_app_user(&user)?;
-        Ok(user_of(user))
+        Err(StoreError::Conflict(Conflict::Changed).into())
     }
 
     pub async fn person(&self, id: &str) -> Result<Option<User>, AccountsError> {
-        Ok(self.shared.store.find_app_user(id)?.map(user_of))
+        Ok(self.store.user(id).await?)
     }
 
     pub async fn person_by_email(&self, email: &str) -> Result<Option<User>, AccountsError> {
-        Ok(self.shared.store.find_app_user_by_email(email.trim())?.map(user_of))
-    }
-
-    pub async fn person_by_external_id(&self, _external_id: &str) -> Result<Option<User>, AccountsError> {
-        Ok(None)
-    }
-
-    pub async fn people(&self, after_id: Option<&str>, limit: usize) -> Result<(Vec<User>, bool), AccountsError> {
-        let mut all: Vec<AppUser> = Vec::new();
-        let mut before: Option<String> = None;
-        loop {
-            let page = self.shared.store.list_app_users(before.as_deref(), 100)?;
-            before = page.items.last().map(|u| u.id.clone());
-            all.extend(page.items);
-            if !page.has_more {
-                break;
-            }
+        let normalized = normalize_email(email);
+        if normalized.is_empty() {
+            return Ok(None);
         }
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut after: Vec<User> = all
-            .into_iter()
-            .filter(|u| after_id.is_none_or(|after| u.id.as_str() > after))
-            .map(user_of)
-            .collect();
-        let more = after.len() > limit;
-        after.truncate(limit);
-        Ok((after, more))
+        Ok(self.store.user_by_email(&normalized).await?)
+    }
+
+    pub async fn person_by_external_id(&self, external_id: &str) -> Result<Option<User>, AccountsError> {
+        Ok(self.store.user_by_external_id(external_id).await?)
+    }
+
+    /// Ascending id order (stable paging for SCIM): up to `limit` after `after_id`, and whether more remain.
+    pub async fn people(&self, after_id: Option<&str>, limit: usize) -> Result<(Vec<User>, bool), AccountsError> {
+        Ok(self.store.users_after(after_id, limit).await?)
+    }
+
+    /// Up to `limit` people with ids below `before_id`, newest first (the management API's paging).
+    pub async fn people_newest_first(
+        &self,
+        before_id: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::Page<User>, AccountsError> {
+        Ok(self.store.users_page(before_id, limit).await?)
     }
 
     pub async fn create_person(&self, new: NewPerson) -> Result<User, AccountsError> {
         let email = checked_email(&new.email)?;
-        if new.external_id.is_some() {
-            return Err(no_external_id());
-        }
-        let store = &self.shared.store;
-        if store.find_app_user_by_email(&email)?.is_some() {
-            return Err(AccountsError::EmailTaken { email });
-        }
-        let id = crate::ids::new_id(crate::ids::APP_USER);
-        let user = AppUser {
-            provider: "directory".into(),
-            subject: id.clone(),
-            id,
+        let now = self.clock.now();
+        let user = User {
+            id: crate::ids::new_id(crate::ids::APP_USER),
             email,
             name: new.name,
             active: new.active,
-            created_at: self.shared.clock.now(),
+            external_id: new.external_id,
+            created_at: now,
+            updated_at: now,
             last_login: 0,
         };
-        store.put_app_user(&user)?;
-        store.flush().await?;
-        tracing::info!(target: "portcullis::audit", event = "user_created", user = %user.id, "user created");
-        Ok(user_of(user))
+        self.store.put_user(None, &user).await.map_err(people_error)?;
+        tracing::info!(target: "portcullis::audit", event = "user_created", user = %user.id, active = user.active, "user provisioned");
+        Ok(user)
     }
 
+    /// Deactivation (active: Some(false)) ends every session of the user before it returns.
     pub async fn update_person(&self, id: &str, patch: PersonPatch) -> Result<User, AccountsError> {
-        let store = &self.shared.store;
-        let mut user = store
-            .find_app_user(id)?
-            .ok_or_else(|| AccountsError::NotFound { id: id.to_string() })?;
-        if patch.external_id.as_ref().is_some_and(Option::is_some) {
-            return Err(no_external_id());
-        }
-        if let Some(email) = patch.email {
-            let email = checked_email(&email)?;
-            if store
-                .find_app_user_by_email(&email)?
-                .is_some_and(|other| other.id != user.id)
-            {
-                return Err(AccountsError::EmailTaken { email });
+        let email = patch.email.as_deref().map(checked_email).transpose()?;
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(user) = self.store.user(id).await? else {
+                return Err(AccountsError::NotFound { id: id.to_string() });
+            };
+            let mut updated = user.clone();
+            if let Some(email) = &email {
+                updated.email = email.clone();
             }
-            user.email = email;
+            if let Some(name) = &patch.name {
+                updated.name = name.clone();
+            }
+            if let Some(active) = patch.active {
+                updated.active = active;
+            }
+            if let Some(external_id) = &patch.external_id {
+                updated.external_id = external_id.clone();
+            }
+            updated.updated_at = self.clock.now();
+            match self.store.put_user(Some(&user), &updated).await {
+                Ok(()) => {
+                    tracing::info!(target: "portcullis::audit", event = "user_updated", user = %id, active = updated.active, "user updated");
+                    if !updated.active {
+                        // A deactivated user's sessions end at once (again, if it was inactive:
+                        // a session made in between must not outlive the deactivation).
+                        let ended = self.end_sessions_of(id).await?;
+                        tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %id, sessions_ended = ended, "user deactivated");
+                    }
+                    return Ok(updated);
+                }
+                Err(e) if e.is_changed() => continue,
+                Err(e) => return Err(people_error(e)),
+            }
         }
-        if let Some(name) = patch.name {
-            user.name = name;
-        }
-        if let Some(active) = patch.active {
-            user.active = active;
-        }
-        store.put_app_user(&user)?;
-        store.flush().await?;
-        tracing::info!(target: "portcullis::audit", event = "user_updated", user = %user.id, active = user.active, "user updated");
-        if !user.active {
-            let ended = self.end_sessions_of(&user.id).await?;
-            tracing::info!(target: "portcullis::audit", event = "user_deactivated", user = %user.id, sessions_ended = ended, "user deactivated");
-        }
-        Ok(user_of(user))
+        Err(StoreError::Conflict(Conflict::Changed).into())
     }
 
+    /// Ends the user's sessions, then deletes the user and its links.
     pub async fn delete_person(&self, id: &str) -> Result<Option<User>, AccountsError> {
-        if self.shared.store.find_app_user(id)?.is_none() {
-            return Ok(None);
-        }
         let ended = self.end_sessions_of(id).await?;
-        let deleted = self.shared.store.delete_app_user(id).await?;
-        tracing::info!(target: "portcullis::audit", event = "user_deleted", user = %id, sessions_ended = ended, "user deleted");
-        Ok(deleted.map(user_of))
+        let deleted = self.store.delete_user(id).await?;
+        if deleted.is_some() {
+            tracing::info!(target: "portcullis::audit", event = "user_deleted", user = %id, sessions_ended = ended, "user deleted");
+        }
+        Ok(deleted)
     }
 
     pub async fn links_of(&self, user_id: &str) -> Result<Vec<IdentityLink>, AccountsError> {
-        Ok(self
-            .shared
-            .store
-            .find_app_user(user_id)?
-            .map(|u| IdentityLink {
-                idp: u.provider,
-                subject: u.subject,
-                user_id: u.id,
-                created_at: u.created_at,
-            })
-            .into_iter()
-            .collect())
+        Ok(self.store.links_of(user_id).await?)
     }
 
+    /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
+    /// very next request is refused. Returns how many were live.
     pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, AccountsError> {
-        Ok(self.shared.end_sessions_of(user_id).await?)
+        self.end_sessions_where(|s| s.user_id == user_id).await
     }
 
+    /// Ends every session `which` selects, live and stored; answers how many were live.
     pub async fn end_sessions_where(&self, which: impl Fn(&Session) -> bool + Send) -> Result<usize, AccountsError> {
-        Ok(self.shared.end_sessions_where(which).await?)
+        let live = self.sessions.remove_where(&which);
+        let stored: Vec<String> = self
+            .store
+            .all_sessions()
+            .await?
+            .into_iter()
+            .filter(|s| which(s))
+            .map(|s| s.id)
+            .collect();
+        self.store.delete_sessions(&stored).await?;
+        Ok(live.len())
     }
+
+    /// Ends the sessions with these ids (logout, revocation): the index first, then the store.
+    /// Answers the sessions that were stored.
+    pub async fn end_sessions(&self, ids: &[String]) -> Result<Vec<Session>, AccountsError> {
+        self.sessions.remove_where(|s| ids.contains(&s.id));
+        Ok(self.store.delete_sessions(ids).await?)
+    }
+
+    /// Ends the sessions that have expired by `now`; answers how many were live.
+    pub async fn end_expired_sessions(&self, now: i64) -> Result<usize, AccountsError> {
+        let expired = self.sessions.remove_expired(now);
+        self.store.delete_sessions(&expired).await?;
+        Ok(expired.len())
+    }
+}
+
+/// Whether a sign-in's write met another writer and should read again.
+fn retry(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Conflict(
+            Conflict::Changed | Conflict::Missing | Conflict::EmailTaken { .. } | Conflict::LinkTaken { .. }
+        )
+    )
+}
+
+/// A store refusal of a people write, as this module's error.
+fn people_error(e: StoreError) -> AccountsError {
+    match e {
+        StoreError::Conflict(Conflict::EmailTaken { email, .. }) => AccountsError::EmailTaken { email },
+        other => AccountsError::Store(other),
+    }
+}
+
+/// An email a person may be given: trimmed, not empty, one `@` with text either side.
+fn checked_email(email: &str) -> Result<String, AccountsError> {
+    let email = email.trim();
+    let valid = email
+        .split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty() && !domain.contains('@'));
+    if !valid || email.chars().any(char::is_control) {
+        return Err(AccountsError::Invalid {
+            field: "email",
+            message: format!("`{}` is not an email address", email.escape_debug()),
+        });
+    }
+    Ok(email.to_string())
 }

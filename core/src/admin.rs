@@ -83,11 +83,14 @@ async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
 
 /// Creates an API key in the store and returns its id and token.
 pub async fn create_api_key(shared: &Shared, description: String) -> Result<(String, String), String> {
-    create_api_key_in(&shared.store, description).await
+    create_api_key_in(&*shared.store, description).await
 }
 
 /// Creates an API key in `store` and returns its id and token.
-pub async fn create_api_key_in(store: &crate::store::Store, description: String) -> Result<(String, String), String> {
+pub async fn create_api_key_in(
+    store: &dyn crate::store::Storage,
+    description: String,
+) -> Result<(String, String), String> {
     crate::model::validate_labels(&description, "")?;
     let (key, token) = crate::api::new_api_key(description, String::new());
     store.create_api_key(&key).await.map_err(|e| e.to_string())?;

@@ -8,8 +8,8 @@ use crate::ids;
 use crate::model::{Edge, Route, RouteBackend, Source, StaticBackend};
 use crate::plugins::Registry;
 use crate::state::Shared;
-use crate::store::StoreError;
-use std::collections::{HashMap, HashSet};
+use crate::store::{ConfigObjectSet, Conflict, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Why a config could not be applied.
@@ -24,11 +24,9 @@ pub enum ApplyError {
 /// Makes the store's config-declared backends and edges match `config`, swaps `config` in,
 /// and rebuilds the routing table. On error nothing changes.
 pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyError> {
-    let _guard = shared.store.lock_writes().await;
     let file = config.file.display().to_string();
     let now = crate::model::now_unix();
-    let stored_backends = shared.store.all_backends()?;
-    let stored_edges = shared.store.all_edges()?;
+    let (stored_backends, stored_edges) = shared.store.config_snapshot().await?;
     let created: HashMap<&str, i64> = stored_backends
         .iter()
         .map(|b| (b.id.as_str(), b.created_at))
@@ -127,27 +125,39 @@ pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyEr
             },
         });
     }
-    let keep: HashSet<&str> = backends
-        .iter()
-        .map(|b| b.id.as_str())
-        .chain(edges.iter().map(|e| e.id.as_str()))
-        .collect();
-    let stale_backends: Vec<String> = stored_backends
-        .iter()
-        .filter(|b| b.source != Source::Api && !keep.contains(b.id.as_str()))
-        .map(|b| b.id.clone())
-        .collect();
-    let stale_edges: Vec<String> = stored_edges
-        .iter()
-        .filter(|e| e.source != Source::Api && !keep.contains(e.id.as_str()))
-        .map(|e| e.id.clone())
-        .collect();
-    shared
+    match shared
         .store
-        .replace_config_objects(&backends, &edges, &stale_backends, &stale_edges)
-        .await?;
+        .replace_config_objects(ConfigObjectSet {
+            backends: &backends,
+            edges: &edges,
+        })
+        .await
+    {
+        Ok(()) => {}
+        // An edge created through the API took a host:port since it was read above.
+        Err(StoreError::Conflict(Conflict::HostportTaken { hostport, edge_id })) => {
+            let key = config
+                .edges
+                .iter()
+                .find_map(|(name, e)| {
+                    let i = e
+                        .hostports
+                        .iter()
+                        .position(|h| crate::model::normalize_hostport(h).as_deref() == Ok(hostport.as_str()))?;
+                    Some(format!("edges.{name}.hostports[{i}]"))
+                })
+                .unwrap_or_else(|| "edges".to_string());
+            return Err(config_error(
+                &file,
+                &key,
+                format!("`{hostport}` is already served by edge {edge_id}, created through the API; delete that edge or pick another host:port"),
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    }
     shared.config.store(Arc::new(config));
-    shared.rebuild_routes()?;
+    shared.rebuild_routes().await?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! groups) and a signed JWT assertion (ES256) that upstreams verify against the JWKS served
 //! at `/_portcullis/jwks.json`. The signing key is made on first start and kept in the store.
 
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::SystemRandom;
@@ -21,19 +21,19 @@ pub struct Signer {
 
 impl Signer {
     /// The store's signing key, made when there is none.
-    pub async fn load_or_create(store: &Store) -> Result<Signer, StoreError> {
+    pub async fn load_or_create(store: &dyn Storage) -> Result<Signer, StoreError> {
         let rng = SystemRandom::new();
-        let pkcs8 = match store.meta_get(KEY_NAME)? {
+        let pkcs8 = match store.metadata(KEY_NAME).await? {
             Some(pkcs8) => pkcs8,
             None => {
                 let made = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|_| StoreError::Conflict("cannot generate the assertion signing key".into()))?;
-                store.meta_put(KEY_NAME, made.as_ref()).await?;
-                made.as_ref().to_vec()
+                    .map_err(|_| StoreError::Unavailable("cannot generate the assertion signing key".into()))?;
+                // Of two starts making a key at once, both keep the one stored first.
+                store.metadata_get_or_insert(KEY_NAME, made.as_ref()).await?
             }
         };
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
-            .map_err(|e| StoreError::Conflict(format!("the stored assertion signing key is unusable: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(format!("the stored assertion signing key is unusable: {e}")))?;
         let public = key.public_key().as_ref();
         // An uncompressed P-256 point: 0x04 || x (32 bytes) || y (32 bytes).
         let (x, y) = (&public[1..33], &public[33..65]);

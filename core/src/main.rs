@@ -210,8 +210,8 @@ fn create_api_key(path: &Path, data_dir: Option<PathBuf>, description: String) -
             Some(AdminResponse::ApiKey { id, token }) => Ok((id, token)),
             Some(AdminResponse::Error { message }) => Err(anyhow::anyhow!("the running server refused: {message}")),
             None => {
-                let store = portcullis::store::Store::open(&config.data_dir)?;
-                portcullis::admin::create_api_key_in(&store, description)
+                let store = portcullis::store::open(&config.data_dir)?;
+                portcullis::admin::create_api_key_in(&*store, description)
                     .await
                     .map_err(anyhow::Error::msg)
             }

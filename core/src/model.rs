@@ -143,19 +143,30 @@ pub fn validate_cookie_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
-/// A person who logged in through an edge (ngrok's "application user").
+/// A person (ngrok's "application user"): who signs in through the edges or is provisioned.
+/// Written only by `accounts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppUser {
+pub struct User {
     pub id: String,
-    /// The plugin that identified the user.
-    pub provider: String,
-    /// The user's subject at the identity provider.
-    pub subject: String,
+    /// Empty when no identity provider or provisioning named one; unique (normalised) otherwise.
     pub email: String,
     pub name: String,
     pub active: bool,
+    /// The id a provisioning client (SCIM's `externalId`) knows the user by.
+    pub external_id: Option<String>,
     pub created_at: i64,
+    pub updated_at: i64,
+    /// 0 before the first sign-in.
     pub last_login: i64,
+}
+
+/// An identity provider's name for a user: the plugin (`idp`) and the user's subject there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityLink {
+    pub idp: String,
+    pub subject: String,
+    pub user_id: String,
+    pub created_at: i64,
 }
 
 /// A server-side session on a protected route. Only the SHA-256 of its token is kept.

@@ -110,7 +110,7 @@ async fn admit(
     if !shared.config.load().api.allows(peer.ip()) {
         return Err(crate::api::ApiError::address_not_allowed(peer.ip()));
     }
-    let api_key = crate::api::authenticate(shared, req.headers())?;
+    let api_key = crate::api::authenticate(shared, req.headers()).await?;
     let body = crate::api::read_body(shared, req).await?;
     Ok((api_key, body))
 }

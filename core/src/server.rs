@@ -14,7 +14,7 @@ use crate::plugins::Registry;
 use crate::routing::RouteTable;
 use crate::sessions::Sessions;
 use crate::state::Shared;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -303,7 +303,7 @@ impl Gateway {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Err(e) = shared.store.flush().await {
+        if let Err(e) = shared.store.flush_activity().await {
             tracing::error!("final flush: {e}");
         }
     }
@@ -320,7 +320,7 @@ async fn open_shared(
     // dropped: a restart right after a stop waits for it briefly.
     let mut attempts = 0;
     let store = loop {
-        match Store::open(&config.data_dir) {
+        match crate::store::open(&config.data_dir) {
             Err(StoreError::Locked { .. }) if attempts < 60 => {
                 attempts += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -329,10 +329,16 @@ async fn open_shared(
         }
     };
     let client_error = |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
+    let sessions = Arc::new(Sessions::load(&*store, clock.now()).await?);
     let shared = Arc::new(Shared {
         egress_client: crate::egress::egress_client(&config.proxy).map_err(client_error)?,
-        sessions: Sessions::load(&store, clock.now())?,
-        signer: Signer::load_or_create(&store).await?,
+        accounts: Arc::new(crate::accounts::Accounts::new(
+            store.clone(),
+            sessions.clone(),
+            clock.clone(),
+        )),
+        sessions,
+        signer: Signer::load_or_create(&*store).await?,
         registry,
         clock,
         proxy_config: config.proxy.clone(),
@@ -352,12 +358,12 @@ async fn open_shared(
 // `derived.rs` rebuilds it from the change feed); `Shared` itself holds no logic.
 impl Shared {
     /// Rebuilds the routing table from the store and swaps it in.
-    pub fn rebuild_routes(&self) -> Result<(), StoreError> {
-        let edges = self.store.all_edges()?;
+    pub async fn rebuild_routes(&self) -> Result<(), StoreError> {
+        let (backends, edges) = self.store.config_snapshot().await?;
         let config = self.config.load();
         let table = RouteTable::build(
             &edges,
-            &self.store.all_backends()?,
+            &backends,
             &config.identity_headers,
             config.listeners.edge.scheme(),
             &self.metrics,
@@ -392,7 +398,7 @@ const BLOCKING_THREADS: usize = 8;
 /// whose identity provider should confirm access again, and, when `sweep`,
 /// end expired sessions and purge expired plugin state.
 async fn maintain(shared: &Arc<Shared>, sweep: bool) {
-    if let Err(e) = shared.sessions.persist_activity(&shared.store) {
+    if let Err(e) = shared.sessions.persist_activity(&*shared.store).await {
         tracing::error!("persisting session activity: {e}");
     }
     // Re-checks wait on identity providers: they run beside the upkeep, one pass at a time.
@@ -406,13 +412,15 @@ async fn maintain(shared: &Arc<Shared>, sweep: bool) {
     }
     if sweep {
         let now = shared.clock.now();
-        let expired = shared.sessions.remove_expired(now);
-        if let Err(e) = shared.store.delete_sessions(&expired, false).await {
+        if let Err(e) = shared.accounts.end_expired_sessions(now).await {
             tracing::error!("removing expired sessions: {e}");
         }
         // A scan of every plugin key: off the runtime thread that also serves the console.
-        let store_owner = shared.clone();
-        let purged = tokio::task::spawn_blocking(move || store_owner.store.kv_purge_expired(now)).await;
+        let store = shared.store.clone();
+        let purged = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(store.kv_purge_expired(now))
+        })
+        .await;
         match purged {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!("purging expired plugin state: {e}"),

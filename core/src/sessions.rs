@@ -1,13 +1,14 @@
 //! Server-side sessions of protected routes: the hot path.
 //!
-//! Sessions live in sled and, for the per-request check, in a sharded in-memory index keyed
+//! Sessions live in the store and, for the per-request check, in a sharded in-memory index keyed
 //! by the SHA-256 of the cookie token (the token itself is never stored). A check takes no
 //! global lock and writes nothing to disk: it bumps an atomic last-active time, and a
-//! background task persists those in batches. Deleting a session removes it from the index
-//! first, so revocation takes effect on the very next request.
+//! background task persists those in batches (the store's one non-durable write). Sessions end
+//! only through `accounts`, which removes them from the index first, so revocation takes effect
+//! on the very next request.
 
 use crate::model::Session;
-use crate::store::{Store, StoreError};
+use crate::store::{Storage, StoreError};
 use arc_swap::ArcSwapOption;
 use base64::Engine;
 use dashmap::DashMap;
@@ -90,9 +91,9 @@ pub struct Sessions {
 
 impl Sessions {
     /// Loads the sessions that have not ended by `now`.
-    pub fn load(store: &Store, now: i64) -> Result<Sessions, StoreError> {
+    pub async fn load(store: &dyn Storage, now: i64) -> Result<Sessions, StoreError> {
         let sessions = Sessions::default();
-        for session in store.all_sessions()? {
+        for session in store.all_sessions().await? {
             let entry = SessionEntry::new(session);
             if !entry.is_expired(now) {
                 sessions.by_hash.insert(entry.session.token_hash, Arc::new(entry));
@@ -114,33 +115,46 @@ impl Sessions {
         Some(entry)
     }
 
-    /// Stores a new session and makes it live.
-    pub fn insert(&self, store: &Store, session: Session) -> Result<Arc<SessionEntry>, StoreError> {
-        store.put_session(&session)?;
+    /// Stores a new session (durably) and makes it live.
+    pub async fn insert(&self, store: &dyn Storage, session: Session) -> Result<Arc<SessionEntry>, StoreError> {
+        store.put_session(&session).await?;
         let entry = Arc::new(SessionEntry::new(session));
         self.by_hash.insert(entry.session.token_hash, entry.clone());
         Ok(entry)
     }
 
     /// Gives a live session a renewed access token to forward, in the store and in the index.
-    /// The entry is replaced (requests in flight keep the one they hold), under its shard's
-    /// lock, so neither the activity writer nor an ending can interleave. Answers `false`,
-    /// writing nothing, when the session has ended meanwhile.
-    pub fn renew_access_token(
+    /// The stored session is replaced only while it is stored (an ending meanwhile wins), then
+    /// the entry is replaced (requests in flight keep the one they hold) if it is still live.
+    /// Answers `false`, writing nothing, when the session has ended meanwhile.
+    pub async fn renew_access_token(
         &self,
-        store: &Store,
+        store: &dyn Storage,
         token_hash: &[u8; 32],
         access_token: String,
     ) -> Result<bool, StoreError> {
+        let session = {
+            let Some(entry) = self.by_hash.get(token_hash) else {
+                return Ok(false);
+            };
+            let mut session = entry.session.clone();
+            session.access_token = Some(access_token);
+            session.last_active = entry.last_active();
+            session.checked_at = entry.checked_at.load(Ordering::Relaxed);
+            session
+        };
+        if !store.replace_session(&session).await? {
+            return Ok(false);
+        }
         let Some(mut slot) = self.by_hash.get_mut(token_hash) else {
             return Ok(false);
         };
-        let mut session = slot.session.clone();
-        session.access_token = Some(access_token);
-        session.last_active = slot.last_active();
-        session.checked_at = slot.checked_at.load(Ordering::Relaxed);
-        store.put_session(&session)?;
-        *slot = Arc::new(SessionEntry::new(session));
+        let fresh = SessionEntry::new(session);
+        fresh.last_active.store(slot.last_active(), Ordering::Relaxed);
+        fresh
+            .checked_at
+            .store(slot.checked_at.load(Ordering::Relaxed), Ordering::Relaxed);
+        *slot = Arc::new(fresh);
         Ok(true)
     }
 
@@ -199,17 +213,20 @@ impl Sessions {
             .collect()
     }
 
-    /// Writes the last-active times that changed since the last call; returns how many.
-    pub fn persist_activity(&self, store: &Store) -> Result<usize, StoreError> {
-        let mut written = 0;
-        for entry in self.by_hash.iter() {
-            if entry.dirty.swap(false, Ordering::Relaxed) {
+    /// Writes the last-active times that changed since the last call, batched (not durable
+    /// when it returns); returns how many.
+    pub async fn persist_activity(&self, store: &dyn Storage) -> Result<usize, StoreError> {
+        let batch: Vec<Session> = self
+            .by_hash
+            .iter()
+            .filter(|entry| entry.dirty.swap(false, Ordering::Relaxed))
+            .map(|entry| {
                 let mut session = entry.session.clone();
                 session.last_active = entry.last_active();
-                store.put_session(&session)?;
-                written += 1;
-            }
-        }
-        Ok(written)
+                session
+            })
+            .collect();
+        store.save_activity_batched(&batch).await?;
+        Ok(batch.len())
     }
 }

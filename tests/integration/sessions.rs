@@ -421,6 +421,41 @@ async fn deactivating_a_user_ends_their_sessions_at_once_and_bars_new_sign_ins()
     gw.stop().await;
 }
 
+/// The duplicate-user bug of issue 12: the plugin host keyed people by email and sign-in by
+/// (plugin, subject), so a person provisioned through the host and then signing in was two
+/// users, and deactivating "them" by email left the signed-in one's session alive.
+#[tokio::test]
+async fn a_person_provisioned_by_email_then_signing_in_is_one_user_whose_deactivation_ends_the_session() {
+    let upstream = Upstream::start().await;
+    let (gw, _) = start(&upstream, "").await;
+    // Provisioned through the directory port (testlogin's provisioning path on the console).
+    assert_eq!(
+        test_plugin::set_active(&gw, "Carol@Example.com", true).await.body,
+        "active true"
+    );
+    // testlogin signs `carol` in with subject `carol` and email `carol@example.com`.
+    let (carol, _) = login(&gw, "/", "carol", &[]).await;
+    assert_eq!(with_session(&gw, "/", &carol).await.status, 200);
+
+    let users = gw.api(Method::GET, "/app/users", None).await.json();
+    let listed = users["application_users"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "one person, one user: {users}");
+    assert_eq!(listed[0]["email"], "carol@example.com");
+    assert_eq!(listed[0]["identity_provider"]["name"], "testlogin");
+    assert_eq!(listed[0]["provider_user_id"], "carol");
+
+    assert_eq!(
+        test_plugin::set_active(&gw, "CAROL@example.com", false).await.body,
+        "active false"
+    );
+    assert_eq!(
+        with_session(&gw, "/", &carol).await.status,
+        303,
+        "deactivating the person ends the session they signed in with"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn logout_ends_the_session_and_clears_the_cookie() {
     let upstream = Upstream::start().await;

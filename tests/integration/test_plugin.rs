@@ -3,7 +3,8 @@
 //! tests can hand core hostile return URLs; `<mount>/panic` panics; `<mount>/directory?email=E`
 //! tries the directory port from a sign-in call (which must refuse). It also provisions, on the
 //! console: `/testlogin/set-active?email=E&active=true|false` (with the API key,
-//! [`set_active`]) (de)activates a person through the host's directory port, as SCIM would;
+//! [`set_active`]) (de)activates a person through the host's directory port, as SCIM would
+//! (provisioning one it does not know);
 //! it tries the port for a refused caller too, and reports what the port answered.
 
 use crate::harness::{send, Reply, TestGateway};
@@ -197,7 +198,15 @@ impl Plugin for TestLogin {
                     },
                 )
                 .map(|person| format!("active {}", person.active)),
-            Ok(None) => Ok("no such person".into()),
+            // Someone the directory does not know yet is provisioned (as SCIM's POST would).
+            Ok(None) => host
+                .create_person(NewPerson {
+                    email: param("email"),
+                    name: String::new(),
+                    active: param("active") == "true",
+                    external_id: None,
+                })
+                .map(|person| format!("active {}", person.active)),
             Err(e) => Err(e),
         };
         match (&provisioning.caller, outcome) {

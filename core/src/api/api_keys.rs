@@ -2,10 +2,11 @@
 //! [`new_api_key`], which the admin socket's `api-key create` uses too. The token is shown once,
 //! on create; the store keeps only its hash and looks keys up by it (`mod.rs` authenticates).
 
-use super::views::{created, labels, list_json, no_content, ok, timestamp, Answer};
+use super::views::{created, kept_changing, labels, list_json, no_content, ok, timestamp, Answer, WRITE_ATTEMPTS};
 use super::{ApiError, Ctx};
 use crate::ids;
 use crate::model::{self, ApiKey};
+use crate::store::{Conflict, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -40,15 +41,16 @@ fn api_key_json(ctx: &Ctx<'_>, key: &ApiKey, token: Option<&str>) -> Value {
     })
 }
 
-fn find_api_key(ctx: &Ctx<'_>, id: &str) -> Result<ApiKey, ApiError> {
+async fn find_api_key(ctx: &Ctx<'_>, id: &str) -> Result<ApiKey, ApiError> {
     ctx.shared
         .store
-        .find_api_key(id)?
+        .api_key(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("API key", id))
 }
 
-pub(super) fn get_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
-    ok(api_key_json(ctx, &find_api_key(ctx, id)?, None))
+pub(super) async fn get_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
+    ok(api_key_json(ctx, &find_api_key(ctx, id).await?, None))
 }
 
 /// Makes a new API key record and its token (shown once, stored only as a hash).
@@ -78,9 +80,9 @@ pub(super) async fn create_api_key(ctx: &Ctx<'_>) -> Answer {
     created(api_key_json(ctx, &key, Some(&token)))
 }
 
-pub(super) fn list_api_keys(ctx: &Ctx<'_>) -> Answer {
+pub(super) async fn list_api_keys(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
-    let page = ctx.shared.store.list_api_keys(before, limit)?;
+    let page = ctx.shared.store.api_keys_page(before, limit).await?;
     ok(list_json(
         ctx,
         "/api_keys",
@@ -94,17 +96,24 @@ pub(super) fn list_api_keys(ctx: &Ctx<'_>) -> Answer {
 
 pub(super) async fn update_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
     let body: ApiKeyUpdate = ctx.json()?;
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut key = find_api_key(ctx, id)?;
-    if let Some(d) = body.description {
-        key.description = d;
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_api_key(ctx, id).await?;
+        let mut key = stored.clone();
+        if let Some(d) = &body.description {
+            key.description = d.clone();
+        }
+        if let Some(m) = &body.metadata {
+            key.metadata = m.clone();
+        }
+        labels(&key.description, &key.metadata)?;
+        match ctx.shared.store.update_api_key(&stored, &key).await {
+            Ok(()) => return ok(api_key_json(ctx, &key, None)),
+            Err(StoreError::Conflict(Conflict::Changed)) => continue,
+            Err(StoreError::Conflict(Conflict::Missing)) => return Err(ApiError::not_found("API key", id)),
+            Err(e) => return Err(e.into()),
+        }
     }
-    if let Some(m) = body.metadata {
-        key.metadata = m;
-    }
-    labels(&key.description, &key.metadata)?;
-    ctx.shared.store.update_api_key(&key).await?;
-    ok(api_key_json(ctx, &key, None))
+    Err(kept_changing("API key", id))
 }
 
 pub(super) async fn delete_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {

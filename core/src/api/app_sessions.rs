@@ -1,6 +1,6 @@
 //! `/app/sessions`: the sessions of people signed in through the edges (list, read, revoke). The
-//! last activity shown is the in-memory index's when the session is live; revoking removes it
-//! from that index before the store, so its cookie is refused at once.
+//! last activity shown is the in-memory index's when the session is live; revoking goes through
+//! `accounts`, which removes it from that index before the store, so its cookie is refused at once.
 
 use super::views::{list_json, no_content, ok, timestamp, Answer};
 use super::{ApiError, Ctx};
@@ -29,24 +29,25 @@ fn app_session_json(ctx: &Ctx<'_>, s: &Session, live: &std::collections::HashMap
     })
 }
 
-fn find_app_session(ctx: &Ctx<'_>, id: &str) -> Result<Session, ApiError> {
+async fn find_app_session(ctx: &Ctx<'_>, id: &str) -> Result<Session, ApiError> {
     ctx.shared
         .store
-        .find_session(id)?
+        .session(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("application session", id))
 }
 
-pub(super) fn get_app_session(ctx: &Ctx<'_>, id: &str) -> Answer {
+pub(super) async fn get_app_session(ctx: &Ctx<'_>, id: &str) -> Answer {
     ok(app_session_json(
         ctx,
-        &find_app_session(ctx, id)?,
+        &find_app_session(ctx, id).await?,
         &ctx.shared.sessions.last_active_by_id(),
     ))
 }
 
-pub(super) fn list_app_sessions(ctx: &Ctx<'_>) -> Answer {
+pub(super) async fn list_app_sessions(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
-    let page = ctx.shared.store.list_sessions(before, limit)?;
+    let page = ctx.shared.store.sessions_page(before, limit).await?;
     let live = ctx.shared.sessions.last_active_by_id();
     ok(list_json(
         ctx,
@@ -60,10 +61,9 @@ pub(super) fn list_app_sessions(ctx: &Ctx<'_>) -> Answer {
 }
 
 pub(super) async fn delete_app_session(ctx: &Ctx<'_>, id: &str) -> Answer {
-    find_app_session(ctx, id)?;
+    find_app_session(ctx, id).await?;
     // Out of the in-memory index first: the very next request with its cookie is refused.
-    ctx.shared.sessions.remove_where(|s| s.id == id);
-    ctx.shared.store.delete_sessions(&[id.to_string()], true).await?;
+    ctx.shared.accounts.end_sessions(&[id.to_string()]).await?;
     tracing::info!(target: "portcullis::audit", event = "session_revoked", session = id, "session revoked through the API");
     no_content()
 }

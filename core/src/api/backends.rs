@@ -1,11 +1,14 @@
 //! `/backends/static`: the upstream addresses routes forward to. A backend a route still uses
-//! cannot be deleted; one the config file declares cannot be changed here. The routing table
-//! is rebuilt by `Shared::rebuild_routes` after a change.
+//! cannot be deleted (the store refuses it atomically); one the config file declares cannot be
+//! changed here. The routing table is rebuilt by `Shared::rebuild_routes` after a change.
 
-use super::views::{created, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer};
+use super::views::{
+    created, kept_changing, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer, WRITE_ATTEMPTS,
+};
 use super::{ApiError, Ctx};
 use crate::ids;
 use crate::model::{self, Source, StaticBackend};
+use crate::store::{Conflict, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -37,15 +40,16 @@ fn backend_json(ctx: &Ctx<'_>, b: &StaticBackend) -> Value {
     })
 }
 
-fn find_backend(ctx: &Ctx<'_>, id: &str) -> Result<StaticBackend, ApiError> {
+async fn find_backend(ctx: &Ctx<'_>, id: &str) -> Result<StaticBackend, ApiError> {
     ctx.shared
         .store
-        .find_backend(id)?
+        .backend(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("static backend", id))
 }
 
-pub(super) fn get_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
-    ok(backend_json(ctx, &find_backend(ctx, id)?))
+pub(super) async fn get_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
+    ok(backend_json(ctx, &find_backend(ctx, id).await?))
 }
 
 fn check_backend(b: &StaticBackend) -> Result<(), ApiError> {
@@ -65,13 +69,13 @@ pub(super) async fn create_backend(ctx: &Ctx<'_>) -> Answer {
         source: Source::Api,
     };
     check_backend(&backend)?;
-    ctx.shared.store.put_backend(&backend).await?;
+    ctx.shared.store.create_backend(&backend).await?;
     created(backend_json(ctx, &backend))
 }
 
-pub(super) fn list_backends(ctx: &Ctx<'_>) -> Answer {
+pub(super) async fn list_backends(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
-    let page = ctx.shared.store.list_backends(before, limit)?;
+    let page = ctx.shared.store.backends_page(before, limit).await?;
     ok(list_json(
         ctx,
         "/backends/static",
@@ -85,47 +89,46 @@ pub(super) fn list_backends(ctx: &Ctx<'_>) -> Answer {
 
 pub(super) async fn update_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
     let body: BackendWrite = ctx.json()?;
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut backend = find_backend(ctx, id)?;
-    refuse_config_managed("static backend", id, &backend.source)?;
-    if let Some(d) = body.description {
-        backend.description = d;
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_backend(ctx, id).await?;
+        refuse_config_managed("static backend", id, &stored.source)?;
+        let mut backend = stored.clone();
+        if let Some(d) = &body.description {
+            backend.description = d.clone();
+        }
+        if let Some(m) = &body.metadata {
+            backend.metadata = m.clone();
+        }
+        // ngrok's clients send `address: ""` when the caller leaves it unchanged.
+        if let Some(a) = body.address.as_ref().filter(|a| !a.is_empty()) {
+            backend.address = a.clone();
+        }
+        if let Some(t) = &body.tls {
+            backend.tls = t.enabled;
+        }
+        check_backend(&backend)?;
+        match ctx.shared.store.update_backend(&stored, &backend).await {
+            Ok(()) => {
+                ctx.shared.rebuild_routes().await?;
+                return ok(backend_json(ctx, &backend));
+            }
+            Err(StoreError::Conflict(Conflict::Changed)) => continue,
+            Err(StoreError::Conflict(Conflict::Missing)) => return Err(ApiError::not_found("static backend", id)),
+            Err(e) => return Err(e.into()),
+        }
     }
-    if let Some(m) = body.metadata {
-        backend.metadata = m;
-    }
-    // ngrok's clients send `address: ""` when the caller leaves it unchanged.
-    if let Some(a) = body.address.filter(|a| !a.is_empty()) {
-        backend.address = a;
-    }
-    if let Some(t) = body.tls {
-        backend.tls = t.enabled;
-    }
-    check_backend(&backend)?;
-    ctx.shared.store.put_backend(&backend).await?;
-    ctx.shared.rebuild_routes()?;
-    ok(backend_json(ctx, &backend))
+    Err(kept_changing("static backend", id))
 }
 
 pub(super) async fn delete_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
-    let _guard = ctx.shared.store.lock_writes().await;
-    let backend = find_backend(ctx, id)?;
+    let backend = find_backend(ctx, id).await?;
     refuse_config_managed("static backend", id, &backend.source)?;
-    let users: Vec<String> = ctx
-        .shared
-        .store
-        .all_edges()?
-        .iter()
-        .flat_map(|e| e.routes.iter())
-        .filter(|r| r.backend.as_ref().is_some_and(|b| b.backend_id == id))
-        .map(|r| r.id.clone())
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::conflict(format!(
+    match ctx.shared.store.delete_backend(id).await {
+        Ok(_) => no_content(),
+        Err(StoreError::Conflict(Conflict::BackendInUse { route_ids, .. })) => Err(ApiError::conflict(format!(
             "static backend `{id}` is used by route(s) {}; change or delete them first",
-            users.join(", ")
-        )));
+            route_ids.join(", ")
+        ))),
+        Err(e) => Err(e.into()),
     }
-    ctx.shared.store.delete_backend(id).await?;
-    no_content()
 }

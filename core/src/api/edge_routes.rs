@@ -5,17 +5,19 @@
 
 use super::edges::{find_edge, outputs_of};
 use super::route_modules::is_module_name;
-use super::views::{created, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer};
+use super::views::{
+    created, kept_changing, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer, WRITE_ATTEMPTS,
+};
 use super::{ApiError, Ctx};
 use crate::ids;
 use crate::model::{self, Edge, MatchType, Route, RouteBackend};
 use crate::modules::ModuleOutputs;
-use crate::store::Page;
+use crate::store::{Conflict, Page, StoreError};
 use portcullis_plugin_sdk::PluginError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct BackendModule {
     #[serde(default = "default_true")]
@@ -27,7 +29,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 pub(super) struct RouteWrite {
     match_type: Option<String>,
     #[serde(rename = "match")]
@@ -128,7 +130,7 @@ async fn apply_route_write(ctx: &Ctx<'_>, route: &mut Route, body: RouteWrite) -
         route.metadata = m;
     }
     if let Some(b) = body.backend {
-        if ctx.shared.store.find_backend(&b.backend_id)?.is_none() {
+        if ctx.shared.store.backend(&b.backend_id).await?.is_none() {
             return Err(ApiError::invalid(
                 "backend.backend_id",
                 format!("no static backend `{}`", b.backend_id),
@@ -161,7 +163,7 @@ fn check_unique_match(edge: &Edge, route: &Route) -> Result<(), ApiError> {
 
 pub(super) async fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
     let (limit, before) = ctx.paging()?;
-    let edge = find_edge(ctx, edge_id)?;
+    let edge = find_edge(ctx, edge_id).await?;
     let outputs = outputs_of(ctx, [&edge]).await;
     let mut routes: Vec<&Route> = edge
         .routes
@@ -188,7 +190,7 @@ pub(super) async fn list_routes(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
 }
 
 pub(super) async fn get_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
-    let edge = find_edge(ctx, edge_id)?;
+    let edge = find_edge(ctx, edge_id).await?;
     let route = route_of(&edge, id)?;
     let outputs = outputs_of(ctx, [&edge]).await;
     ok(route_json(ctx, &edge.id, route, &outputs))
@@ -196,37 +198,58 @@ pub(super) async fn get_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer 
 
 pub(super) async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
     let body: RouteWrite = ctx.json()?;
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut edge = find_edge(ctx, edge_id)?;
-    refuse_config_managed("HTTPS edge", edge_id, &edge.source)?;
-    let match_type = body.match_type.clone().unwrap_or_default();
-    if match_type.is_empty() {
-        return Err(ApiError::invalid(
-            "match_type",
-            "is required (exact_path or path_prefix)",
-        ));
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_edge(ctx, edge_id).await?;
+        refuse_config_managed("HTTPS edge", edge_id, &stored.source)?;
+        let match_type = body.match_type.clone().unwrap_or_default();
+        if match_type.is_empty() {
+            return Err(ApiError::invalid(
+                "match_type",
+                "is required (exact_path or path_prefix)",
+            ));
+        }
+        if body.path.as_deref().unwrap_or_default().is_empty() {
+            return Err(ApiError::invalid("match", "is required"));
+        }
+        let mut route = Route {
+            id: ids::new_id(ids::HTTPS_ROUTE),
+            created_at: model::now_unix(),
+            match_type: MatchType::PathPrefix,
+            path: String::new(),
+            description: String::new(),
+            metadata: String::new(),
+            backend: None,
+            auth: None,
+        };
+        apply_route_write(ctx, &mut route, body.clone()).await?;
+        check_unique_match(&stored, &route)?;
+        check_route_module(ctx, &stored, &route).await?;
+        let mut edge = stored.clone();
+        edge.routes.push(route.clone());
+        if store_edge(ctx, &stored, &edge).await? {
+            let outputs = outputs_of(ctx, [&edge]).await;
+            return created(route_json(ctx, edge_id, &route, &outputs));
+        }
     }
-    if body.path.as_deref().unwrap_or_default().is_empty() {
-        return Err(ApiError::invalid("match", "is required"));
+    Err(kept_changing("HTTPS edge", edge_id))
+}
+
+/// Writes `edge` over `stored` and rebuilds the routing table; `false` when the edge changed
+/// since it was read (read it again).
+async fn store_edge(ctx: &Ctx<'_>, stored: &Edge, edge: &Edge) -> Result<bool, ApiError> {
+    match ctx.shared.store.update_edge(stored, edge).await {
+        Ok(()) => {
+            ctx.shared.rebuild_routes().await?;
+            Ok(true)
+        }
+        Err(StoreError::Conflict(Conflict::Changed)) => Ok(false),
+        Err(StoreError::Conflict(Conflict::Missing)) => Err(ApiError::not_found("HTTPS edge", &stored.id)),
+        Err(StoreError::Conflict(Conflict::BackendMissing { backend_id })) => Err(ApiError::invalid(
+            "backend.backend_id",
+            format!("no static backend `{backend_id}`"),
+        )),
+        Err(e) => Err(e.into()),
     }
-    let mut route = Route {
-        id: ids::new_id(ids::HTTPS_ROUTE),
-        created_at: model::now_unix(),
-        match_type: MatchType::PathPrefix,
-        path: String::new(),
-        description: String::new(),
-        metadata: String::new(),
-        backend: None,
-        auth: None,
-    };
-    apply_route_write(ctx, &mut route, body).await?;
-    check_unique_match(&edge, &route)?;
-    check_route_module(ctx, &edge, &route).await?;
-    edge.routes.push(route.clone());
-    ctx.shared.store.put_edge(&edge).await?;
-    ctx.shared.rebuild_routes()?;
-    let outputs = outputs_of(ctx, [&edge]).await;
-    created(route_json(ctx, edge_id, &route, &outputs))
 }
 
 pub(super) async fn update_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
@@ -251,38 +274,44 @@ async fn check_route_module(ctx: &Ctx<'_>, edge: &Edge, route: &Route) -> Result
     }
 }
 
-/// Applies `body` to a route and stores it.
+/// Applies `body` to a route and stores it, as one read-modify-write of its edge.
 pub(super) async fn change_route(
     ctx: &Ctx<'_>,
     edge_id: &str,
     id: &str,
     body: RouteWrite,
 ) -> Result<(Edge, Route), ApiError> {
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut edge = find_edge(ctx, edge_id)?;
-    let index = route_index(&edge, id)?;
-    refuse_config_managed("route", id, &edge.source)?;
-    let mut route = edge.routes[index].clone();
-    apply_route_write(ctx, &mut route, body).await?;
-    check_unique_match(&edge, &route)?;
-    if route.auth != edge.routes[index].auth {
-        check_route_module(ctx, &edge, &route).await?;
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_edge(ctx, edge_id).await?;
+        let index = route_index(&stored, id)?;
+        refuse_config_managed("route", id, &stored.source)?;
+        let mut route = stored.routes[index].clone();
+        apply_route_write(ctx, &mut route, body.clone()).await?;
+        check_unique_match(&stored, &route)?;
+        if route.auth != stored.routes[index].auth {
+            check_route_module(ctx, &stored, &route).await?;
+        }
+        let mut edge = stored.clone();
+        edge.routes[index] = route.clone();
+        if store_edge(ctx, &stored, &edge).await? {
+            return Ok((edge, route));
+        }
     }
-    edge.routes[index] = route.clone();
-    ctx.shared.store.put_edge(&edge).await?;
-    ctx.shared.rebuild_routes()?;
-    Ok((edge, route))
+    Err(kept_changing("route", id))
 }
 
 pub(super) async fn delete_route(ctx: &Ctx<'_>, edge_id: &str, id: &str) -> Answer {
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut edge = find_edge(ctx, edge_id)?;
-    let index = route_index(&edge, id)?;
-    refuse_config_managed("route", id, &edge.source)?;
-    edge.routes.remove(index);
-    ctx.shared.store.put_edge(&edge).await?;
-    ctx.shared.rebuild_routes()?;
-    no_content()
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_edge(ctx, edge_id).await?;
+        let index = route_index(&stored, id)?;
+        refuse_config_managed("route", id, &stored.source)?;
+        let mut edge = stored.clone();
+        edge.routes.remove(index);
+        if store_edge(ctx, &stored, &edge).await? {
+            return no_content();
+        }
+    }
+    Err(kept_changing("route", id))
 }
 
 /// Where the route `id` stands in `edge.routes`.

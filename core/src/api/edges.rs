@@ -4,11 +4,14 @@
 //! written through `edge_routes` and `route_modules`.
 
 use super::edge_routes::route_json;
-use super::views::{created, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer};
+use super::views::{
+    created, kept_changing, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer, WRITE_ATTEMPTS,
+};
 use super::{ApiError, Ctx};
 use crate::ids;
 use crate::model::{self, Edge, Source};
 use crate::modules::ModuleOutputs;
+use crate::store::{Conflict, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -47,22 +50,23 @@ fn edge_json(ctx: &Ctx<'_>, e: &Edge, outputs: &ModuleOutputs) -> Value {
     })
 }
 
-pub(super) fn find_edge(ctx: &Ctx<'_>, id: &str) -> Result<Edge, ApiError> {
+pub(super) async fn find_edge(ctx: &Ctx<'_>, id: &str) -> Result<Edge, ApiError> {
     ctx.shared
         .store
-        .find_edge(id)?
+        .edge(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("HTTPS edge", id))
 }
 
 pub(super) async fn get_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
-    let edge = find_edge(ctx, id)?;
+    let edge = find_edge(ctx, id).await?;
     let outputs = outputs_of(ctx, [&edge]).await;
     ok(edge_json(ctx, &edge, &outputs))
 }
 
-/// Normalises `hostports` and checks that no other edge serves one of them.
-fn check_hostports(ctx: &Ctx<'_>, edge_id: &str, hostports: &[String]) -> Result<Vec<String>, ApiError> {
-    let others = ctx.shared.store.all_edges()?;
+/// Normalises `hostports`, refusing one listed twice. That no other edge serves one is the
+/// store's check, when the edge is written ([`hostport_conflict`] words its refusal).
+fn normalize_hostports(hostports: &[String]) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::with_capacity(hostports.len());
     for (i, hostport) in hostports.iter().enumerate() {
         let normal =
@@ -73,24 +77,33 @@ fn check_hostports(ctx: &Ctx<'_>, edge_id: &str, hostports: &[String]) -> Result
                 format!("`{hostport}` is listed twice"),
             ));
         }
-        if let Some(other) = others.iter().find(|e| e.id != edge_id && e.hostports.contains(&normal)) {
-            return Err(ApiError::conflict(format!(
-                "hostport `{hostport}` is already served by edge `{}`",
-                other.id
-            )));
-        }
         out.push(normal);
     }
     Ok(out)
 }
 
+/// The refusal of a write whose host:port another edge serves, naming the host:port as the
+/// client sent it (`sent[i]` normalised to `normalized[i]`).
+pub(super) fn hostport_conflict(e: StoreError, sent: &[String], normalized: &[String]) -> ApiError {
+    match e {
+        StoreError::Conflict(Conflict::HostportTaken { hostport, edge_id }) => {
+            let as_sent = normalized
+                .iter()
+                .position(|h| *h == hostport)
+                .and_then(|i| sent.get(i))
+                .unwrap_or(&hostport);
+            ApiError::conflict(format!("hostport `{as_sent}` is already served by edge `{edge_id}`"))
+        }
+        e => e.into(),
+    }
+}
+
 pub(super) async fn create_edge(ctx: &Ctx<'_>) -> Answer {
     let body: EdgeWrite = ctx.json()?;
-    let _guard = ctx.shared.store.lock_writes().await;
-    let id = ids::new_id(ids::HTTPS_EDGE);
+    let sent = body.hostports.unwrap_or_default();
     let edge = Edge {
-        hostports: check_hostports(ctx, &id, &body.hostports.unwrap_or_default())?,
-        id,
+        hostports: normalize_hostports(&sent)?,
+        id: ids::new_id(ids::HTTPS_EDGE),
         description: body.description.unwrap_or_default(),
         metadata: body.metadata.unwrap_or_default(),
         created_at: model::now_unix(),
@@ -98,14 +111,18 @@ pub(super) async fn create_edge(ctx: &Ctx<'_>) -> Answer {
         source: Source::Api,
     };
     labels(&edge.description, &edge.metadata)?;
-    ctx.shared.store.put_edge(&edge).await?;
-    ctx.shared.rebuild_routes()?;
+    ctx.shared
+        .store
+        .create_edge(&edge)
+        .await
+        .map_err(|e| hostport_conflict(e, &sent, &edge.hostports))?;
+    ctx.shared.rebuild_routes().await?;
     created(edge_json(ctx, &edge, &ModuleOutputs::new()))
 }
 
 pub(super) async fn list_edges(ctx: &Ctx<'_>) -> Answer {
     let (limit, before) = ctx.paging()?;
-    let page = ctx.shared.store.list_edges(before, limit)?;
+    let page = ctx.shared.store.edges_page(before, limit).await?;
     let outputs = outputs_of(ctx, &page.items).await;
     ok(list_json(
         ctx,
@@ -120,30 +137,42 @@ pub(super) async fn list_edges(ctx: &Ctx<'_>) -> Answer {
 
 pub(super) async fn update_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
     let body: EdgeWrite = ctx.json()?;
-    let _guard = ctx.shared.store.lock_writes().await;
-    let mut edge = find_edge(ctx, id)?;
-    refuse_config_managed("HTTPS edge", id, &edge.source)?;
-    if let Some(d) = body.description {
-        edge.description = d;
+    for _ in 0..WRITE_ATTEMPTS {
+        let stored = find_edge(ctx, id).await?;
+        refuse_config_managed("HTTPS edge", id, &stored.source)?;
+        let hostports = body.hostports.as_deref().map(normalize_hostports).transpose()?;
+        let mut edge = stored.clone();
+        if let Some(d) = &body.description {
+            edge.description = d.clone();
+        }
+        if let Some(m) = &body.metadata {
+            edge.metadata = m.clone();
+        }
+        if let Some(h) = &hostports {
+            edge.hostports = h.clone();
+        }
+        labels(&edge.description, &edge.metadata)?;
+        match ctx.shared.store.update_edge(&stored, &edge).await {
+            Ok(()) => {
+                ctx.shared.rebuild_routes().await?;
+                let outputs = outputs_of(ctx, [&edge]).await;
+                return ok(edge_json(ctx, &edge, &outputs));
+            }
+            Err(StoreError::Conflict(Conflict::Changed)) => continue,
+            Err(StoreError::Conflict(Conflict::Missing)) => return Err(ApiError::not_found("HTTPS edge", id)),
+            Err(e) => {
+                let sent = body.hostports.as_deref().unwrap_or_default();
+                return Err(hostport_conflict(e, sent, hostports.as_deref().unwrap_or_default()));
+            }
+        }
     }
-    if let Some(m) = body.metadata {
-        edge.metadata = m;
-    }
-    if let Some(h) = body.hostports {
-        edge.hostports = check_hostports(ctx, id, &h)?;
-    }
-    labels(&edge.description, &edge.metadata)?;
-    ctx.shared.store.put_edge(&edge).await?;
-    ctx.shared.rebuild_routes()?;
-    let outputs = outputs_of(ctx, [&edge]).await;
-    ok(edge_json(ctx, &edge, &outputs))
+    Err(kept_changing("HTTPS edge", id))
 }
 
 pub(super) async fn delete_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
-    let _guard = ctx.shared.store.lock_writes().await;
-    let edge = find_edge(ctx, id)?;
+    let edge = find_edge(ctx, id).await?;
     refuse_config_managed("HTTPS edge", id, &edge.source)?;
     ctx.shared.store.delete_edge(id).await?;
-    ctx.shared.rebuild_routes()?;
+    ctx.shared.rebuild_routes().await?;
     no_content()
 }

@@ -178,8 +178,31 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        tracing::error!("store error: {e}");
-        ApiError::internal(format!("storage failed: {e}"))
+        use crate::store::{Conflict, StoreError};
+        match e {
+            StoreError::Conflict(
+                c @ (Conflict::HostportTaken { .. }
+                | Conflict::BackendInUse { .. }
+                | Conflict::EmailTaken { .. }
+                | Conflict::LinkTaken { .. }),
+            ) => ApiError::conflict(c.to_string()),
+            e => {
+                tracing::error!("store error: {e}");
+                ApiError::internal(format!("storage failed: {e}"))
+            }
+        }
+    }
+}
+
+impl From<crate::accounts::AccountsError> for ApiError {
+    fn from(e: crate::accounts::AccountsError) -> ApiError {
+        use crate::accounts::AccountsError;
+        match e {
+            AccountsError::Store(e) => e.into(),
+            AccountsError::NotFound { id } => ApiError::not_found("application user", &id),
+            AccountsError::Invalid { field, message } => ApiError::invalid(field, message),
+            e @ (AccountsError::EmailTaken { .. } | AccountsError::Disabled) => ApiError::conflict(e.to_string()),
+        }
     }
 }
 

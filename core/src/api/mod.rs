@@ -115,7 +115,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     if !is_v2 {
         return Err(ApiError::version_header());
     }
-    let api_key = authenticate(shared, req.headers())?;
+    let api_key = authenticate(shared, req.headers()).await?;
     let base_url = base_url(shared, &req);
     let query = req
         .uri()
@@ -177,7 +177,7 @@ pub(crate) async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result
 
 /// The id of the API key the request authenticates with (also the check of the console's
 /// provisioning paths).
-pub(crate) fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<String, ApiError> {
+pub(crate) async fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -186,7 +186,7 @@ pub(crate) fn authenticate(shared: &Shared, headers: &http::HeaderMap) -> Result
         .filter(|t| !t.is_empty())
         .ok_or_else(ApiError::missing_auth)?;
     let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    match shared.store.find_api_key_by_token_hash(&hash)? {
+    match shared.store.api_key_by_token_hash(&hash).await? {
         Some(key) => Ok(key.id),
         None => Err(ApiError::bad_key()),
     }

@@ -13,23 +13,23 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
     let not_allowed = || Err(ApiError::method_not_allowed(method, path));
     match segments {
         ["api_keys"] => match *method {
-            Method::GET => api_keys::list_api_keys(ctx),
+            Method::GET => api_keys::list_api_keys(ctx).await,
             Method::POST => api_keys::create_api_key(ctx).await,
             _ => not_allowed(),
         },
         ["api_keys", id] => match *method {
-            Method::GET => api_keys::get_api_key(ctx, id),
+            Method::GET => api_keys::get_api_key(ctx, id).await,
             Method::PATCH => api_keys::update_api_key(ctx, id).await,
             Method::DELETE => api_keys::delete_api_key(ctx, id).await,
             _ => not_allowed(),
         },
         ["backends", "static"] => match *method {
-            Method::GET => backends::list_backends(ctx),
+            Method::GET => backends::list_backends(ctx).await,
             Method::POST => backends::create_backend(ctx).await,
             _ => not_allowed(),
         },
         ["backends", "static", id] => match *method {
-            Method::GET => backends::get_backend(ctx, id),
+            Method::GET => backends::get_backend(ctx, id).await,
             Method::PATCH => backends::update_backend(ctx, id).await,
             Method::DELETE => backends::delete_backend(ctx, id).await,
             _ => not_allowed(),
@@ -65,20 +65,20 @@ pub(super) async fn dispatch(ctx: &Ctx<'_>, method: &Method, segments: &[&str], 
             _ => not_allowed(),
         },
         ["app", "sessions"] => match *method {
-            Method::GET => app_sessions::list_app_sessions(ctx),
+            Method::GET => app_sessions::list_app_sessions(ctx).await,
             _ => not_allowed(),
         },
         ["app", "sessions", id] => match *method {
-            Method::GET => app_sessions::get_app_session(ctx, id),
+            Method::GET => app_sessions::get_app_session(ctx, id).await,
             Method::DELETE => app_sessions::delete_app_session(ctx, id).await,
             _ => not_allowed(),
         },
         ["app", "users"] => match *method {
-            Method::GET => app_users::list_app_users(ctx),
+            Method::GET => app_users::list_app_users(ctx).await,
             _ => not_allowed(),
         },
         ["app", "users", id] => match *method {
-            Method::GET => app_users::get_app_user(ctx, id),
+            Method::GET => app_users::get_app_user(ctx, id).await,
             Method::DELETE => app_users::delete_app_user(ctx, id).await,
             _ => not_allowed(),
         },

@@ -47,7 +47,7 @@ pub(super) async fn replace_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name:
 
 /// `GET .../routes/{id}/<module>`: the module as its route's view shows it.
 pub(super) async fn get_module(ctx: &Ctx<'_>, edge_id: &str, id: &str, name: &str) -> Answer {
-    let edge = find_edge(ctx, edge_id)?;
+    let edge = find_edge(ctx, edge_id).await?;
     let route = route_of(&edge, id)?;
     let outputs = outputs_of(ctx, [&edge]).await;
     match route.auth.as_ref().filter(|m| m.plugin == name) {

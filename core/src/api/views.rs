@@ -11,6 +11,15 @@ use serde_json::{json, Value};
 
 pub(super) type Answer = Result<(StatusCode, Option<Value>), ApiError>;
 
+/// How often a read-check-write whose record changed under it (another writer came between)
+/// reads again before the API gives up with a conflict.
+pub(super) const WRITE_ATTEMPTS: usize = 8;
+
+/// The answer when a record kept changing under a write.
+pub(super) fn kept_changing(kind: &str, id: &str) -> ApiError {
+    ApiError::conflict(format!("{kind} `{id}` kept changing during the write; try again"))
+}
+
 pub(super) fn ok(value: Value) -> Answer {
     Ok((StatusCode::OK, Some(value)))
 }

@@ -4,10 +4,11 @@
 //! redirects and reaches only the module's allowed hosts, the gateway's clock, randomness and
 //! the log. A `PluginHost` holds only these; it is made by [`super::Ports`].
 
-use super::ports::PluginKvStore;
-use crate::accounts::{Accounts, AccountsError, User};
+use crate::accounts::{Accounts, AccountsError};
 use crate::clock::Clock;
 use crate::egress::ModuleEgress;
+use crate::model::User;
+use crate::store::PluginKv;
 use portcullis_plugin_sdk::{
     DirectoryError, Host, HttpResponse, LogLevel, NewPerson, OutboundRequest, PeoplePage, Person, PersonPatch,
 };
@@ -18,7 +19,7 @@ use std::sync::Arc;
 pub struct PluginHost {
     /// The plugin's name, for the log.
     pub(super) plugin: String,
-    pub(super) kv: Arc<dyn PluginKvStore>,
+    pub(super) kv: Arc<dyn PluginKv + Send + Sync>,
     /// Plugin name and module id (or `provisioning`): keys of different modules never meet.
     pub(super) namespace: String,
     /// The directory port: only a provisioning call by an authenticated caller has it.
@@ -75,36 +76,43 @@ fn person_of(user: User) -> Person {
 impl Host for PluginHost {
     fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.clock.now();
-        self.kv.kv_get(&self.namespace, key, now).unwrap_or_else(|e| {
-            self.warn_store("kv_get", e);
-            None
-        })
+        self.runtime
+            .block_on(self.kv.kv_get(&self.namespace, key, now))
+            .unwrap_or_else(|e| {
+                self.warn_store("kv_get", e);
+                None
+            })
     }
 
     fn kv_put(&self, key: &str, value: &[u8], ttl_secs: Option<u64>) {
         let expires_at = ttl_secs.map(|ttl| self.clock.now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
-        if let Err(e) = self.kv.kv_put(&self.namespace, key, value, expires_at) {
+        if let Err(e) = self
+            .runtime
+            .block_on(self.kv.kv_put(&self.namespace, key, value, expires_at))
+        {
             self.warn_store("kv_put", e);
         }
     }
 
     fn kv_take(&self, key: &str) -> Option<Vec<u8>> {
         let now = self.clock.now();
-        self.kv.kv_take(&self.namespace, key, now).unwrap_or_else(|e| {
-            self.warn_store("kv_take", e);
-            None
-        })
+        self.runtime
+            .block_on(self.kv.kv_take(&self.namespace, key, now))
+            .unwrap_or_else(|e| {
+                self.warn_store("kv_take", e);
+                None
+            })
     }
 
     fn kv_delete(&self, key: &str) {
-        if let Err(e) = self.kv.kv_delete(&self.namespace, key) {
+        if let Err(e) = self.runtime.block_on(self.kv.kv_delete(&self.namespace, key)) {
             self.warn_store("kv_delete", e);
         }
     }
 
     fn kv_get_or_insert(&self, key: &str, value: &[u8]) -> Option<Vec<u8>> {
-        self.kv
-            .kv_get_or_insert(&self.namespace, key, value)
+        self.runtime
+            .block_on(self.kv.kv_get_or_insert(&self.namespace, key, value, self.clock.now()))
             .map_err(|e| self.warn_store("kv_get_or_insert", e))
             .ok()
     }
@@ -112,8 +120,8 @@ impl Host for PluginHost {
     fn kv_incr(&self, key: &str, ttl_secs: Option<u64>) -> u64 {
         let now = self.clock.now();
         let expires_at = ttl_secs.map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
-        self.kv
-            .kv_incr(&self.namespace, key, now, expires_at)
+        self.runtime
+            .block_on(self.kv.kv_incr(&self.namespace, key, now, expires_at))
             .unwrap_or_else(|e| {
                 self.warn_store("kv_incr", e);
                 u64::MAX

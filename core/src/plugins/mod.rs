@@ -8,7 +8,7 @@ pub mod host;
 mod ports;
 
 pub use dynamic::file_sha256;
-pub use ports::{PluginKvStore, Ports};
+pub use ports::Ports;
 
 use dynamic::DynamicPlugin;
 use portcullis_plugin_sdk::abi::panic_message;

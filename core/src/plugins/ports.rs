@@ -9,47 +9,15 @@ use crate::accounts::Accounts;
 use crate::clock::Clock;
 use crate::egress::{EgressClient, ModuleEgress};
 use crate::state::Shared;
-use crate::store::StoreError;
+use crate::store::PluginKv;
 use portcullis_plugin_sdk::Caller;
 use std::sync::Arc;
-
-/// The store's plugin key-value operations: the only part of the store a plugin host reaches.
-/// Keys live in a namespace; `now` and `expires_at` are seconds since the Unix epoch.
-pub trait PluginKvStore: Send + Sync {
-    fn kv_get(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError>;
-    fn kv_put(&self, namespace: &str, key: &str, value: &[u8], expires_at: Option<i64>) -> Result<(), StoreError>;
-    fn kv_take(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError>;
-    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
-    fn kv_get_or_insert(&self, namespace: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError>;
-    fn kv_incr(&self, namespace: &str, key: &str, now: i64, expires_at: Option<i64>) -> Result<u64, StoreError>;
-}
-
-/// Today's store, reached through the shared state.
-impl PluginKvStore for Shared {
-    fn kv_get(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.kv_get(namespace, key, now)
-    }
-    fn kv_put(&self, namespace: &str, key: &str, value: &[u8], expires_at: Option<i64>) -> Result<(), StoreError> {
-        self.store.kv_put(namespace, key, value, expires_at)
-    }
-    fn kv_take(&self, namespace: &str, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.kv_take(namespace, key, now)
-    }
-    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
-        self.store.kv_delete(namespace, key)
-    }
-    fn kv_get_or_insert(&self, namespace: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.store.kv_get_or_insert(namespace, key, value)
-    }
-    fn kv_incr(&self, namespace: &str, key: &str, now: i64, expires_at: Option<i64>) -> Result<u64, StoreError> {
-        self.store.kv_incr(namespace, key, now, expires_at)
-    }
-}
 
 /// What plugin hosts are made of.
 #[derive(Clone)]
 pub struct Ports {
-    pub kv: Arc<dyn PluginKvStore>,
+    /// The store's plugin key-value operations: the only part of the store a plugin host reaches.
+    pub kv: Arc<dyn PluginKv + Send + Sync>,
     pub accounts: Arc<Accounts>,
     pub egress: EgressClient,
     pub clock: Arc<dyn Clock>,
@@ -59,8 +27,8 @@ impl Ports {
     /// The ports over the shared state (until the composition root owns them).
     pub fn from_shared(shared: &Arc<Shared>) -> Ports {
         Ports {
-            kv: shared.clone(),
-            accounts: Arc::new(Accounts::new(shared.clone())),
+            kv: shared.store.clone(),
+            accounts: shared.accounts.clone(),
             egress: shared.egress_client.clone(),
             clock: shared.clock.clone(),
         }

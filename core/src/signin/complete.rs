@@ -2,7 +2,8 @@
 //! fresh token, the session cookie, and the redirect back to a same-origin path.
 
 use super::safe_return_to;
-use crate::model::{AppUser, Session};
+use crate::accounts::{AccountsError, LoginIdentity};
+use crate::model::Session;
 use crate::pages::{error_page, full, Body};
 use crate::routing::{AuthTarget, RouteTarget};
 use crate::state::Shared;
@@ -14,7 +15,7 @@ use std::net::SocketAddr;
 
 /// Creates the session of a completed login and sends the browser on, with a fresh cookie.
 #[allow(clippy::too_many_arguments)]
-pub fn complete_login(
+pub async fn complete_login(
     shared: &Shared,
     target: &RouteTarget,
     auth: &AuthTarget,
@@ -26,20 +27,22 @@ pub fn complete_login(
     request_id: &str,
 ) -> Response<Body> {
     let now = shared.clock.now();
-    let store = &shared.store;
-    let existing = store.find_app_user_by_subject(&auth.module.plugin, &identity.subject);
-    let mut user = match existing {
-        Ok(Some(user)) => user,
-        Ok(None) => AppUser {
-            id: crate::ids::new_id(crate::ids::APP_USER),
-            provider: auth.module.plugin.clone(),
-            subject: identity.subject.clone(),
-            email: String::new(),
-            name: String::new(),
-            active: true,
-            created_at: now,
-            last_login: now,
-        },
+    let login = LoginIdentity {
+        idp: &auth.module.plugin,
+        subject: &identity.subject,
+        email: identity.email.as_deref(),
+        name: identity.name.as_deref(),
+    };
+    let user = match shared.accounts.resolve_login(login).await {
+        Ok(user) => user,
+        Err(AccountsError::Disabled) => {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Account disabled",
+                "This account may not sign in.",
+                request_id,
+            );
+        }
         Err(e) => {
             tracing::error!(request_id, "user directory: {e}");
             return error_page(
@@ -50,17 +53,6 @@ pub fn complete_login(
             );
         }
     };
-    if !user.active {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Account disabled",
-            "This account may not sign in.",
-            request_id,
-        );
-    }
-    user.email = identity.email.clone().unwrap_or_default();
-    user.name = identity.name.clone().unwrap_or_default();
-    user.last_login = now;
     let (token, token_hash) = crate::sessions::new_token();
     let session = Session {
         id: crate::ids::new_id(crate::ids::APP_SESSION),
@@ -91,10 +83,7 @@ pub fn complete_login(
             .unwrap_or_default()
             .to_string(),
     };
-    let stored = store
-        .put_app_user(&user)
-        .and_then(|()| shared.sessions.insert(store, session));
-    let entry = match stored {
+    let entry = match shared.sessions.insert(&*shared.store, session).await {
         Ok(entry) => entry,
         Err(e) => {
             tracing::error!(request_id, "session store: {e}");

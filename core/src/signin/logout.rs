@@ -72,8 +72,7 @@ pub async fn logout(
     clear.sort();
     clear.dedup();
     let ids: Vec<String> = ended.iter().map(|(e, _)| e.session.id.clone()).collect();
-    shared.sessions.remove_where(|s| ids.contains(&s.id));
-    if let Err(e) = shared.store.delete_sessions(&ids, true).await {
+    if let Err(e) = shared.accounts.end_sessions(&ids).await {
         tracing::error!(request_id, "ending sessions: {e}");
     }
     let mut response = None;

@@ -33,7 +33,11 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
                 access_token,
             })) => {
                 let Some(token) = access_token else { continue };
-                match shared.sessions.renew_access_token(&shared.store, &s.token_hash, token) {
+                match shared
+                    .sessions
+                    .renew_access_token(&*shared.store, &s.token_hash, token)
+                    .await
+                {
                     Ok(renewed) => {
                         tracing::debug!(session = %s.id, renewed, "access token renewed by the re-check")
                     }
@@ -42,7 +46,7 @@ pub async fn recheck_sessions(shared: &Arc<Shared>) {
             }
             Ok(Outcome::Rechecked(Recheck { allowed: false, .. })) => {
                 let id = s.id.clone();
-                match shared.end_sessions_where(|other| other.id == id).await {
+                match shared.accounts.end_sessions(&[id]).await {
                     Ok(_) => {
                         tracing::info!(target: "portcullis::audit", event = "access_revoked", session = %s.id, user = %s.user_id, route = %s.route_id, plugin = %auth.module.plugin, "the identity provider no longer grants access")
                     }

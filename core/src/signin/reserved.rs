@@ -108,9 +108,12 @@ pub async fn reserved(
     };
     match call_plugin(shared, plugin, auth, &target.route_id, call).await {
         Ok(Outcome::Respond(response)) => from_sdk_response(response),
-        Ok(Outcome::LoggedIn { identity, return_to }) => complete_login(
-            shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
-        ),
+        Ok(Outcome::LoggedIn { identity, return_to }) => {
+            complete_login(
+                shared, &target, auth, origin, &head, peer, identity, &return_to, request_id,
+            )
+            .await
+        }
         Ok(Outcome::EndSessions {
             subject,
             session_indexes,
@@ -124,6 +127,7 @@ pub async fn reserved(
                         .is_none_or(|index| session_indexes.contains(index))
             };
             match shared
+                .accounts
                 .end_sessions_where(|s| s.route_id == *route_id && s.subject == subject && named(s))
                 .await
             {

@@ -66,6 +66,7 @@ pub async fn start(
             now,
             Some(now + 60),
         )
+        .await
         .unwrap_or(u64::MAX);
     if starts > MAX_LOGIN_STARTS_PER_MINUTE {
         return error_page(
