@@ -414,6 +414,66 @@ async fn sp_initiated_login_with_the_plugin_as_a_library() {
     sp_initiated_login(Loading::Library).await;
 }
 
+/// The duplicate-user bug of the restructuring issue: a person provisioned through the
+/// plugin host's directory port (the `provisioner` fixture on the console, as SCIM will) and
+/// then signing in with SAML is one user, and deactivating them through the port ends that
+/// SAML session on the very next request.
+#[tokio::test]
+async fn a_person_provisioned_then_signing_in_with_saml_is_one_user_whose_deactivation_ends_the_session() {
+    let idp = Idp::start("both").await;
+    let options = portcullis::server::StartOptions {
+        extra_plugins: vec![std::sync::Arc::new(portcullis_provisioner::Provisioner)],
+        ..Default::default()
+    };
+    let gw = TestGateway::start_full(LISTENERS, options).await;
+    let site = Site::create_on(gw, &idp.metadata().await, json!({})).await;
+    idp.register(&site.get("/_portcullis/auth/{route}/metadata", &[]).await.body)
+        .await;
+    let provision = |request: Value| {
+        let url = format!("http://{}/provisioner", site.gw.gateway.console_addr);
+        let auth = format!("Bearer {}", site.gw.token);
+        async move {
+            send(
+                Method::POST,
+                &url,
+                &[("authorization", &auth), ("content-type", "application/json")],
+                Some(request.to_string().into_bytes()),
+            )
+            .await
+        }
+    };
+    // The IdP asserts alice@example.com; the directory has her in another case already.
+    let created = provision(json!({"op": "create", "email": "Alice@Example.com", "name": "Alice"})).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let alice_id = created.json()["person"]["id"].as_str().unwrap().to_string();
+
+    let done = site.login(&idp, "/", "alice").await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    let token = session_token(&done);
+    let seen = echoed(&site.with_session("/", &token).await);
+    assert_eq!(
+        seen["headers"]["x-portcullis-user-id"],
+        alice_id.as_str(),
+        "the provisioned person"
+    );
+
+    let users = site.gw.api(Method::GET, "/app/users", None).await.json();
+    let listed = users["application_users"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "one person, one user: {users}");
+    assert_eq!(listed[0]["id"], alice_id.as_str());
+    assert_eq!(listed[0]["identity_provider"]["name"], "saml");
+
+    let deactivated = provision(json!({"op": "deactivate", "id": alice_id})).await;
+    assert_eq!(deactivated.status, 200, "{}", deactivated.body);
+    assert_eq!(
+        site.with_session("/", &token).await.status,
+        303,
+        "deactivating the person ends the SAML session they signed in with"
+    );
+    idp.stop().await;
+    site.stop().await;
+}
+
 async fn groups_allow_and_deny(loading: Loading) {
     let idp = Idp::start("assertion").await;
     let site = Site::start(&idp, loading, json!({"authorized_groups": ["engineering"]})).await;
