@@ -27,6 +27,10 @@ pub struct LoginIdentity<'a> {
     pub idp: &'a str,
     pub subject: &'a str,
     pub email: Option<&'a str>,
+    /// Whether the provider vouches for `email`: an unverified address neither finds a person
+    /// nor is written to one (a provider that lets people type any address must not sign them
+    /// in as whoever has it).
+    pub email_verified: bool,
     pub name: Option<&'a str>,
 }
 
@@ -69,10 +73,15 @@ impl Accounts {
 
     /// The user an identity provider's login names: by link (idp, subject); else the user with
     /// that (normalised) email, linked now; else a new user, linked. `Disabled` for an inactive
-    /// user. Updates email/name/last_login as today's login completion does.
+    /// user. Updates email/name/last_login as today's login completion does. Only a verified
+    /// email finds a user or is written to one: without one, the user keeps its email.
     pub async fn resolve_login(&self, login: LoginIdentity<'_>) -> Result<User, AccountsError> {
         let now = self.clock.now();
-        let email = login.email.unwrap_or_default();
+        let verified_email = login
+            .email
+            .map(str::trim)
+            .filter(|email| login.email_verified && !email.is_empty());
+        let email = verified_email.unwrap_or_default();
         let name = login.name.unwrap_or_default();
         let link_to = |user_id: &str| IdentityLink {
             idp: login.idp.to_string(),
@@ -86,7 +95,7 @@ impl Accounts {
                     return Err(AccountsError::Disabled);
                 }
                 let mut signed_in = User {
-                    email: email.to_string(),
+                    email: verified_email.map_or_else(|| user.email.clone(), str::to_string),
                     name: name.to_string(),
                     last_login: now,
                     updated_at: now,
@@ -109,7 +118,7 @@ impl Accounts {
                 }
             }
             let normalized = normalize_email(email);
-            if !normalized.is_empty() {
+            if verified_email.is_some() {
                 if let Some(user) = self.store.user_by_email(&normalized).await? {
                     if !user.active {
                         return Err(AccountsError::Disabled);
@@ -329,4 +338,76 @@ fn checked_email(email: &str) -> Result<String, AccountsError> {
         });
     }
     Ok(email.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn accounts(dir: &tempfile::TempDir) -> Accounts {
+        let store = crate::store::open(dir.path()).unwrap();
+        Accounts::new(store, Arc::new(Sessions::default()), Arc::new(ManualClock::new()))
+    }
+
+    fn login<'a>(subject: &'a str, email: Option<&'a str>, email_verified: bool) -> LoginIdentity<'a> {
+        LoginIdentity {
+            idp: "oidc",
+            subject,
+            email,
+            email_verified,
+            name: Some("Someone"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_linked_user_keeps_its_email_when_the_provider_sends_an_unverified_one_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = accounts(&dir);
+        let user = accounts
+            .resolve_login(login("s1", Some("Alice@Example.com"), true))
+            .await
+            .unwrap();
+        assert_eq!(user.email, "Alice@Example.com");
+        for (email, verified) in [(Some("victim@example.com"), false), (None, false), (None, true)] {
+            let again = accounts.resolve_login(login("s1", email, verified)).await.unwrap();
+            assert_eq!(
+                (again.id.as_str(), again.email.as_str()),
+                (user.id.as_str(), "Alice@Example.com")
+            );
+        }
+        // The address was neither dropped from the index nor given to the unverified one.
+        assert_eq!(
+            accounts
+                .person_by_email(" alice@example.COM ")
+                .await
+                .unwrap()
+                .map(|u| u.id),
+            Some(user.id.clone())
+        );
+        assert!(accounts.person_by_email("victim@example.com").await.unwrap().is_none());
+        // So a person provisioned with the unverified address is created, not refused as taken.
+        let victim = accounts
+            .create_person(NewPerson {
+                email: "victim@example.com".into(),
+                name: "Victim".into(),
+                active: true,
+                external_id: None,
+            })
+            .await
+            .unwrap();
+        // And another provider's unverified claim to it is a user of its own.
+        let other = accounts
+            .resolve_login(login("s2", Some("VICTIM@example.com"), false))
+            .await
+            .unwrap();
+        assert_ne!(other.id, victim.id);
+        assert_eq!(other.email, "");
+        // A verified one finds the person.
+        let verified = accounts
+            .resolve_login(login("s3", Some("victim@example.com "), true))
+            .await
+            .unwrap();
+        assert_eq!(verified.id, victim.id);
+    }
 }

@@ -2,6 +2,8 @@
 //! (`tests/peers/oidc_forge.mjs`) signs wrong ID tokens, replays codes, mismatches state and
 //! nonce, goes down or answers garbage, and sends bad back-channel logout tokens. The same
 //! flow with the forge's normal answers signs in first, so each refusal is the check under test.
+//! One test uses the real provider (`tests/peers/oidc_provider.mjs`), whose bob has an unverified
+//! address: it must not sign in as the person provisioned with that address.
 
 use crate::harness::{assert_sign_in_refused, dead_address, echoed, session_token, Reply, TestGateway};
 use crate::oidc::{moved_clock, upkeep_after, Jar, Op, Site};
@@ -455,4 +457,94 @@ async fn a_gateway_whose_provider_is_down_at_start_still_starts_and_shows_an_err
     assert_sign_in_refused(&reply, 502, "provider down");
     assert!(reply.body.contains("Identity provider unavailable"), "{}", reply.body);
     gw.stop().await;
+}
+
+/// Account takeover by email (the "nOAuth" class): a provider that lets people set an address
+/// without verifying it (the real provider's bob: `bob@corp.example`, `email_verified: false`)
+/// must not sign someone in as the person provisioned with that address. The unverified sign-in
+/// is a user of its own (the address neither finds the person nor is written to the new user);
+/// deactivating the person leaves that session alone. A verified address (alice's) does find
+/// the provisioned person, whose deactivation then ends the session.
+#[tokio::test]
+async fn an_unverified_email_does_not_sign_in_as_the_person_with_that_address() {
+    let op = Op::start("oidc_provider.mjs").await;
+    let mut site = Site::start(&op, json!({}), crate::test_plugin::options()).await;
+    site.register(&op, "client_secret_basic").await;
+    for email in ["bob@corp.example", "alice@example.com"] {
+        assert_eq!(
+            crate::test_plugin::set_active(&site.gw, email, true).await.body,
+            "active true"
+        );
+    }
+    let provisioned = app_users(&site.gw).await;
+    let person_id = |email: &str| {
+        provisioned["application_users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["email"] == email)
+            .unwrap()["id"]
+            .clone()
+    };
+    let (bob_person, alice_person) = (person_id("bob@corp.example"), person_id("alice@example.com"));
+
+    site.jar = Jar::default();
+    let bob = session_token(&site.login(&mut Jar::default(), "/", "bob").await);
+    let seen = echoed(&site.with_session("/", &bob).await);
+    assert_ne!(
+        seen["headers"]["x-portcullis-user-id"], bob_person,
+        "an unverified address signed in as the person provisioned with it"
+    );
+    assert_eq!(
+        seen["headers"]["x-portcullis-user-email"], "bob@corp.example",
+        "the session still carries the address the provider sent"
+    );
+    let listed = app_users(&site.gw).await;
+    let all = listed["application_users"].as_array().unwrap();
+    assert_eq!(all.len(), 3, "the unverified sign-in is a user of its own: {listed}");
+    let signed_in = all
+        .iter()
+        .find(|u| u["id"] == seen["headers"]["x-portcullis-user-id"])
+        .unwrap();
+    assert_eq!(
+        signed_in["email"], "",
+        "an unverified address is not written to a person: {listed}"
+    );
+    assert_eq!(
+        crate::test_plugin::set_active(&site.gw, "bob@corp.example", false)
+            .await
+            .body,
+        "active false"
+    );
+    echoed(&site.with_session("/", &bob).await);
+
+    site.jar = Jar::default();
+    let alice = session_token(&site.login(&mut Jar::default(), "/", "alice").await);
+    let seen = echoed(&site.with_session("/", &alice).await);
+    assert_eq!(
+        seen["headers"]["x-portcullis-user-id"], alice_person,
+        "a verified address finds its person"
+    );
+    assert_eq!(
+        app_users(&site.gw).await["application_users"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        crate::test_plugin::set_active(&site.gw, "alice@example.com", false)
+            .await
+            .body,
+        "active false"
+    );
+    assert_eq!(
+        site.with_session("/", &alice).await.status,
+        303,
+        "deactivation ended alice's session"
+    );
+    echoed(&site.with_session("/", &bob).await);
+    op.stop().await;
+    site.stop().await;
+}
+
+async fn app_users(gw: &TestGateway) -> Value {
+    gw.api(Method::GET, "/app/users", None).await.json()
 }

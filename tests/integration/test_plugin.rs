@@ -145,6 +145,8 @@ impl Plugin for TestLogin {
             identity: Identity {
                 subject: user.clone(),
                 email: Some(format!("{user}@example.com")),
+                // The plugin stands in for a provider that verified the address.
+                email_verified: true,
                 name: Some(format!("User {user}")),
                 groups,
                 attributes: Default::default(),

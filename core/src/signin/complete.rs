@@ -31,6 +31,7 @@ pub async fn complete_login(
         idp: &auth.module.plugin,
         subject: &identity.subject,
         email: identity.email.as_deref(),
+        email_verified: identity.email_verified,
         name: identity.name.as_deref(),
     };
     let user = match shared.accounts.resolve_login(login).await {
@@ -63,7 +64,12 @@ pub async fn complete_login(
         plugin: auth.module.plugin.clone(),
         origin: origin.to_string(),
         subject: identity.subject,
-        email: user.email.clone(),
+        // An unverified address is not the user's, but the session carries what the provider
+        // said, as the identity's email.
+        email: match identity.email {
+            Some(email) if !identity.email_verified => email,
+            _ => user.email.clone(),
+        },
         name: user.name.clone(),
         groups: identity.groups,
         plugin_data: identity.plugin_data,

@@ -49,6 +49,8 @@ fn identity_of(s: &Session) -> Identity {
     Identity {
         subject: s.subject.clone(),
         email: Some(s.email.clone()),
+        // A session does not record whether its address was verified: say it was not.
+        email_verified: false,
         name: Some(s.name.clone()),
         groups: s.groups.clone(),
         attributes: Default::default(),

@@ -191,6 +191,8 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}</style></head>\
             identity: Identity {
                 subject: username.to_string(),
                 email: profile.and_then(|p| p.email.clone()),
+                // The operator wrote the address into the module's options.
+                email_verified: true,
                 name: profile
                     .and_then(|p| p.name.clone())
                     .or_else(|| Some(username.to_string())),

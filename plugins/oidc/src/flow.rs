@@ -329,6 +329,7 @@ impl Oidc {
             identity: Identity {
                 subject: subject_of(&module.options.issuer, &sub),
                 email,
+                email_verified,
                 name: claims["name"].as_str().map(str::to_string),
                 groups,
                 attributes,

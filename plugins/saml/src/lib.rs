@@ -654,6 +654,8 @@ fn identity_of(assertion: &Assertion, module: &Module) -> Result<Identity, Plugi
     Ok(Identity {
         subject: subject_of(&module.idp.entity_id, name_id.value.trim()),
         email,
+        // The IdP asserts the address in a signed assertion.
+        email_verified: true,
         name,
         groups,
         attributes,

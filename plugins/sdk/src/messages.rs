@@ -205,6 +205,11 @@ pub struct Identity {
     pub subject: String,
     /// Email address, when known.
     pub email: Option<String>,
+    /// Whether the identity provider vouches that `email` belongs to this subject (an OIDC
+    /// `email_verified`, an address a SAML IdP asserts, one the operator configured). Only a
+    /// verified address links a login to the person with that address or is written to a person;
+    /// an unverified one only travels with the session.
+    pub email_verified: bool,
     /// Display name, when known.
     pub name: Option<String>,
     /// Group names.
