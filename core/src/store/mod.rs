@@ -276,7 +276,20 @@ pub fn open(dir: &Path) -> Result<Arc<dyn Storage>, StoreError> {
     Ok(Arc::new(self::sled::SledStore::open(dir)?))
 }
 
-/// An email as the directory indexes it: trimmed and lower-cased.
+/// An email as the directory indexes it: trimmed, ASCII letters lower-cased. Only ASCII: Unicode
+/// lower-casing folds look-alikes into plain letters (the Kelvin sign U+212A becomes `k`), which
+/// would let `\u{212A}im@x` find `kim@x`'s person; an address that differs beyond ASCII case is
+/// another key (at worst one person is two users, never two people one).
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    email.trim().to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn emails_normalise_by_ascii_case_only() {
+        assert_eq!(super::normalize_email("  Kim@Example.COM\t"), "kim@example.com");
+        // The Kelvin sign is not `k`: no look-alike finds another person's record.
+        assert_ne!(super::normalize_email("\u{212A}im@example.com"), "kim@example.com");
+    }
 }

@@ -9,7 +9,6 @@ use crate::store::normalize_email;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::transaction::Transactional;
-use std::collections::HashMap;
 
 /// Brings every collection from schema `found` up to the current one.
 pub fn run(db: &sled::Db, found: u32) -> Result<(), StoreError> {
@@ -64,68 +63,53 @@ pub(super) struct AppUserV3 {
     pub last_login: i64,
 }
 
-/// What schema 3's users become: users, their links, and which old users were merged into which.
+/// What schema 3's users become: users and their links.
 struct PeopleV4 {
     users: Vec<User>,
     links: Vec<IdentityLink>,
-    merged_into: HashMap<String, String>,
 }
 
-/// Each schema-3 user becomes a `User` and a link `{idp: provider, subject}`; users whose
-/// normalised emails collide are merged into the oldest (by creation, then id): its record
-/// stays, the others' links point to it, it is inactive if any was, its last login is the latest.
+/// Each schema-3 user becomes a `User` and a link `{idp: provider, subject}`, one for one. Users
+/// whose normalised emails collide are not merged: schema 3 did not record whether an identity
+/// provider had verified an address, so merging could hand an unverified sign-in another
+/// person's record at upgrade. The oldest (by creation, then id) keeps the address; the others
+/// keep theirs only on their sessions (their record's email is emptied, so the unique email
+/// index holds), and a later verified sign-in links by email as usual.
 fn people_from_v3(mut old: Vec<AppUserV3>) -> PeopleV4 {
     old.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
     let mut users: Vec<User> = Vec::with_capacity(old.len());
     let mut links = Vec::with_capacity(old.len());
-    let mut merged_into = HashMap::new();
-    let mut by_email: HashMap<String, usize> = HashMap::new();
+    let mut emails = std::collections::HashSet::new();
     for u in old {
-        let email = normalize_email(&u.email);
-        let survivor = by_email.get(&email).copied().filter(|_| !email.is_empty());
-        let user_id = match survivor {
-            Some(index) => {
-                let kept = &mut users[index];
-                kept.active &= u.active;
-                kept.last_login = kept.last_login.max(u.last_login);
-                kept.updated_at = kept.updated_at.max(u.last_login);
-                merged_into.insert(u.id, kept.id.clone());
-                kept.id.clone()
-            }
-            None => {
-                if !email.is_empty() {
-                    by_email.insert(email, users.len());
-                }
-                users.push(User {
-                    id: u.id.clone(),
-                    email: u.email,
-                    name: u.name,
-                    active: u.active,
-                    external_id: None,
-                    created_at: u.created_at,
-                    updated_at: u.created_at.max(u.last_login),
-                    last_login: u.last_login,
-                });
-                u.id
-            }
+        let normalized = normalize_email(&u.email);
+        let email = if normalized.is_empty() || !emails.insert(normalized) {
+            String::new()
+        } else {
+            u.email.trim().to_string()
         };
         links.push(IdentityLink {
             idp: u.provider,
             subject: u.subject,
-            user_id,
+            user_id: u.id.clone(),
             created_at: u.created_at,
         });
+        users.push(User {
+            id: u.id,
+            email,
+            name: u.name,
+            active: u.active,
+            external_id: None,
+            created_at: u.created_at,
+            updated_at: u.created_at.max(u.last_login),
+            last_login: u.last_login,
+        });
     }
-    PeopleV4 {
-        users,
-        links,
-        merged_into,
-    }
+    PeopleV4 { users, links }
 }
 
 /// Schema 3 to 4: application users become users and identity links with an email index
-/// (merging the duplicates), sessions of merged users are repointed, and sessions get their
-/// token-hash index; all in one transaction with the schema version.
+/// (an address two users share stays with the oldest), and sessions get their token-hash
+/// index; all in one transaction with the schema version.
 fn people_v3_to_v4(db: &sled::Db) -> Result<(), StoreError> {
     let old_users = db.open_tree("app_users")?;
     let old_keys = db.open_tree("app_user_keys")?;
@@ -160,10 +144,7 @@ fn people_v3_to_v4(db: &sled::Db) -> Result<(), StoreError> {
     let mut sessions = Vec::new();
     for item in sessions_tree.iter() {
         let (key, bytes) = item?;
-        let mut session: Session = codec::decode(&bytes)?;
-        if let Some(kept) = people.merged_into.get(&session.user_id) {
-            session.user_id = kept.clone();
-        }
+        let session: Session = codec::decode(&bytes)?;
         sessions.push((key, session.token_hash, codec::encode(&session)?));
     }
     let meta: &sled::Tree = db;
@@ -431,7 +412,7 @@ mod tests {
     /// `(provider, subject)`, two of them the same person (the duplicate-user bug: provisioned
     /// by email through the plugin host, then signed in with a subject), and sessions of each.
     #[tokio::test]
-    async fn schema_3_users_become_users_and_links_and_duplicates_merge() {
+    async fn schema_3_users_become_users_and_links_and_a_shared_address_stays_with_the_oldest() {
         use crate::store::{Directory, SessionStore};
         let user = |id: &str, provider: &str, subject: &str, email: &str, active: bool, created_at: i64| AppUserV3 {
             id: id.into(),
@@ -479,43 +460,40 @@ mod tests {
             "the old tree is gone"
         );
 
-        // The two records of one person are one user now: the oldest, inactive because one was.
+        // One user per schema-3 user, never merged (schema 3 did not record whether an address
+        // was verified): the oldest keeps the shared address, the other's record loses it.
         let (users, more) = store.users_after(None, 10).await.unwrap();
         assert!(!more);
         assert_eq!(
-            users.iter().map(|u| (u.id.as_str(), u.active)).collect::<Vec<_>>(),
-            [("apu_bob", true), ("apu_provisioned", false)]
+            users
+                .iter()
+                .map(|u| (u.id.as_str(), u.email.as_str(), u.active))
+                .collect::<Vec<_>>(),
+            [
+                ("apu_bob", "", true),
+                ("apu_provisioned", "alice@example.com", false),
+                ("apu_signedin", "", true)
+            ]
         );
         let alice = store.user_by_email("alice@example.com").await.unwrap().unwrap();
         assert_eq!(
             (alice.id.as_str(), alice.last_login, alice.created_at),
-            ("apu_provisioned", 120, 10)
+            ("apu_provisioned", 110, 10)
         );
-        let links: Vec<(String, String)> = store
-            .links_of("apu_provisioned")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.idp, l.subject))
-            .collect();
-        assert_eq!(
-            links,
-            [
-                ("testlogin".to_string(), "alice@example.com".to_string()),
-                ("saml".to_string(), "idp-subject-1".to_string())
-            ]
-        );
-        assert_eq!(
-            store.user_by_link("saml", "idp-subject-1").await.unwrap().map(|u| u.id),
-            Some("apu_provisioned".into())
-        );
-        assert_eq!(
-            store.user_by_link("oidc", "bob-subject").await.unwrap().map(|u| u.id),
-            Some("apu_bob".into())
-        );
-        // Sessions follow their merged user and are found by token hash.
+        for (idp, subject, user) in [
+            ("testlogin", "alice@example.com", "apu_provisioned"),
+            ("saml", "idp-subject-1", "apu_signedin"),
+            ("oidc", "bob-subject", "apu_bob"),
+        ] {
+            assert_eq!(
+                store.user_by_link(idp, subject).await.unwrap().map(|u| u.id),
+                Some(user.into()),
+                "{idp} {subject}"
+            );
+        }
+        // Sessions keep their user and are found by token hash.
         let s1 = store.session_by_token_hash(&[1; 32]).await.unwrap().unwrap();
-        assert_eq!(s1.user_id, "apu_provisioned");
+        assert_eq!(s1.user_id, "apu_signedin");
         let s2 = store.session_by_token_hash(&[2; 32]).await.unwrap().unwrap();
         assert_eq!(s2.user_id, "apu_bob");
         drop(store);
