@@ -2,7 +2,9 @@
 //! `provisioning_path` is checked the way the management API checks its requests (the client
 //! address in `api.allow_cidrs`, the Bearer API key, the body within `api.max_body_bytes` and
 //! `api.body_read_timeout_secs`), then handed to `Plugin::provision` on a blocking thread with
-//! the caller it turned out to be; the plugin's response is the answer. A refused caller still
+//! the caller it turned out to be and the request as a sign-in plugin would get it (the
+//! headers a client could forge removed, the gateway's own forwarding headers set, the API key
+//! removed); the plugin's response is the answer. A refused caller still
 //! reaches the plugin (as `Caller::Refused`, with no body), so the refusal comes in the
 //! plugin's protocol's error shape; only an authenticated caller's call reaches the directory.
 
@@ -10,9 +12,9 @@ use crate::pages::{full, Body};
 use crate::plugins::{Ports, Registered};
 use crate::state::Shared;
 use bytes::Bytes;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use portcullis_plugin_sdk::{Call, Caller, HttpRequest, HttpResponse, Outcome, PluginError, ProvisioningRequest};
+use portcullis_plugin_sdk::{Call, Caller, Outcome, PluginError, ProvisioningRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,23 +24,18 @@ pub async fn handle(
     plugin: Arc<Registered>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    is_tls: bool,
 ) -> Response<Body> {
     let request_id = crate::ids::new_request_id();
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
-    // The API key is for the gateway: the plugin is told whose it is, never handed it.
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .filter(|(name, _)| *name != header::AUTHORIZATION)
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    // What a sign-in plugin would be handed of it (no client's forwarding or identity headers,
+    // the gateway's own forwarding headers), less the API key: that is for the gateway, and
+    // the plugin is told whose it is, never handed it.
+    let mut request = crate::signin::sdk_request(&req, Vec::new(), peer, is_tls, &shared.routes.load());
+    request
+        .headers
+        .retain(|(name, _)| !name.eq_ignore_ascii_case(header::AUTHORIZATION.as_str()));
     let (caller, body) = match admit(shared, req, peer).await {
         Ok((api_key, body)) => (Caller::ApiKey { id: api_key }, body),
         Err(refusal) => (
@@ -51,15 +48,9 @@ pub async fn handle(
     };
     // The rest of a body that did not come in time is not waited for.
     let unread_body = matches!(caller, Caller::Refused { status: 408, .. });
+    request.body = body.to_vec();
     let request = ProvisioningRequest {
-        request: HttpRequest {
-            method: method.clone(),
-            path: path.clone(),
-            query,
-            headers,
-            body: body.to_vec(),
-            remote_addr: peer.ip().to_string(),
-        },
+        request,
         caller: caller.clone(),
     };
     let host =
@@ -73,7 +64,7 @@ pub async fn handle(
             )))
         });
     let mut response = match outcome {
-        Ok(Outcome::Respond(answer)) => from_plugin(answer),
+        Ok(Outcome::Respond(answer)) => crate::signin::from_sdk_response(answer),
         Ok(other) => failure(
             PluginError::Internal(format!("provision answered {other:?}")),
             &name,
@@ -113,17 +104,6 @@ async fn admit(
     let api_key = crate::api::authenticate(shared, req.headers()).await?;
     let body = crate::api::read_body(shared, req).await?;
     Ok((api_key, body))
-}
-
-fn from_plugin(answer: HttpResponse) -> Response<Body> {
-    let mut response = Response::new(full(answer.body));
-    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in answer.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
-            response.headers_mut().append(name, value);
-        }
-    }
-    response
 }
 
 /// The answer when the plugin failed: a plain-text status line with the request id (details

@@ -177,7 +177,7 @@ impl Gateway {
             console_tls,
             shutdown.subscribe(),
             opts,
-            move |req, peer, _| console_handle(s.clone(), req, peer),
+            move |req, peer, is_tls| console_handle(s.clone(), req, peer, is_tls),
         ));
 
         let echo_addr = match echo {
@@ -625,13 +625,13 @@ async fn serve<H, F>(
 
 /// The console listener: health, readiness, metrics, the management API and the provisioning
 /// plugins' paths.
-async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn console_handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr, is_tls: bool) -> Response<Body> {
     let path = req.uri().path();
     if path == crate::api::PREFIX || path.starts_with("/api/") {
         return crate::api::handle(shared, req, peer).await;
     }
     if let Some(plugin) = shared.registry.provisioning_plugin(path) {
-        return crate::provisioning::handle(&shared, plugin.clone(), req, peer).await;
+        return crate::provisioning::handle(&shared, plugin.clone(), req, peer, is_tls).await;
     }
     let response = match path {
         "/healthz" => text(StatusCode::OK, "ok\n", "text/plain; charset=utf-8"),

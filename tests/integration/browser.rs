@@ -179,7 +179,13 @@ impl TestCa {
 }
 
 /// One HTTP/1.1 request over https (or http) that trusts only `ca`.
-async fn https_send(ca: &Path, method: Method, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Reply {
+pub(crate) async fn https_send(
+    ca: &Path,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {

@@ -4,13 +4,16 @@
 //! lists, updates, deactivates and deletes people, and a deactivation or deletion ends the
 //! person's `testlogin` session on the very next request. Callers the management API would
 //! refuse (no key, a wrong key, an address outside `api.allow_cidrs`) reach the plugin as
-//! `Caller::Refused` and the port writes nothing for them; a sign-in call's directory calls are
-//! `NotAllowed`.
+//! `Caller::Refused` and the port answers them `NotAllowed` in both builds; a sign-in call's
+//! directory calls are `NotAllowed`. A provisioning plugin is handed no client's forwarding or
+//! identity headers, only the gateway's own (over http and https), and a page of people holds
+//! at most `PEOPLE_PAGE_MAX` whatever the plugin asked for.
 
 use crate::harness::{plugin_library, send, set_cookie, Reply, TestGateway, Upstream, LISTENERS};
 use crate::test_plugin;
 use http::Method;
 use portcullis::plugins::Origin;
+use portcullis_plugin_sdk::PEOPLE_PAGE_MAX;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -24,8 +27,13 @@ enum Build {
 
 /// A gateway with a `testlogin` route on `app.test` and the provisioner, built as `build`.
 async fn start(upstream: &Upstream, build: Build) -> TestGateway {
+    start_on(upstream, build, "").await
+}
+
+/// [`start`], with `console` added to the console listener's settings.
+async fn start_on(upstream: &Upstream, build: Build, console: &str) -> TestGateway {
     let mut config = format!(
-        "{LISTENERS}[backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"app.test:80\"]\n\
+        "{LISTENERS}{console}[backends.up]\naddress = \"{}\"\n[edges.app]\nhostports = [\"app.test:80\"]\n\
          [[edges.app.routes]]\nmatch_type = \"path_prefix\"\nmatch = \"/\"\nbackend = \"up\"\n\
          [edges.app.routes.auth]\nplugin = \"testlogin\"\n",
         upstream.addr
@@ -163,6 +171,13 @@ async fn the_port_provisions_and_ends_sessions(build: Build) {
         "{}",
         anonymous.body
     );
+    // The plugin tried the directory for that caller, across the C ABI in the library build.
+    assert_eq!(
+        anonymous.json()["refusal"]["directory"],
+        "not_allowed",
+        "{}",
+        anonymous.body
+    );
     assert_eq!(
         provision(&gw, key, json!({"op": "list"})).await.json()["people"],
         json!([updated.json()["person"]])
@@ -258,6 +273,7 @@ async fn refused_callers_reach_the_plugin_as_refused_and_the_port_writes_nothing
         let refused = provision(&gw, key, mallory.clone()).await;
         assert_eq!(refused.status, 401, "{}", refused.body);
         assert_eq!(refusal_kind(&refused), "caller_refused");
+        assert_eq!(refused.json()["refusal"]["directory"], "not_allowed");
     }
     assert_eq!(
         edge_get(&gw, "/", Some(&session)).await.status,
@@ -286,6 +302,7 @@ async fn refused_callers_reach_the_plugin_as_refused_and_the_port_writes_nothing
         (refused.status.as_u16(), refusal_kind(&refused)),
         (403, "caller_refused".into())
     );
+    assert_eq!(refused.json()["refusal"]["directory"], "not_allowed");
     assert_eq!(
         edge_get(&gw, "/", Some(&session)).await.status,
         200,
@@ -320,6 +337,117 @@ async fn a_sign_in_plugins_directory_calls_are_not_allowed() {
         (404, "not_found".into()),
         "{}",
         dave.body
+    );
+    gw.stop().await;
+}
+
+/// Forwarding and identity headers as a client (or a proxy it went through) could send them.
+const SPOOFED: [(&str, &str); 8] = [
+    ("x-forwarded-for", "203.0.113.7"),
+    ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-proto", "gopher"),
+    ("forwarded", "for=203.0.113.7;proto=gopher;host=evil.example"),
+    ("x-real-ip", "203.0.113.7"),
+    ("x_real_ip", "203.0.113.7"),
+    ("x-forwarded-user", "admin@example.com"),
+    ("x-portcullis-user-id", "usr_admin"),
+];
+
+/// The headers the provisioner was handed for an `echo` sent with [`SPOOFED`], sorted.
+fn handed_headers(reply: &Reply) -> Vec<(String, String)> {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let mut headers: Vec<(String, String)> = serde_json::from_value(reply.json()["headers"].clone()).unwrap();
+    headers.sort();
+    headers
+}
+
+/// What the provisioner must be handed: the client's own headers but no forwarding or identity
+/// ones, and the gateway's forwarding headers for a client on 127.0.0.1 asking for the console.
+fn gateways_own_headers(gw: &TestGateway, proto: &str, body: &str) -> Vec<(String, String)> {
+    let console = gw.gateway.console_addr.to_string();
+    let mut headers: Vec<(String, String)> = [
+        ("content-length", body.len().to_string()),
+        ("content-type", "application/json".into()),
+        ("host", console.clone()),
+        ("x-forwarded-for", "127.0.0.1".into()),
+        ("x-forwarded-host", console.clone()),
+        ("x-forwarded-proto", proto.into()),
+        ("forwarded", format!("for=127.0.0.1;proto={proto};host=\"{console}\"")),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value))
+    .collect();
+    headers.sort();
+    headers
+}
+
+#[tokio::test]
+async fn a_provisioning_plugin_is_handed_the_gateways_forwarding_headers_not_the_clients() {
+    let upstream = Upstream::start().await;
+    let body = json!({"op": "echo"}).to_string();
+    let bearer = |gw: &TestGateway| format!("Bearer {}", gw.token);
+
+    let gw = start(&upstream, Build::LinkedIn).await;
+    let auth = bearer(&gw);
+    let mut headers = vec![("content-type", "application/json"), ("authorization", auth.as_str())];
+    headers.extend(SPOOFED);
+    let url = format!("http://{}/provisioner", gw.gateway.console_addr);
+    let echo = send(Method::POST, &url, &headers, Some(body.clone().into_bytes())).await;
+    assert_eq!(handed_headers(&echo), gateways_own_headers(&gw, "http", &body));
+    assert_eq!(echo.json()["remote_addr"], "127.0.0.1");
+    gw.stop().await;
+
+    // Over https the plugin learns it from the gateway, whatever the client claimed.
+    let gw = start_on(
+        &upstream,
+        Build::Library,
+        "[listeners.console.tls]\nself_signed = true\n",
+    )
+    .await;
+    let auth = bearer(&gw);
+    let mut headers = vec![("content-type", "application/json"), ("authorization", auth.as_str())];
+    headers.extend(SPOOFED);
+    let cert = gw.dir.path().join("data/tls/console-self-signed.crt");
+    let url = format!("https://{}/provisioner", gw.gateway.console_addr);
+    let echo = crate::browser::https_send(&cert, Method::POST, &url, &headers, Some(body.clone().into_bytes())).await;
+    assert_eq!(handed_headers(&echo), gateways_own_headers(&gw, "https", &body));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_of_people_holds_at_most_the_ports_cap_whatever_the_plugin_asks() {
+    let upstream = Upstream::start().await;
+    let gw = start(&upstream, Build::LinkedIn).await;
+    let key = Some(gw.token.as_str());
+    let people = PEOPLE_PAGE_MAX + 1;
+    // One at a time: concurrent durable writes can hang in sled 0.34's `flush_async`.
+    for n in 0..people {
+        let created = provision(
+            &gw,
+            key,
+            json!({"op": "create", "email": format!("p{n}@example.com"), "name": format!("P{n}")}),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+
+    // A client's page size reaches the plugin as it was asked for: five times the cap here.
+    let first = provision(&gw, key, json!({"op": "list", "limit": 5 * PEOPLE_PAGE_MAX})).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    let page = first["people"].as_array().unwrap();
+    assert_eq!((page.len(), &first["more"]), (PEOPLE_PAGE_MAX, &json!(true)));
+    let last = page.last().unwrap()["id"].as_str().unwrap();
+    let rest = provision(
+        &gw,
+        key,
+        json!({"op": "list", "after_id": last, "limit": 5 * PEOPLE_PAGE_MAX}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        (rest["people"].as_array().unwrap().len(), &rest["more"]),
+        (1, &json!(false))
     );
     gw.stop().await;
 }

@@ -11,6 +11,7 @@ use crate::model::User;
 use crate::store::PluginKv;
 use portcullis_plugin_sdk::{
     DirectoryError, Host, HttpResponse, LogLevel, NewPerson, OutboundRequest, PeoplePage, Person, PersonPatch,
+    PEOPLE_PAGE_MAX,
 };
 use rand::RngCore;
 use std::sync::Arc;
@@ -144,6 +145,8 @@ impl Host for PluginHost {
     }
 
     fn people(&self, after_id: Option<&str>, limit: usize) -> Result<PeoplePage, DirectoryError> {
+        // A protocol client's page size (a SCIM `count`) reaches here as it was asked for.
+        let limit = limit.min(PEOPLE_PAGE_MAX);
         self.directory(|accounts| async move { accounts.people(after_id, limit).await })
             .map(|(users, more)| PeoplePage {
                 people: users.into_iter().map(person_of).collect(),

@@ -19,6 +19,7 @@ mod recheck;
 mod reserved;
 mod start;
 
+pub use plugin::{from_sdk_response, sdk_request};
 pub use recheck::recheck_sessions;
 pub use reserved::reserved;
 pub use start::start;

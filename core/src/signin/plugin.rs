@@ -14,7 +14,8 @@ use portcullis_plugin_sdk::{Call, HttpRequest, HttpResponse, Outcome, PluginErro
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// The request a plugin is handed: what an upstream would get of it (see
+/// The request a plugin is handed (here, and for a provisioning call on the console,
+/// `provisioning.rs`): what an upstream would get of it (see
 /// `set_identity_headers`), so no plugin bases a decision on what a client claims: the headers
 /// other proxies set removed, the gateway's own forwarding headers, and one `cookie` header
 /// with only the pairs whose name is an RFC 6265 token (a name such as "\u{2000}__Host-x",

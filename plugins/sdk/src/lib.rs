@@ -33,6 +33,10 @@ pub use options::{escape, option_error, read_options};
 /// is refused at load.
 pub const ABI_VERSION: u32 = 4;
 
+/// The most people one [`Host::people`] call answers: the gateway caps the `limit` a plugin
+/// passes at this, so a client's page size cannot make it read the whole directory at once.
+pub const PEOPLE_PAGE_MAX: usize = 1000;
+
 /// A protocol plugin. Every method has the `&dyn Host` it may use for state and I/O.
 ///
 /// Lifecycle of a browser login on a protected route:
@@ -169,7 +173,9 @@ pub trait Host {
     fn person_by_email(&self, email: &str) -> Result<Option<Person>, DirectoryError>;
     /// The person with this external id.
     fn person_by_external_id(&self, external_id: &str) -> Result<Option<Person>, DirectoryError>;
-    /// Up to `limit` people after `after_id`, in ascending id order (stable paging).
+    /// Up to `limit` people after `after_id`, in ascending id order (stable paging). The
+    /// gateway caps `limit` at [`PEOPLE_PAGE_MAX`] (1000), whatever a protocol's client asked
+    /// for (a SCIM `count`): page on with the last id while [`PeoplePage::more`] says so.
     fn people(&self, after_id: Option<&str>, limit: usize) -> Result<PeoplePage, DirectoryError>;
     /// Creates a person; [`DirectoryError::EmailTaken`] when another has the address.
     fn create_person(&self, person: NewPerson) -> Result<Person, DirectoryError>;

@@ -429,7 +429,7 @@ pub struct PersonPatch {
 /// A page of the directory in ascending id order ([`crate::Host::people`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeoplePage {
-    /// Up to the asked number of people.
+    /// Up to the asked number of people, and never more than [`crate::PEOPLE_PAGE_MAX`].
     pub people: Vec<Person>,
     /// Whether more people follow the last one.
     pub more: bool,
@@ -500,8 +500,12 @@ pub enum Caller {
 /// A request under a plugin's provisioning path ([`crate::Plugin::provision`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisioningRequest {
-    /// The request as received (its whole path; the `authorization` header removed, and an
-    /// empty body when the caller was refused).
+    /// The request, its whole path as received, with headers as the edge hands a sign-in
+    /// plugin its requests: the headers other proxies set that a client could forge
+    /// (`X-Forwarded-For`, `-Host`, `-Proto`, `Forwarded`, `X-Real-IP`, ..., and the gateway's
+    /// identity headers) removed, the gateway's own `X-Forwarded-For` (the connection's peer),
+    /// `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded` set, and the `authorization`
+    /// header (the API key) removed; an empty body when the caller was refused.
     pub request: HttpRequest,
     /// Who sent it.
     pub caller: Caller,

@@ -4,9 +4,12 @@
 //!
 //! Requests (`op` and its fields): `create` (`email`, `name`, `active`), `get` (`id`), `find`
 //! (`email`), `list` (`after_id`, `limit`), `update` (`id` and any of `email`, `name`,
-//! `active`), `deactivate` (`id`), `delete` (`id`). Answers: `{"person": {...}}` (201 for
-//! `create`, else 200), `{"people": [...], "more": bool}`, and refusals in its own shape,
-//! `{"refusal": {"kind", "detail"}}` with a status: `caller_refused` (the gateway's status),
+//! `active`), `deactivate` (`id`), `delete` (`id`), `echo` (the request as the plugin was
+//! handed it). Answers: `{"person": {...}}` (201 for `create`, else 200), `{"people": [...],
+//! "more": bool}`, `{"headers": [[name, value], ...], "remote_addr"}`, and refusals in its own
+//! shape, `{"refusal": {"kind", "detail"}}` with a status: `caller_refused` (the gateway's
+//! status; it also carries `directory`, what the directory port answered when the plugin
+//! tried to list people for that caller: `"answered"` or the kind of the refusal below),
 //! `bad_request` 400, `email_taken` 409, `not_found` 404, `invalid` 422, `not_allowed` 403,
 //! `unavailable` 503.
 //!
@@ -57,6 +60,7 @@ enum Request {
     Delete {
         id: String,
     },
+    Echo,
 }
 
 fn active_by_default() -> bool {
@@ -92,15 +96,33 @@ fn refusal(status: u16, kind: &str, detail: impl std::fmt::Display) -> HttpRespo
     )
 }
 
-fn directory_refusal(error: DirectoryError) -> HttpResponse {
-    let (status, kind) = match &error {
+/// The status and kind of a directory refusal.
+fn directory_kind(error: &DirectoryError) -> (u16, &'static str) {
+    match error {
         DirectoryError::EmailTaken { .. } => (409, "email_taken"),
         DirectoryError::NotFound { .. } => (404, "not_found"),
         DirectoryError::Invalid { .. } => (422, "invalid"),
         DirectoryError::NotAllowed => (403, "not_allowed"),
         DirectoryError::Unavailable(_) => (503, "unavailable"),
-    };
+    }
+}
+
+fn directory_refusal(error: DirectoryError) -> HttpResponse {
+    let (status, kind) = directory_kind(&error);
     refusal(status, kind, error)
+}
+
+/// The refusal of a caller the gateway refused, with what the directory port answered this
+/// plugin for that caller (it must not answer).
+fn caller_refusal(host: &dyn Host, status: u16, reason: &str) -> HttpResponse {
+    let directory = match host.people(None, 1) {
+        Ok(_) => "answered",
+        Err(e) => directory_kind(&e).1,
+    };
+    answer(
+        status,
+        &json!({"refusal": {"kind": "caller_refused", "detail": reason, "directory": directory}}),
+    )
 }
 
 fn person_answer(status: u16, result: Result<Person, DirectoryError>) -> HttpResponse {
@@ -123,11 +145,16 @@ impl Provisioner {
         if request.path != "/provisioner" || request.method != "POST" {
             return refusal(400, "bad_request", "POST one JSON request to /provisioner");
         }
+        let handed = request;
         let request: Request = match serde_json::from_slice(&request.body) {
             Ok(request) => request,
             Err(e) => return refusal(400, "bad_request", e),
         };
         match request {
+            Request::Echo => answer(
+                200,
+                &json!({"headers": handed.headers, "remote_addr": handed.remote_addr}),
+            ),
             Request::Create { email, name, active } => person_answer(
                 201,
                 host.create_person(NewPerson {
@@ -212,7 +239,7 @@ impl Plugin for Provisioner {
 
     fn provision(&self, host: &dyn Host, request: &ProvisioningRequest) -> Result<HttpResponse, PluginError> {
         Ok(match &request.caller {
-            Caller::Refused { status, reason } => refusal(*status, "caller_refused", reason),
+            Caller::Refused { status, reason } => caller_refusal(host, *status, reason),
             Caller::ApiKey { .. } => self.serve(host, &request.request),
         })
     }
