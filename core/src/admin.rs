@@ -83,16 +83,17 @@ async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
 
 /// Creates an API key in the store and returns its id and token.
 pub async fn create_api_key(shared: &Shared, description: String) -> Result<(String, String), String> {
-    create_api_key_in(&*shared.store, description).await
+    create_api_key_in(&*shared.store, description, shared.clock.now()).await
 }
 
-/// Creates an API key in `store` and returns its id and token.
+/// Creates an API key in `store`, made at `now`, and returns its id and token.
 pub async fn create_api_key_in(
     store: &dyn crate::store::Storage,
     description: String,
+    now: i64,
 ) -> Result<(String, String), String> {
     crate::model::validate_labels(&description, "")?;
-    let (key, token) = crate::api::new_api_key(description, String::new());
+    let (key, token) = crate::api::new_api_key(description, String::new(), now);
     store.create_api_key(&key).await.map_err(|e| e.to_string())?;
     Ok((key.id, token))
 }

@@ -741,7 +741,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("cfgtest"));
+        let dir = std::env::temp_dir().join(crate::ids::new_id(
+            "cfgtest",
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();

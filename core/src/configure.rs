@@ -25,7 +25,7 @@ pub enum ApplyError {
 /// and rebuilds the routing table. On error nothing changes.
 pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyError> {
     let file = config.file.display().to_string();
-    let now = crate::model::now_unix();
+    let now = shared.clock.now();
     let (stored_backends, stored_edges) = shared.store.config_snapshot().await?;
     let created: HashMap<&str, i64> = stored_backends
         .iter()

@@ -2,7 +2,6 @@
 //! them before they are stored. Nothing here knows about HTTP or sled.
 
 use serde::{Deserialize, Serialize};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where a record came from. Records declared in the config file are read-only to the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,14 +207,6 @@ pub struct Session {
 pub struct RouteBackend {
     pub enabled: bool,
     pub backend_id: String,
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Longest description accepted (ngrok's limit).

@@ -4,7 +4,6 @@
 //! and config application, never on the edge's request path.
 
 use crate::model::AuthModule;
-use crate::plugins::Ports;
 use crate::plugins::Registry;
 use crate::state::Shared;
 use portcullis_plugin_sdk::{Call, Capability, ModuleContext, Outcome, PluginError};
@@ -63,7 +62,8 @@ pub async fn parse_module(
     let call = Call::ValidateOptions {
         options_json: options_json.clone(),
     };
-    let answer = tokio::task::spawn_blocking(move || registered.call(&crate::plugins::host::Detached, call))
+    let host = registry.detached_host();
+    let answer = tokio::task::spawn_blocking(move || registered.call(&host, call))
         .await
         .map_err(|e| (String::new(), format!("the plugin's validation did not finish: {e}")))?;
     let plan = match answer {
@@ -165,7 +165,9 @@ fn describe_one(
         .registry
         .get(&module.plugin)
         .ok_or_else(|| PluginError::Internal(format!("no plugin `{}` is registered", module.plugin)))?;
-    let host = Ports::from_shared(shared).module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
+    let host = shared
+        .ports()
+        .module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
     let scheme = shared.config.load().listeners.edge.scheme();
     let call = Call::DescribeModule {
         module: ModuleContext {

@@ -106,12 +106,11 @@ impl Gateway {
         let echo = config.echo.clone();
         let upkeep_interval = options.upkeep_interval.max(Duration::from_millis(10));
         // Plugin libraries are loaded before any listener takes traffic.
-        let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins).map_err(|reason| {
-            StartError::Plugin {
+        let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins, options.clock.clone())
+            .map_err(|reason| StartError::Plugin {
                 file: config.file.display().to_string(),
                 reason,
-            }
-        })?;
+            })?;
         for plugin in registry.iter() {
             tracing::info!(plugin = %plugin.info.name, version = %plugin.info.version, origin = %plugin.origin, "plugin registered");
         }

@@ -227,8 +227,11 @@ fn without_control_characters(message: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// The host of calls made before the gateway runs (a plugin's info at load): no state.
-pub struct Detached;
+/// The host of calls made outside any route (a plugin's info at load, option validation): no
+/// state but the clock ([`super::Registry::detached_host`]).
+pub struct Detached {
+    pub clock: Arc<dyn Clock>,
+}
 
 impl Host for Detached {
     fn kv_get(&self, _: &str) -> Option<Vec<u8>> {
@@ -270,7 +273,7 @@ impl Host for Detached {
         Err("no HTTP before the gateway runs".into())
     }
     fn now_unix(&self) -> i64 {
-        crate::clock::SystemClock.now()
+        self.clock.now()
     }
     fn random(&self, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];

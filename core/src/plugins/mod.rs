@@ -10,6 +10,7 @@ mod ports;
 pub use dynamic::file_sha256;
 pub use ports::Ports;
 
+use crate::clock::Clock;
 use dynamic::DynamicPlugin;
 use portcullis_plugin_sdk::abi::panic_message;
 use portcullis_plugin_sdk::{dispatch, Call, Capability, Host, Outcome, Plugin, PluginError, PluginInfo};
@@ -60,15 +61,16 @@ impl Registered {
     }
 }
 
-/// Every registered plugin, by name.
-#[derive(Default)]
+/// Every registered plugin, by name, and the clock of the calls made outside any route.
 pub struct Registry {
     plugins: BTreeMap<String, Arc<Registered>>,
+    clock: Arc<dyn Clock>,
 }
 
-/// The paths the console listener serves itself; no provisioning path may be one of them, nor
-/// above or below one.
-pub const CONSOLE_PATHS: [&str; 4] = [crate::api::PREFIX, "/healthz", "/readyz", "/metrics"];
+/// The paths the console listener serves itself (the management API's prefix, `api::PREFIX`,
+/// and the server's small routes); no provisioning path may be one of them, nor above or below
+/// one. Written here rather than imported, so the registry does not depend on the API.
+pub const CONSOLE_PATHS: [&str; 4] = ["/api", "/healthz", "/readyz", "/metrics"];
 
 /// Whether `path` is `mount` or lies below it (segment-wise: `/scim/v2x` is not below `/scim/v2`).
 fn under(path: &str, mount: &str) -> bool {
@@ -111,9 +113,17 @@ pub fn builtins() -> Vec<Arc<dyn Plugin>> {
 }
 
 impl Registry {
-    /// The built-ins and `extra` linked-in plugins, then the libraries `config` names, in order.
-    pub fn load(libraries: &[crate::config::PluginConfig], extra: Vec<Arc<dyn Plugin>>) -> Result<Registry, String> {
-        let mut registry = Registry::default();
+    /// The built-ins and `extra` linked-in plugins, then the libraries `config` names, in order;
+    /// calls outside any route (a plugin's info, option validation) read `clock`.
+    pub fn load(
+        libraries: &[crate::config::PluginConfig],
+        extra: Vec<Arc<dyn Plugin>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Registry, String> {
+        let mut registry = Registry {
+            plugins: BTreeMap::new(),
+            clock,
+        };
         for plugin in builtins().into_iter().chain(extra) {
             registry.register_builtin(plugin);
         }
@@ -185,7 +195,7 @@ impl Registry {
 
     fn load_library(&mut self, config: &crate::config::PluginConfig) -> Result<(), String> {
         let (plugin, sha256) = DynamicPlugin::load(&config.path, config.sha256.as_deref())?;
-        let info = match plugin.call(&host::Detached, &Call::Info) {
+        let info = match plugin.call(&self.detached_host(), &Call::Info) {
             Ok(Outcome::Info(info)) => info,
             Ok(other) => {
                 return Err(format!(
@@ -229,6 +239,13 @@ impl Registry {
     /// The plugin registered under `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Registered>> {
         self.plugins.get(name)
+    }
+
+    /// The host of a call made outside any route (a plugin's info, option validation).
+    pub fn detached_host(&self) -> host::Detached {
+        host::Detached {
+            clock: self.clock.clone(),
+        }
     }
 
     /// Every plugin, by name.
@@ -288,7 +305,7 @@ mod tests {
             .iter()
             .map(|&(name, path, capability)| Arc::new(Provisioner { name, path, capability }) as Arc<dyn Plugin>)
             .collect();
-        Registry::load(&[], extra)
+        Registry::load(&[], extra, Arc::new(crate::clock::SystemClock))
     }
 
     #[test]
@@ -306,6 +323,8 @@ mod tests {
         ] {
             assert!(check_provisioning_path(bad).is_err(), "{bad}");
         }
+        // The console's paths are written out in the registry: the API's prefix is one of them.
+        assert!(super::CONSOLE_PATHS.contains(&crate::api::PREFIX));
         assert!(overlaps("/api", "/api/scim") && overlaps("/api/scim", "/api") && overlaps("/a", "/a"));
         assert!(!overlaps("/apis", "/api") && !overlaps("/scim/v2", "/scim/v3"));
 
