@@ -68,7 +68,7 @@ pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyEr
         let mut hostports = Vec::new();
         for (i, hostport) in e.hostports.iter().enumerate() {
             let normal = crate::model::normalize_hostport(hostport)
-                .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m))?;
+                .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m.to_string()))?;
             if let Some(api_edge) = api_hostports.get(&normal) {
                 return Err(config_error(
                     &file,

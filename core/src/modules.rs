@@ -55,7 +55,7 @@ pub async fn parse_module(
         Some(Value::String(s)) => s,
         Some(other) => return Err(("cookie_prefix".into(), format!("must be a string, not {other}"))),
     };
-    crate::model::validate_cookie_prefix(&cookie_prefix).map_err(|m| ("cookie_prefix".to_string(), m))?;
+    crate::model::validate_cookie_prefix(&cookie_prefix).map_err(|m| ("cookie_prefix".to_string(), m.to_string()))?;
     let inactivity_timeout = seconds(&mut object, "inactivity_timeout")?;
     let maximum_duration = seconds(&mut object, "maximum_duration")?;
     let options_json = Value::Object(object).to_string();

@@ -179,7 +179,8 @@ impl Host for PluginHost {
     }
 
     fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String> {
-        self.egress.send(&self.runtime, request)
+        // The SDK's `Host::http` answers its errors as text.
+        self.egress.send(&self.runtime, request).map_err(|e| e.to_string())
     }
 
     fn now_unix(&self) -> i64 {

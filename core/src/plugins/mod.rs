@@ -7,7 +7,7 @@ mod dynamic;
 pub mod host;
 mod ports;
 
-pub use dynamic::file_sha256;
+pub use dynamic::{file_sha256, LibraryError};
 pub use ports::Ports;
 
 use crate::clock::Clock;
@@ -59,6 +59,48 @@ impl Registered {
             Implementation::Dynamic(plugin) => plugin.call(host, &call),
         }
     }
+}
+
+/// Why the registry could not be built (the message the start-up and `check` print after the
+/// config file's name).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("plugin[{index}]: {error}")]
+    Library { index: usize, error: LibraryLoadError },
+    #[error("plugin `{name}` declares the Provisioning capability but no provisioning_path")]
+    NoProvisioningPath { name: String },
+    #[error("plugin `{name}` names the provisioning_path `{path}` but does not declare the Provisioning capability")]
+    NotProvisioning { name: String, path: String },
+    #[error("plugin `{name}`: provisioning_path `{path}` {problem}")]
+    BadProvisioningPath {
+        name: String,
+        path: String,
+        problem: &'static str,
+    },
+    #[error("plugin `{name}`: provisioning_path `{path}` collides with `{taken}`, served by {owner}; each provisioning path must be apart from the others")]
+    ProvisioningPathTaken {
+        name: String,
+        path: String,
+        taken: String,
+        owner: String,
+    },
+}
+
+/// Why one `[[plugin]]` library was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryLoadError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("{} answered {answer:?} when asked for its info", .path.display())]
+    NoInfo { path: PathBuf, answer: Box<Outcome> },
+    #[error("{}: {error}", .path.display())]
+    Info { path: PathBuf, error: PluginError },
+    #[error("{} and {} both register the plugin `{name}`", .first.display(), .second.display())]
+    Duplicate {
+        first: PathBuf,
+        second: PathBuf,
+        name: String,
+    },
 }
 
 /// Every registered plugin, by name, and the clock of the calls made outside any route.
@@ -119,7 +161,7 @@ impl Registry {
         libraries: &[crate::config::PluginConfig],
         extra: Vec<Arc<dyn Plugin>>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Registry, String> {
+    ) -> Result<Registry, RegistryError> {
         let mut registry = Registry {
             plugins: BTreeMap::new(),
             clock,
@@ -130,7 +172,7 @@ impl Registry {
         for (i, library) in libraries.iter().enumerate() {
             registry
                 .load_library(library)
-                .map_err(|e| format!("plugin[{i}]: {e}"))?;
+                .map_err(|error| RegistryError::Library { index: i, error })?;
         }
         registry.check_provisioning_paths()?;
         Ok(registry)
@@ -138,30 +180,34 @@ impl Registry {
 
     /// Every provisioning plugin names a well-formed path of its own on the console listener,
     /// apart from the console's own paths and from each other's (neither above nor below).
-    fn check_provisioning_paths(&self) -> Result<(), String> {
+    fn check_provisioning_paths(&self) -> Result<(), RegistryError> {
         let mut claimed: Vec<(&str, String)> = CONSOLE_PATHS.iter().map(|p| (*p, "the console".to_string())).collect();
         for plugin in self.plugins.values() {
             let name = &plugin.info.name;
             let provisions = plugin.info.capabilities.contains(&Capability::Provisioning);
             let path = match (&plugin.info.provisioning_path, provisions) {
                 (None, false) => continue,
-                (None, true) => {
-                    return Err(format!(
-                        "plugin `{name}` declares the Provisioning capability but no provisioning_path"
-                    ))
-                }
+                (None, true) => return Err(RegistryError::NoProvisioningPath { name: name.clone() }),
                 (Some(path), false) => {
-                    return Err(format!(
-                        "plugin `{name}` names the provisioning_path `{path}` but does not declare the Provisioning capability"
-                    ))
+                    return Err(RegistryError::NotProvisioning {
+                        name: name.clone(),
+                        path: path.clone(),
+                    })
                 }
                 (Some(path), true) => path.as_str(),
             };
-            check_provisioning_path(path).map_err(|e| format!("plugin `{name}`: provisioning_path `{path}` {e}"))?;
+            check_provisioning_path(path).map_err(|problem| RegistryError::BadProvisioningPath {
+                name: name.clone(),
+                path: path.to_string(),
+                problem,
+            })?;
             if let Some((taken, owner)) = claimed.iter().find(|(taken, _)| overlaps(taken, path)) {
-                return Err(format!(
-                    "plugin `{name}`: provisioning_path `{path}` collides with `{taken}`, served by {owner}; each provisioning path must be apart from the others"
-                ));
+                return Err(RegistryError::ProvisioningPathTaken {
+                    name: name.clone(),
+                    path: path.to_string(),
+                    taken: taken.to_string(),
+                    owner: owner.clone(),
+                });
             }
             claimed.push((path, format!("the plugin `{name}`")));
         }
@@ -193,26 +239,30 @@ impl Registry {
         );
     }
 
-    fn load_library(&mut self, config: &crate::config::PluginConfig) -> Result<(), String> {
+    fn load_library(&mut self, config: &crate::config::PluginConfig) -> Result<(), LibraryLoadError> {
         let (plugin, sha256) = DynamicPlugin::load(&config.path, config.sha256.as_deref())?;
         let info = match plugin.call(&self.detached_host(), &Call::Info) {
             Ok(Outcome::Info(info)) => info,
             Ok(other) => {
-                return Err(format!(
-                    "{} answered {other:?} when asked for its info",
-                    config.path.display()
-                ))
+                return Err(LibraryLoadError::NoInfo {
+                    path: config.path.clone(),
+                    answer: Box::new(other),
+                })
             }
-            Err(e) => return Err(format!("{}: {e}", config.path.display())),
+            Err(error) => {
+                return Err(LibraryLoadError::Info {
+                    path: config.path.clone(),
+                    error,
+                })
+            }
         };
         match self.plugins.get(&info.name).map(|p| &p.origin) {
             Some(Origin::Library { path, .. }) => {
-                return Err(format!(
-                    "{} and {} both register the plugin `{}`",
-                    path.display(),
-                    config.path.display(),
-                    info.name
-                ));
+                return Err(LibraryLoadError::Duplicate {
+                    first: path.clone(),
+                    second: config.path.clone(),
+                    name: info.name,
+                });
             }
             Some(Origin::BuiltIn) => tracing::info!(
                 "plugin library {} replaces the built-in `{}`",
@@ -256,7 +306,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_provisioning_path, overlaps, Registry};
+    use super::{check_provisioning_path, overlaps, Registry, RegistryError};
     use portcullis_plugin_sdk::{
         Capability, Host, HttpRequest, HttpResponse, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
         PluginError, PluginInfo,
@@ -300,7 +350,7 @@ mod tests {
         }
     }
 
-    fn load(plugins: &[(&'static str, Option<&'static str>, bool)]) -> Result<Registry, String> {
+    fn load(plugins: &[(&'static str, Option<&'static str>, bool)]) -> Result<Registry, RegistryError> {
         let extra = plugins
             .iter()
             .map(|&(name, path, capability)| Arc::new(Provisioner { name, path, capability }) as Arc<dyn Plugin>)
@@ -357,7 +407,7 @@ mod tests {
                 "does not declare the Provisioning capability",
             ),
         ] {
-            let error = load(&plugins).err().unwrap();
+            let error = load(&plugins).err().unwrap().to_string();
             assert!(error.contains(expected), "{error}");
         }
     }
