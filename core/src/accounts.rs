@@ -149,7 +149,7 @@ impl Accounts {
                 }
             }
             let user = User {
-                id: crate::ids::new_id(crate::ids::APP_USER),
+                id: crate::ids::new_id(crate::ids::APP_USER, now),
                 email: email.to_string(),
                 name: name.to_string(),
                 active: true,
@@ -204,7 +204,7 @@ impl Accounts {
         let email = checked_email(&new.email)?;
         let now = self.clock.now();
         let user = User {
-            id: crate::ids::new_id(crate::ids::APP_USER),
+            id: crate::ids::new_id(crate::ids::APP_USER, now),
             email,
             name: new.name,
             active: new.active,

@@ -27,6 +27,25 @@ pub enum AdminResponse {
     Error { message: String },
 }
 
+/// Why an admin operation failed (the message the command line prints or the socket answers).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Invalid(#[from] crate::model::ValidationError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot connect to {path}: {error}")]
+    Connect { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error("admin socket write failed: {0}")]
+    Write(std::io::Error),
+    #[error("admin socket read failed: {0}")]
+    Read(std::io::Error),
+    #[error("unreadable answer from the server: {0}")]
+    Answer(serde_json::Error),
+}
+
 /// Where the admin socket of a data dir lives.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
@@ -70,7 +89,7 @@ async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
                 tracing::info!(api_key = %id, "API key created through the admin socket");
                 AdminResponse::ApiKey { id, token }
             }
-            Err(message) => AdminResponse::Error { message },
+            Err(e) => AdminResponse::Error { message: e.to_string() },
         },
         Err(e) => AdminResponse::Error {
             message: format!("bad admin request: {e}"),
@@ -82,23 +101,24 @@ async fn answer(stream: UnixStream, shared: &Shared) -> std::io::Result<()> {
 }
 
 /// Creates an API key in the store and returns its id and token.
-pub async fn create_api_key(shared: &Shared, description: String) -> Result<(String, String), String> {
-    create_api_key_in(&*shared.store, description).await
+pub async fn create_api_key(shared: &Shared, description: String) -> Result<(String, String), AdminError> {
+    create_api_key_in(&*shared.store, description, shared.clock.now()).await
 }
 
-/// Creates an API key in `store` and returns its id and token.
+/// Creates an API key in `store`, made at `now`, and returns its id and token.
 pub async fn create_api_key_in(
     store: &dyn crate::store::Storage,
     description: String,
-) -> Result<(String, String), String> {
+    now: i64,
+) -> Result<(String, String), AdminError> {
     crate::model::validate_labels(&description, "")?;
-    let (key, token) = crate::api::new_api_key(description, String::new());
-    store.create_api_key(&key).await.map_err(|e| e.to_string())?;
+    let (key, token) = crate::api::new_api_key(description, String::new(), now);
+    store.create_api_key(&key).await?;
     Ok((key.id, token))
 }
 
 /// Sends `request` to the server running on `data_dir`; `Ok(None)` when none is listening.
-pub async fn call(data_dir: &Path, request: &AdminRequest) -> Result<Option<AdminResponse>, String> {
+pub async fn call(data_dir: &Path, request: &AdminRequest) -> Result<Option<AdminResponse>, AdminError> {
     let path = socket_path(data_dir);
     let stream = match UnixStream::connect(&path).await {
         Ok(stream) => stream,
@@ -110,21 +130,21 @@ pub async fn call(data_dir: &Path, request: &AdminRequest) -> Result<Option<Admi
         {
             return Ok(None)
         }
-        Err(e) => return Err(format!("cannot connect to {}: {e}", path.display())),
+        Err(error) => {
+            return Err(AdminError::Connect {
+                path: path.display().to_string(),
+                error,
+            })
+        }
     };
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(request).map_err(AdminError::Encode)?;
     line.push(b'\n');
-    write
-        .write_all(&line)
-        .await
-        .map_err(|e| format!("admin socket write failed: {e}"))?;
+    write.write_all(&line).await.map_err(AdminError::Write)?;
     let mut answer = String::new();
     BufReader::new(read)
         .read_line(&mut answer)
         .await
-        .map_err(|e| format!("admin socket read failed: {e}"))?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|e| format!("unreadable answer from the server: {e}"))
+        .map_err(AdminError::Read)?;
+    serde_json::from_str(&answer).map(Some).map_err(AdminError::Answer)
 }

@@ -36,17 +36,28 @@ fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-impl FromStr for Cidr {
-    type Err = String;
+/// Why a text is not a CIDR block.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("`{text}` is not an IP address or a CIDR block such as 10.0.0.0/8")]
+    NotAnAddress { text: String },
+    #[error("`{text}`: the prefix length must be a number from 0 to {bits}")]
+    BadPrefix { text: String, bits: u8 },
+    #[error("`{text}` has bits set past its prefix: write {block}/{prefix}")]
+    BitsPastPrefix { text: String, block: IpAddr, prefix: u8 },
+}
 
-    fn from_str(text: &str) -> Result<Cidr, String> {
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Cidr, CidrError> {
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
         };
         let network: IpAddr = address
             .parse()
-            .map_err(|_| format!("`{text}` is not an IP address or a CIDR block such as 10.0.0.0/8"))?;
+            .map_err(|_| CidrError::NotAnAddress { text: text.to_string() })?;
         let bits: u8 = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
@@ -54,12 +65,19 @@ impl FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= bits)
-                .ok_or_else(|| format!("`{text}`: the prefix length must be a number from 0 to {bits}"))?,
+                .ok_or_else(|| CidrError::BadPrefix {
+                    text: text.to_string(),
+                    bits,
+                })?,
         };
         // `10.0.0.1/8` most likely hides a mistake: say which block that is.
         let block = masked(network, prefix);
         if block != network {
-            return Err(format!("`{text}` has bits set past its prefix: write {block}/{prefix}"));
+            return Err(CidrError::BitsPastPrefix {
+                text: text.to_string(),
+                block,
+                prefix,
+            });
         }
         // Peers are compared as IPv4 when they are IPv4-mapped (`::ffff:a.b.c.d`): so are blocks.
         if let (IpAddr::V6(v6), 96..) = (network, prefix) {
@@ -75,9 +93,9 @@ impl FromStr for Cidr {
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
+    type Error = CidrError;
 
-    fn try_from(text: String) -> Result<Cidr, String> {
+    fn try_from(text: String) -> Result<Cidr, CidrError> {
         text.parse()
     }
 }
@@ -126,7 +144,7 @@ mod tests {
             ("localhost", "not an IP address"),
             ("", "not an IP address"),
         ] {
-            let error = bad.parse::<Cidr>().unwrap_err();
+            let error = bad.parse::<Cidr>().unwrap_err().to_string();
             assert!(error.contains(says), "{bad}: {error}");
         }
     }

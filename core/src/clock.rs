@@ -1,8 +1,11 @@
 //! The gateway's clock. Everything that expires (sessions, plugin state) reads time through
-//! [`Clock`], so tests can move time forward instead of sleeping.
+//! [`Clock`], so tests can move time forward instead of sleeping. [`SystemClock`] is the only
+//! reader of the wall clock in core (monotonic `Instant`s for timeouts and latency are not
+//! timestamps and stay where they are used).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of the current time, in whole seconds since the Unix epoch.
 pub trait Clock: Send + Sync {
@@ -15,7 +18,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {
-        crate::model::now_unix()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
     }
 }
 
@@ -26,7 +32,7 @@ pub struct ManualClock(Arc<AtomicI64>);
 impl ManualClock {
     /// A clock showing the current system time.
     pub fn new() -> ManualClock {
-        ManualClock(Arc::new(AtomicI64::new(crate::model::now_unix())))
+        ManualClock(Arc::new(AtomicI64::new(SystemClock.now())))
     }
 
     /// Moves the clock forward.

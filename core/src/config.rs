@@ -599,15 +599,16 @@ impl Config {
         })?;
         for (name, backend) in &self.backends {
             let key = format!("backends.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
-            validate_address(&backend.address).map_err(|m| (format!("{key}.address"), m))?;
-            model::validate_labels(&backend.description, &backend.metadata).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| (key.clone(), m.to_string()))?;
+            validate_address(&backend.address).map_err(|m| (format!("{key}.address"), m.to_string()))?;
+            model::validate_labels(&backend.description, &backend.metadata)
+                .map_err(|m| (key.clone(), m.to_string()))?;
         }
         let mut hostport_owner: HashMap<String, &str> = HashMap::new();
         for (name, edge) in &self.edges {
             let key = format!("edges.{name}");
-            check_name(name).map_err(|m| (key.clone(), m))?;
-            model::validate_labels(&edge.description, &edge.metadata).map_err(|m| (key.clone(), m))?;
+            check_name(name).map_err(|m| (key.clone(), m.to_string()))?;
+            model::validate_labels(&edge.description, &edge.metadata).map_err(|m| (key.clone(), m.to_string()))?;
             if edge.hostports.is_empty() {
                 return Err((
                     format!("{key}.hostports"),
@@ -615,7 +616,8 @@ impl Config {
                 ));
             }
             for (i, hostport) in edge.hostports.iter().enumerate() {
-                let normal = model::normalize_hostport(hostport).map_err(|m| (format!("{key}.hostports[{i}]"), m))?;
+                let normal = model::normalize_hostport(hostport)
+                    .map_err(|m| (format!("{key}.hostports[{i}]"), m.to_string()))?;
                 if let Some(other) = hostport_owner.insert(normal, name) {
                     return Err((
                         format!("{key}.hostports[{i}]"),
@@ -626,8 +628,10 @@ impl Config {
             let mut seen = HashMap::new();
             for (i, route) in edge.routes.iter().enumerate() {
                 let rkey = format!("{key}.routes[{i}]");
-                model::validate_route_match(route.match_type, &route.path).map_err(|m| (format!("{rkey}.match"), m))?;
-                model::validate_labels(&route.description, &route.metadata).map_err(|m| (rkey.clone(), m))?;
+                model::validate_route_match(route.match_type, &route.path)
+                    .map_err(|m| (format!("{rkey}.match"), m.to_string()))?;
+                model::validate_labels(&route.description, &route.metadata)
+                    .map_err(|m| (rkey.clone(), m.to_string()))?;
                 if !self.backends.contains_key(&route.backend) {
                     return Err((
                         format!("{rkey}.backend"),
@@ -650,14 +654,23 @@ impl Config {
     }
 }
 
-/// Checks an upstream address: `host:port`.
-pub fn validate_address(address: &str) -> Result<(), String> {
-    model::normalize_hostport(address)
-        .map(|_| ())
-        .map_err(|m| format!("address {m}"))
+/// A name or an upstream address the config file (or the API) may not use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error("address {0}")]
+    Address(model::ValidationError),
+    #[error("`{name}` is not a valid name: use 1 to 64 letters, digits, `-` or `_`")]
+    Name { name: String },
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+/// Checks an upstream address: `host:port`.
+pub fn validate_address(address: &str) -> Result<(), SettingError> {
+    model::normalize_hostport(address)
+        .map(|_| ())
+        .map_err(SettingError::Address)
+}
+
+fn check_name(name: &str) -> Result<(), SettingError> {
     if !name.is_empty()
         && name.len() <= 64
         && name
@@ -666,9 +679,7 @@ fn check_name(name: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "`{name}` is not a valid name: use 1 to 64 letters, digits, `-` or `_`"
-        ))
+        Err(SettingError::Name { name: name.to_string() })
     }
 }
 
@@ -741,7 +752,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("cfgtest"));
+        let dir = std::env::temp_dir().join(crate::ids::new_id(
+            "cfgtest",
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();

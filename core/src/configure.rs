@@ -25,7 +25,7 @@ pub enum ApplyError {
 /// and rebuilds the routing table. On error nothing changes.
 pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyError> {
     let file = config.file.display().to_string();
-    let now = crate::model::now_unix();
+    let now = shared.clock.now();
     let (stored_backends, stored_edges) = shared.store.config_snapshot().await?;
     let created: HashMap<&str, i64> = stored_backends
         .iter()
@@ -68,7 +68,7 @@ pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyEr
         let mut hostports = Vec::new();
         for (i, hostport) in e.hostports.iter().enumerate() {
             let normal = crate::model::normalize_hostport(hostport)
-                .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m))?;
+                .map_err(|m| config_error(&file, &format!("edges.{name}.hostports[{i}]"), m.to_string()))?;
             if let Some(api_edge) = api_hostports.get(&normal) {
                 return Err(config_error(
                     &file,

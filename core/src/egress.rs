@@ -19,8 +19,27 @@ const EGRESS_TIMEOUT: Duration = Duration::from_secs(10);
 /// The pooling client plugins' HTTP calls go through (it follows no redirects).
 pub type EgressClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// Why a module's HTTP call failed (a plugin reads the message as `Host::http`'s error).
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("bad URL {url}: {error}")]
+    BadUrl { url: String, error: http::uri::InvalidUri },
+    #[error("URL {url} has no host")]
+    NoHost { url: String },
+    #[error("{hostport} is not among the hosts this module may reach")]
+    HostNotAllowed { hostport: String },
+    #[error("{0}")]
+    Request(http::Error),
+    #[error("{0}")]
+    Exchange(hyper_util::client::legacy::Error),
+    #[error("{0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// A pooling egress client on the gateway's outbound connector (`upstream::connector`).
-pub fn egress_client(config: &ProxyConfig) -> Result<EgressClient, String> {
+pub fn egress_client(config: &ProxyConfig) -> Result<EgressClient, crate::upstream::ConnectorError> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(config.upstream_idle_timeout())
         .pool_timer(TokioTimer::new())
@@ -43,19 +62,23 @@ impl ModuleEgress {
     /// Sends `request` when its destination is allowed, waiting on `runtime` (call it from a
     /// blocking thread): no redirect followed, [`EGRESS_TIMEOUT`] for the whole answer (head and
     /// body), at most [`MAX_EGRESS_BODY`] bytes of answer.
-    pub fn send(&self, runtime: &tokio::runtime::Handle, request: OutboundRequest) -> Result<HttpResponse, String> {
-        let uri: http::Uri = request
-            .url
-            .parse()
-            .map_err(|e| format!("bad URL {}: {e}", request.url))?;
+    pub fn send(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        request: OutboundRequest,
+    ) -> Result<HttpResponse, EgressError> {
+        let uri: http::Uri = request.url.parse().map_err(|error| EgressError::BadUrl {
+            url: request.url.clone(),
+            error,
+        })?;
         let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
             443
         } else {
             80
         };
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("URL {} has no host", request.url))?;
+        let authority = uri.authority().ok_or_else(|| EgressError::NoHost {
+            url: request.url.clone(),
+        })?;
         let hostport = format!(
             "{}:{}",
             authority.host().to_ascii_lowercase(),
@@ -66,7 +89,7 @@ impl ModuleEgress {
             .iter()
             .any(|allowed| allowed.eq_ignore_ascii_case(&hostport))
         {
-            return Err(format!("{hostport} is not among the hosts this module may reach"));
+            return Err(EgressError::HostNotAllowed { hostport });
         }
         let mut builder = http::Request::builder().method(request.method.as_str()).uri(uri);
         for (name, value) in &request.headers {
@@ -74,12 +97,12 @@ impl ModuleEgress {
         }
         let outbound = builder
             .body(Full::new(Bytes::from(request.body)))
-            .map_err(|e| e.to_string())?;
+            .map_err(EgressError::Request)?;
         let client = self.client.clone();
         // The limit counts the whole answer, its body too: a provider that sends the head and
         // then stalls holds the call (a thread of the small blocking pool) no longer.
         let exchange = async move {
-            let response = client.request(outbound).await.map_err(|e| e.to_string())?;
+            let response = client.request(outbound).await.map_err(EgressError::Exchange)?;
             let status = response.status().as_u16();
             let headers = response
                 .headers()
@@ -94,7 +117,7 @@ impl ModuleEgress {
             let body = Limited::new(response.into_body(), MAX_EGRESS_BODY)
                 .collect()
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(EgressError::Body)?
                 .to_bytes()
                 .to_vec();
             Ok(HttpResponse { status, headers, body })
@@ -103,7 +126,7 @@ impl ModuleEgress {
         runtime.block_on(async move {
             tokio::time::timeout(EGRESS_TIMEOUT, exchange)
                 .await
-                .map_err(|_| format!("no answer within {EGRESS_TIMEOUT:?}"))?
+                .map_err(|_| EgressError::Timeout(EGRESS_TIMEOUT))?
         })
     }
 }

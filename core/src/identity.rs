@@ -11,6 +11,11 @@ use sha2::{Digest, Sha256};
 
 const KEY_NAME: &str = "assertion_signing_key_pkcs8";
 
+/// The key could not sign (ring gives no reason).
+#[derive(Debug, thiserror::Error)]
+#[error("signing failed")]
+pub struct SigningFailed;
+
 /// Signs identity assertions.
 pub struct Signer {
     key: EcdsaKeyPair,
@@ -47,7 +52,7 @@ impl Signer {
     }
 
     /// A compact JWS of `claims`.
-    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, SigningFailed> {
         let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
         let signing_input = format!(
             "{}.{}",
@@ -57,7 +62,7 @@ impl Signer {
         let signature = self
             .key
             .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|_| "signing failed".to_string())?;
+            .map_err(|_| SigningFailed)?;
         Ok(format!(
             "{signing_input}.{}",
             URL_SAFE_NO_PAD.encode(signature.as_ref())

@@ -40,9 +40,10 @@ const KSUID_EPOCH: u64 = 1_400_000_000;
 const ENCODED_LEN: usize = 27;
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// A new random id: 4 bytes of creation time, 16 random bytes.
-pub fn new_id(prefix: &str) -> String {
-    let secs = crate::model::now_unix().saturating_sub(KSUID_EPOCH as i64);
+/// A new random id made at `now` (seconds since the Unix epoch, from the gateway's clock): 4
+/// bytes of creation time, 16 random bytes.
+pub fn new_id(prefix: &str, now: i64) -> String {
+    let secs = now.saturating_sub(KSUID_EPOCH as i64);
     let mut raw = [0u8; 20];
     raw[..4].copy_from_slice(&(secs.clamp(0, u32::MAX as i64) as u32).to_be_bytes());
     rand::rng().fill_bytes(&mut raw[4..]);
@@ -98,12 +99,16 @@ mod tests {
 
     #[test]
     fn ids_have_fixed_shape_and_sort_by_time() {
-        let a = new_id(HTTPS_EDGE);
+        let a = new_id(HTTPS_EDGE, 1_700_000_000);
         let tail = a.strip_prefix("edghts_").unwrap();
         assert!(
             tail.len() == ENCODED_LEN && tail.bytes().all(|b| b.is_ascii_alphanumeric()),
             "{a}"
         );
+        // The creation second comes first, from the clock's `now`.
+        for _ in 0..100 {
+            assert!(new_id(HTTPS_EDGE, 1_700_000_000) < new_id(HTTPS_EDGE, 1_700_000_001));
+        }
         assert_eq!(config_id(API_KEY, "x"), config_id(API_KEY, "x"));
         assert_ne!(config_id(API_KEY, "x"), config_id(API_KEY, "y"));
         assert_eq!(base62_fixed(&[0, 0, 1], 3), "001");

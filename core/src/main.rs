@@ -3,9 +3,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use portcullis::admin::{AdminRequest, AdminResponse};
+use portcullis::clock::{Clock, SystemClock};
 use portcullis::Config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 // mimalloc: measured cheaper than glibc malloc on the proxy's per-request allocations.
 #[global_allocator]
@@ -103,7 +105,7 @@ fn serve(path: &Path, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new())
+    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new(), Arc::new(SystemClock))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let file = path.display().to_string();
     let mut modules = Vec::new();
@@ -175,7 +177,7 @@ fn check(path: &Path) -> anyhow::Result<()> {
 
 fn plugins(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new())
+    let registry = portcullis::plugins::Registry::load(&config.plugins, Vec::new(), Arc::new(SystemClock))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut any = false;
     for plugin in registry.iter() {
@@ -211,7 +213,7 @@ fn create_api_key(path: &Path, data_dir: Option<PathBuf>, description: String) -
             Some(AdminResponse::Error { message }) => Err(anyhow::anyhow!("the running server refused: {message}")),
             None => {
                 let store = portcullis::store::open(&config.data_dir)?;
-                portcullis::admin::create_api_key_in(&*store, description)
+                portcullis::admin::create_api_key_in(&*store, description, SystemClock.now())
                     .await
                     .map_err(anyhow::Error::msg)
             }

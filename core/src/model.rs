@@ -2,7 +2,6 @@
 //! them before they are stored. Nothing here knows about HTTP or sled.
 
 use serde::{Deserialize, Serialize};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where a record came from. Records declared in the config file are read-only to the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +127,32 @@ pub const DEFAULT_INACTIVITY_TIMEOUT: u32 = 12 * 3600;
 /// Default `maximum_duration` (7 days), used when the module says 0.
 pub const DEFAULT_MAXIMUM_DURATION: u32 = 7 * 24 * 3600;
 
+/// Why a value breaks one of the rules every writer applies; the message names the value (the
+/// API and the config file put the field's name before it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("`{prefix}` may hold only letters, digits and !#$%&'*+-.^_`|~, at most 64 characters")]
+    CookiePrefix { prefix: String },
+    #[error("description is longer than {MAX_DESCRIPTION} bytes")]
+    DescriptionTooLong,
+    #[error("metadata is longer than {MAX_METADATA} bytes")]
+    MetadataTooLong,
+    #[error("`{value}` is not host:port (the port is required)")]
+    NoPort { value: String },
+    #[error("`{value}` has an invalid port `{port}`")]
+    BadPort { value: String, port: String },
+    #[error("`{value}` has an invalid host `{host}`")]
+    BadHost { value: String, host: String },
+    #[error("match `{path}` must start with `/`")]
+    MatchNotAbsolute { path: String },
+    #[error("match is longer than 2048 bytes")]
+    MatchTooLong,
+    #[error("match `{}` for {} may not contain spaces, control characters, `?` or `#`", .path.escape_debug(), .match_type.as_str())]
+    MatchCharacters { path: String, match_type: MatchType },
+}
+
 /// Checks a cookie prefix: the characters RFC 6265 allows in a cookie name, at most 64.
-pub fn validate_cookie_prefix(prefix: &str) -> Result<(), String> {
+pub fn validate_cookie_prefix(prefix: &str) -> Result<(), ValidationError> {
     let ok = prefix.len() <= 64
         && prefix
             .bytes()
@@ -137,9 +160,9 @@ pub fn validate_cookie_prefix(prefix: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "`{prefix}` may hold only letters, digits and !#$%&'*+-.^_`|~, at most 64 characters"
-        ))
+        Err(ValidationError::CookiePrefix {
+            prefix: prefix.to_string(),
+        })
     }
 }
 
@@ -210,39 +233,36 @@ pub struct RouteBackend {
     pub backend_id: String,
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Longest description accepted (ngrok's limit).
 pub const MAX_DESCRIPTION: usize = 255;
 /// Longest metadata accepted (ngrok's limit).
 pub const MAX_METADATA: usize = 4096;
 
 /// Checks a description and metadata pair against ngrok's limits.
-pub fn validate_labels(description: &str, metadata: &str) -> Result<(), String> {
+pub fn validate_labels(description: &str, metadata: &str) -> Result<(), ValidationError> {
     if description.len() > MAX_DESCRIPTION {
-        return Err(format!("description is longer than {MAX_DESCRIPTION} bytes"));
+        return Err(ValidationError::DescriptionTooLong);
     }
     if metadata.len() > MAX_METADATA {
-        return Err(format!("metadata is longer than {MAX_METADATA} bytes"));
+        return Err(ValidationError::MetadataTooLong);
     }
     Ok(())
 }
 
 /// Checks `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
 /// from 1 to 65535) and returns it lower-cased, the form requests are matched in.
-pub fn normalize_hostport(value: &str) -> Result<String, String> {
-    let (host, port) = value
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{value}` is not host:port (the port is required)"))?;
+pub fn normalize_hostport(value: &str) -> Result<String, ValidationError> {
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| ValidationError::NoPort {
+        value: value.to_string(),
+    })?;
     match port.parse::<u16>() {
         Ok(p) if p > 0 => {}
-        _ => return Err(format!("`{value}` has an invalid port `{port}`")),
+        _ => {
+            return Err(ValidationError::BadPort {
+                value: value.to_string(),
+                port: port.to_string(),
+            })
+        }
     }
     let is_ipv6 =
         host.starts_with('[') && host.ends_with(']') && host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
@@ -256,28 +276,30 @@ pub fn normalize_hostport(value: &str) -> Result<String, String> {
                 && !label.ends_with('-')
         });
     if !is_ipv6 && !is_name {
-        return Err(format!("`{value}` has an invalid host `{host}`"));
+        return Err(ValidationError::BadHost {
+            value: value.to_string(),
+            host: host.to_string(),
+        });
     }
     Ok(value.to_ascii_lowercase())
 }
 
 /// Checks a route's `match` value.
-pub fn validate_route_match(match_type: MatchType, path: &str) -> Result<(), String> {
+pub fn validate_route_match(match_type: MatchType, path: &str) -> Result<(), ValidationError> {
     if !path.starts_with('/') {
-        return Err(format!("match `{path}` must start with `/`"));
+        return Err(ValidationError::MatchNotAbsolute { path: path.to_string() });
     }
     if path.len() > 2048 {
-        return Err("match is longer than 2048 bytes".into());
+        return Err(ValidationError::MatchTooLong);
     }
     if path
         .bytes()
         .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
     {
-        return Err(format!(
-            "match `{}` for {} may not contain spaces, control characters, `?` or `#`",
-            path.escape_debug(),
-            match_type.as_str()
-        ));
+        return Err(ValidationError::MatchCharacters {
+            path: path.to_string(),
+            match_type,
+        });
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! and config application, never on the edge's request path.
 
 use crate::model::AuthModule;
-use crate::plugins::Ports;
 use crate::plugins::Registry;
 use crate::state::Shared;
 use portcullis_plugin_sdk::{Call, Capability, ModuleContext, Outcome, PluginError};
@@ -56,14 +55,15 @@ pub async fn parse_module(
         Some(Value::String(s)) => s,
         Some(other) => return Err(("cookie_prefix".into(), format!("must be a string, not {other}"))),
     };
-    crate::model::validate_cookie_prefix(&cookie_prefix).map_err(|m| ("cookie_prefix".to_string(), m))?;
+    crate::model::validate_cookie_prefix(&cookie_prefix).map_err(|m| ("cookie_prefix".to_string(), m.to_string()))?;
     let inactivity_timeout = seconds(&mut object, "inactivity_timeout")?;
     let maximum_duration = seconds(&mut object, "maximum_duration")?;
     let options_json = Value::Object(object).to_string();
     let call = Call::ValidateOptions {
         options_json: options_json.clone(),
     };
-    let answer = tokio::task::spawn_blocking(move || registered.call(&crate::plugins::host::Detached, call))
+    let host = registry.detached_host();
+    let answer = tokio::task::spawn_blocking(move || registered.call(&host, call))
         .await
         .map_err(|e| (String::new(), format!("the plugin's validation did not finish: {e}")))?;
     let plan = match answer {
@@ -165,7 +165,9 @@ fn describe_one(
         .registry
         .get(&module.plugin)
         .ok_or_else(|| PluginError::Internal(format!("no plugin `{}` is registered", module.plugin)))?;
-    let host = Ports::from_shared(shared).module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
+    let host = shared
+        .ports()
+        .module_host(&module.plugin, route_id, &module.egress_hosts, runtime.clone());
     let scheme = shared.config.load().listeners.edge.scheme();
     let call = Call::DescribeModule {
         module: ModuleContext {

@@ -9,7 +9,7 @@
 //! plugin's protocol's error shape; only an authenticated caller's call reaches the directory.
 
 use crate::pages::{full, Body};
-use crate::plugins::{Ports, Registered};
+use crate::plugins::Registered;
 use crate::state::Shared;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -53,8 +53,9 @@ pub async fn handle(
         request,
         caller: caller.clone(),
     };
-    let host =
-        Ports::from_shared(shared).provisioning_host(&plugin.info.name, &caller, tokio::runtime::Handle::current());
+    let host = shared
+        .ports()
+        .provisioning_host(&plugin.info.name, &caller, tokio::runtime::Handle::current());
     let name = plugin.info.name.clone();
     let outcome = tokio::task::spawn_blocking(move || plugin.call(&host, Call::Provision(request)))
         .await

@@ -106,12 +106,11 @@ impl Gateway {
         let echo = config.echo.clone();
         let upkeep_interval = options.upkeep_interval.max(Duration::from_millis(10));
         // Plugin libraries are loaded before any listener takes traffic.
-        let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins).map_err(|reason| {
-            StartError::Plugin {
+        let registry = crate::plugins::Registry::load(&config.plugins, options.extra_plugins, options.clock.clone())
+            .map_err(|reason| StartError::Plugin {
                 file: config.file.display().to_string(),
-                reason,
-            }
-        })?;
+                reason: reason.to_string(),
+            })?;
         for plugin in registry.iter() {
             tracing::info!(plugin = %plugin.info.name, version = %plugin.info.version, origin = %plugin.origin, "plugin registered");
         }
@@ -133,7 +132,7 @@ impl Gateway {
             address: edge_addr,
             reason,
         };
-        let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(client_error)?;
+        let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(|e| client_error(e.to_string()))?;
         let s = shared.clone();
         tasks.spawn(serve(
             edge,
@@ -143,7 +142,7 @@ impl Gateway {
             move |req, peer, is_tls| crate::proxy::handle(s.clone(), client.clone(), req, peer, is_tls),
         ));
         for worker in 1..edge_workers(proxy_config.workers) {
-            let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(client_error)?;
+            let client = crate::proxy::EdgePool::for_config(&proxy_config).map_err(|e| client_error(e.to_string()))?;
             let (shared, tls, stop) = (shared.clone(), edge_tls.clone(), shutdown.subscribe());
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -328,7 +327,13 @@ async fn open_shared(
             other => break other?,
         }
     };
-    let client_error = |message| config_error(&config.file.display().to_string(), "proxy.upstream_ca_file", message);
+    let client_error = |e: crate::upstream::ConnectorError| {
+        config_error(
+            &config.file.display().to_string(),
+            "proxy.upstream_ca_file",
+            e.to_string(),
+        )
+    };
     let sessions = Arc::new(Sessions::load(&*store, clock.now()).await?);
     let shared = Arc::new(Shared {
         egress_client: crate::egress::egress_client(&config.proxy).map_err(client_error)?,
@@ -513,8 +518,10 @@ async fn bind(
 ) -> Result<(TcpListener, Option<TlsAcceptor>), StartError> {
     let tls = match &listener.tls {
         Some(tls) => Some(TlsAcceptor::from(
-            crate::tls::server_config(tls, data_dir, name)
-                .map_err(|reason| StartError::Tls { listener: name, reason })?,
+            crate::tls::server_config(tls, data_dir, name).map_err(|e| StartError::Tls {
+                listener: name,
+                reason: e.to_string(),
+            })?,
         )),
         None => None,
     };

@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::identity::Signer;
 use crate::metrics::Metrics;
-use crate::plugins::Registry;
+use crate::plugins::{Ports, Registry};
 use crate::routing::RouteTable;
 use crate::sessions::Sessions;
 use crate::store::Storage;
@@ -36,4 +36,16 @@ pub struct Shared {
     pub rechecking: AtomicBool,
     /// Passes of session re-checks the upkeep has finished (tests wait on it).
     pub recheck_passes: AtomicU64,
+}
+
+impl Shared {
+    /// The ports plugin hosts are made of, over this shared state.
+    pub fn ports(&self) -> Ports {
+        Ports {
+            kv: self.store.clone(),
+            accounts: self.accounts.clone(),
+            egress: self.egress_client.clone(),
+            clock: self.clock.clone(),
+        }
+    }
 }

@@ -55,7 +55,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// A pool for `config`'s upstreams (see [`connector`]).
-    pub fn for_config(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool<B>>, String> {
+    pub fn for_config(config: &crate::config::ProxyConfig) -> Result<Arc<UpstreamPool<B>>, ConnectorError> {
         Ok(UpstreamPool::new(connector(config)?, config.upstream_idle_timeout()))
     }
 
@@ -229,9 +229,28 @@ where
     }
 }
 
+/// Why the outbound connector could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("proxy.upstream_ca_file: cannot read {}: {error}", .path.display())]
+    ReadCaFile {
+        path: std::path::PathBuf,
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error("proxy.upstream_ca_file: {}: {error}", .path.display())]
+    BadCaCertificate {
+        path: std::path::PathBuf,
+        error: rustls::Error,
+    },
+    #[error("TLS client setup: {0}")]
+    TlsSetup(rustls::Error),
+}
+
 /// The connector for upstreams: TCP with the configured connect timeout, and TLS verified
 /// against the system's CA certificates plus `proxy.upstream_ca_file`, when set.
-pub fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+pub fn connector(
+    config: &crate::config::ProxyConfig,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, ConnectorError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -245,18 +264,22 @@ pub fn connector(config: &crate::config::ProxyConfig) -> Result<hyper_rustls::Ht
     if let Some(path) = &config.upstream_ca_file {
         let extra = CertificateDer::pem_file_iter(path)
             .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("proxy.upstream_ca_file: cannot read {}: {e}", path.display()))?;
+            .map_err(|error| ConnectorError::ReadCaFile {
+                path: path.clone(),
+                error,
+            })?;
         for cert in extra {
-            roots
-                .add(cert)
-                .map_err(|e| format!("proxy.upstream_ca_file: {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|error| ConnectorError::BadCaCertificate {
+                path: path.clone(),
+                error,
+            })?;
         }
     } else if added == 0 {
         tracing::warn!("no system CA certificates found: TLS upstreams will fail verification unless proxy.upstream_ca_file is set");
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS client setup: {e}"))?
+        .map_err(ConnectorError::TlsSetup)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(hyper_rustls::HttpsConnectorBuilder::new()

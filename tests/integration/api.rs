@@ -1,8 +1,9 @@
 //! The management API: ngrok's shapes, its error body for every bad input, paging, config-owned
 //! objects, and durability of acknowledged writes.
 
-use crate::harness::{assert_stored_nowhere, send, TestGateway, Upstream};
+use crate::harness::{assert_stored_nowhere, manual_clock, send, TestGateway, Upstream, LISTENERS};
 use http::Method;
+use portcullis::clock::Clock;
 use serde_json::json;
 
 #[tokio::test]
@@ -278,6 +279,49 @@ async fn routes_validate_and_conflicts_are_409() {
         .await
         .assert_api_error(409, 110);
     assert!(msg.contains("is used by route(s)"), "{msg}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn objects_the_api_creates_are_made_at_the_gateways_clock() {
+    let (clock, options) = manual_clock();
+    let gw = TestGateway::start_full(LISTENERS, options).await;
+    // A thousand days ahead of the wall clock: only the gateway's clock can say this time.
+    clock.advance(1000 * 86_400);
+    let expected = time::OffsetDateTime::from_unix_timestamp(clock.now())
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let key = gw
+        .api(Method::POST, "/api_keys", Some(json!({"description": "clocked"})))
+        .await;
+    assert_eq!(key.status, 201, "{}", key.body);
+    assert_eq!(key.json()["created_at"], expected.as_str(), "{}", key.body);
+    let backend = gw
+        .api(
+            Method::POST,
+            "/backends/static",
+            Some(json!({"address": "127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(backend.json()["created_at"], expected.as_str(), "{}", backend.body);
+    let edge = gw
+        .api(
+            Method::POST,
+            "/edges/https",
+            Some(json!({"hostports": ["clock.test:80"]})),
+        )
+        .await;
+    assert_eq!(edge.json()["created_at"], expected.as_str(), "{}", edge.body);
+    let edge_id = edge.json()["id"].as_str().unwrap().to_string();
+    let route = gw
+        .api(
+            Method::POST,
+            &format!("/edges/https/{edge_id}/routes"),
+            Some(json!({"match_type": "path_prefix", "match": "/", "backend": {"backend_id": backend.json()["id"]}})),
+        )
+        .await;
+    assert_eq!(route.json()["created_at"], expected.as_str(), "{}", route.body);
     gw.stop().await;
 }
 

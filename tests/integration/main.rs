@@ -7,6 +7,7 @@
 mod harness;
 
 mod api;
+mod architecture;
 mod browser;
 mod cli;
 mod config;

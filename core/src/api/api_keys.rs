@@ -5,7 +5,7 @@
 use super::views::{created, kept_changing, labels, list_json, no_content, ok, timestamp, Answer, WRITE_ATTEMPTS};
 use super::{ApiError, Ctx};
 use crate::ids;
-use crate::model::{self, ApiKey};
+use crate::model::ApiKey;
 use crate::store::{Conflict, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -54,13 +54,13 @@ pub(super) async fn get_api_key(ctx: &Ctx<'_>, id: &str) -> Answer {
 }
 
 /// Makes a new API key record and its token (shown once, stored only as a hash).
-pub fn new_api_key(description: String, metadata: String) -> (ApiKey, String) {
+pub fn new_api_key(description: String, metadata: String, now: i64) -> (ApiKey, String) {
     let token = format!("pcl_{}", ids::new_secret());
     let key = ApiKey {
-        id: ids::new_id(ids::API_KEY),
+        id: ids::new_id(ids::API_KEY, now),
         description,
         metadata,
-        created_at: model::now_unix(),
+        created_at: now,
         token_hash: Sha256::digest(token.as_bytes()).into(),
     };
     (key, token)
@@ -75,7 +75,7 @@ pub(super) async fn create_api_key(ctx: &Ctx<'_>) -> Answer {
             "Portcullis API keys have no owners; leave it out",
         ));
     }
-    let (key, token) = new_api_key(body.description, body.metadata);
+    let (key, token) = new_api_key(body.description, body.metadata, ctx.now);
     ctx.shared.store.create_api_key(&key).await?;
     created(api_key_json(ctx, &key, Some(&token)))
 }

@@ -7,7 +7,7 @@ use super::views::{
 };
 use super::{ApiError, Ctx};
 use crate::ids;
-use crate::model::{self, Source, StaticBackend};
+use crate::model::{Source, StaticBackend};
 use crate::store::{Conflict, StoreError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -60,10 +60,10 @@ fn check_backend(b: &StaticBackend) -> Result<(), ApiError> {
 pub(super) async fn create_backend(ctx: &Ctx<'_>) -> Answer {
     let body: BackendWrite = ctx.json()?;
     let backend = StaticBackend {
-        id: ids::new_id(ids::STATIC_BACKEND),
+        id: ids::new_id(ids::STATIC_BACKEND, ctx.now),
         description: body.description.unwrap_or_default(),
         metadata: body.metadata.unwrap_or_default(),
-        created_at: model::now_unix(),
+        created_at: ctx.now,
         address: body.address.unwrap_or_default(),
         tls: body.tls.is_some_and(|t| t.enabled),
         source: Source::Api,

@@ -212,8 +212,8 @@ pub(super) async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
             return Err(ApiError::invalid("match", "is required"));
         }
         let mut route = Route {
-            id: ids::new_id(ids::HTTPS_ROUTE),
-            created_at: model::now_unix(),
+            id: ids::new_id(ids::HTTPS_ROUTE, ctx.now),
+            created_at: ctx.now,
             match_type: MatchType::PathPrefix,
             path: String::new(),
             description: String::new(),

@@ -103,10 +103,10 @@ pub(super) async fn create_edge(ctx: &Ctx<'_>) -> Answer {
     let sent = body.hostports.unwrap_or_default();
     let edge = Edge {
         hostports: normalize_hostports(&sent)?,
-        id: ids::new_id(ids::HTTPS_EDGE),
+        id: ids::new_id(ids::HTTPS_EDGE, ctx.now),
         description: body.description.unwrap_or_default(),
         metadata: body.metadata.unwrap_or_default(),
-        created_at: model::now_unix(),
+        created_at: ctx.now,
         routes: Vec::new(),
         source: Source::Api,
     };

@@ -40,6 +40,8 @@ pub(crate) struct Ctx<'a> {
     pub base_url: String,
     pub query: Vec<(String, String)>,
     pub body: Bytes,
+    /// The gateway's clock when the request's body was read: objects created by it are made now.
+    pub now: i64,
 }
 
 impl Ctx<'_> {
@@ -76,7 +78,7 @@ impl Ctx<'_> {
 
 /// Serves one request whose path starts with [`PREFIX`].
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let operation_id = crate::ids::new_id(crate::ids::OPERATION);
+    let operation_id = crate::ids::new_id(crate::ids::OPERATION, shared.clock.now());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let allowed = shared.config.load().api.allows(peer.ip());
@@ -132,6 +134,7 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         .to_string();
     let body = read_body(shared, req).await?;
     let ctx = Ctx {
+        now: shared.clock.now(),
         shared,
         base_url,
         query,

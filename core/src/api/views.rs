@@ -71,10 +71,9 @@ pub(super) fn refuse_config_managed(kind: &str, id: &str, source: &Source) -> Re
 
 pub(super) fn labels(description: &str, metadata: &str) -> Result<(), ApiError> {
     model::validate_labels(description, metadata).map_err(|m| {
-        let field = if m.starts_with("description") {
-            "description"
-        } else {
-            "metadata"
+        let field = match m {
+            model::ValidationError::DescriptionTooLong => "description",
+            _ => "metadata",
         };
         ApiError::invalid(field, m)
     })

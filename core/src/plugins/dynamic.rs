@@ -9,52 +9,82 @@ use sha2::{Digest, Sha256};
 use std::ffi::c_void;
 use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A loaded plugin library's function table. The library is never unloaded.
 pub struct DynamicPlugin {
     api: PluginApi,
 }
 
+/// Why a plugin library was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("cannot read {}: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{} has SHA-256 {digest}, but the config pins {pin}; refusing to load it", .path.display())]
+    PinMismatch { path: PathBuf, digest: String, pin: String },
+    #[error("cannot load {}: {error}", .path.display())]
+    Load { path: PathBuf, error: libloading::Error },
+    #[error("{} is not a Portcullis plugin (no `portcullis_plugin_entry`): {error}", .path.display())]
+    NoEntryPoint { path: PathBuf, error: libloading::Error },
+    #[error("{}: the entry point panicked", .path.display())]
+    EntryPointPanicked { path: PathBuf },
+    #[error(
+        "{} was built for plugin ABI version {their_abi}, but this Portcullis speaks ABI version {}: rebuild it against the matching portcullis-plugin-sdk",
+        .path.display(),
+        ABI_VERSION
+    )]
+    AbiMismatch { path: PathBuf, their_abi: u32 },
+}
+
 /// The SHA-256 of a file, in lower-case hex.
-pub fn file_sha256(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn file_sha256(path: &Path) -> Result<String, LibraryError> {
+    let bytes = std::fs::read(path).map_err(|error| LibraryError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl DynamicPlugin {
     /// Loads the library at `path`, after checking its SHA-256 against `pin` when given.
-    pub fn load(path: &Path, pin: Option<&str>) -> Result<(DynamicPlugin, String), String> {
+    pub fn load(path: &Path, pin: Option<&str>) -> Result<(DynamicPlugin, String), LibraryError> {
         let digest = file_sha256(path)?;
         if let Some(expected) = pin {
             if !expected.eq_ignore_ascii_case(&digest) {
-                return Err(format!(
-                    "{} has SHA-256 {digest}, but the config pins {expected}; refusing to load it",
-                    path.display()
-                ));
+                return Err(LibraryError::PinMismatch {
+                    path: path.to_path_buf(),
+                    digest,
+                    pin: expected.to_string(),
+                });
             }
         }
         // SAFETY: loading a library runs its initialisers. Plugins are trusted in-process code
         // (the operator named this file in the config, optionally pinned by hash).
-        let library =
-            unsafe { libloading::Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let library = unsafe { libloading::Library::new(path) }.map_err(|error| LibraryError::Load {
+            path: path.to_path_buf(),
+            error,
+        })?;
         // SAFETY: the symbol's type is fixed by the SDK's ABI; its version is checked below
         // before any other use.
-        let entry: libloading::Symbol<EntryFn> = unsafe { library.get(ENTRY_SYMBOL) }.map_err(|e| {
-            format!(
-                "{} is not a Portcullis plugin (no `portcullis_plugin_entry`): {e}",
-                path.display()
-            )
-        })?;
+        let entry: libloading::Symbol<EntryFn> =
+            unsafe { library.get(ENTRY_SYMBOL) }.map_err(|error| LibraryError::NoEntryPoint {
+                path: path.to_path_buf(),
+                error,
+            })?;
         let mut api = MaybeUninit::<PluginApi>::uninit();
         // SAFETY: `api` is writable; the entry point fills it only when the versions match.
-        let their_abi = catch_unwind(AssertUnwindSafe(|| unsafe { entry(ABI_VERSION, api.as_mut_ptr()) }))
-            .map_err(|_| format!("{}: the entry point panicked", path.display()))?;
+        let their_abi =
+            catch_unwind(AssertUnwindSafe(|| unsafe { entry(ABI_VERSION, api.as_mut_ptr()) })).map_err(|_| {
+                LibraryError::EntryPointPanicked {
+                    path: path.to_path_buf(),
+                }
+            })?;
         if their_abi != ABI_VERSION {
-            return Err(format!(
-                "{} was built for plugin ABI version {their_abi}, but this Portcullis speaks ABI version {ABI_VERSION}: rebuild it against the matching portcullis-plugin-sdk",
-                path.display()
-            ));
+            return Err(LibraryError::AbiMismatch {
+                path: path.to_path_buf(),
+                their_abi,
+            });
         }
         // SAFETY: the versions match, so the entry point has written the table.
         let api = unsafe { api.assume_init() };

@@ -182,7 +182,8 @@ impl Host for PluginHost {
     }
 
     fn http(&self, request: OutboundRequest) -> Result<HttpResponse, String> {
-        self.egress.send(&self.runtime, request)
+        // The SDK's `Host::http` answers its errors as text.
+        self.egress.send(&self.runtime, request).map_err(|e| e.to_string())
     }
 
     fn now_unix(&self) -> i64 {
@@ -230,8 +231,11 @@ fn without_control_characters(message: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// The host of calls made before the gateway runs (a plugin's info at load): no state.
-pub struct Detached;
+/// The host of calls made outside any route (a plugin's info at load, option validation): no
+/// state but the clock ([`super::Registry::detached_host`]).
+pub struct Detached {
+    pub clock: Arc<dyn Clock>,
+}
 
 impl Host for Detached {
     fn kv_get(&self, _: &str) -> Option<Vec<u8>> {
@@ -273,7 +277,7 @@ impl Host for Detached {
         Err("no HTTP before the gateway runs".into())
     }
     fn now_unix(&self) -> i64 {
-        crate::clock::SystemClock.now()
+        self.clock.now()
     }
     fn random(&self, len: usize) -> Vec<u8> {
         let mut bytes = vec![0u8; len];

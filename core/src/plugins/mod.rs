@@ -7,9 +7,10 @@ mod dynamic;
 pub mod host;
 mod ports;
 
-pub use dynamic::file_sha256;
+pub use dynamic::{file_sha256, LibraryError};
 pub use ports::Ports;
 
+use crate::clock::Clock;
 use dynamic::DynamicPlugin;
 use portcullis_plugin_sdk::abi::panic_message;
 use portcullis_plugin_sdk::{dispatch, Call, Capability, Host, Outcome, Plugin, PluginError, PluginInfo};
@@ -60,15 +61,58 @@ impl Registered {
     }
 }
 
-/// Every registered plugin, by name.
-#[derive(Default)]
-pub struct Registry {
-    plugins: BTreeMap<String, Arc<Registered>>,
+/// Why the registry could not be built (the message the start-up and `check` print after the
+/// config file's name).
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("plugin[{index}]: {error}")]
+    Library { index: usize, error: LibraryLoadError },
+    #[error("plugin `{name}` declares the Provisioning capability but no provisioning_path")]
+    NoProvisioningPath { name: String },
+    #[error("plugin `{name}` names the provisioning_path `{path}` but does not declare the Provisioning capability")]
+    NotProvisioning { name: String, path: String },
+    #[error("plugin `{name}`: provisioning_path `{path}` {problem}")]
+    BadProvisioningPath {
+        name: String,
+        path: String,
+        problem: &'static str,
+    },
+    #[error("plugin `{name}`: provisioning_path `{path}` collides with `{taken}`, served by {owner}; each provisioning path must be apart from the others")]
+    ProvisioningPathTaken {
+        name: String,
+        path: String,
+        taken: String,
+        owner: String,
+    },
 }
 
-/// The paths the console listener serves itself; no provisioning path may be one of them, nor
-/// above or below one.
-pub const CONSOLE_PATHS: [&str; 4] = [crate::api::PREFIX, "/healthz", "/readyz", "/metrics"];
+/// Why one `[[plugin]]` library was not registered.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryLoadError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("{} answered {answer:?} when asked for its info", .path.display())]
+    NoInfo { path: PathBuf, answer: Box<Outcome> },
+    #[error("{}: {error}", .path.display())]
+    Info { path: PathBuf, error: PluginError },
+    #[error("{} and {} both register the plugin `{name}`", .first.display(), .second.display())]
+    Duplicate {
+        first: PathBuf,
+        second: PathBuf,
+        name: String,
+    },
+}
+
+/// Every registered plugin, by name, and the clock of the calls made outside any route.
+pub struct Registry {
+    plugins: BTreeMap<String, Arc<Registered>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The paths the console listener serves itself (the management API's prefix, `api::PREFIX`,
+/// and the server's small routes); no provisioning path may be one of them, nor above or below
+/// one. Written here rather than imported, so the registry does not depend on the API.
+pub const CONSOLE_PATHS: [&str; 4] = ["/api", "/healthz", "/readyz", "/metrics"];
 
 /// Whether `path` is `mount` or lies below it (segment-wise: `/scim/v2x` is not below `/scim/v2`).
 fn under(path: &str, mount: &str) -> bool {
@@ -111,16 +155,24 @@ pub fn builtins() -> Vec<Arc<dyn Plugin>> {
 }
 
 impl Registry {
-    /// The built-ins and `extra` linked-in plugins, then the libraries `config` names, in order.
-    pub fn load(libraries: &[crate::config::PluginConfig], extra: Vec<Arc<dyn Plugin>>) -> Result<Registry, String> {
-        let mut registry = Registry::default();
+    /// The built-ins and `extra` linked-in plugins, then the libraries `config` names, in order;
+    /// calls outside any route (a plugin's info, option validation) read `clock`.
+    pub fn load(
+        libraries: &[crate::config::PluginConfig],
+        extra: Vec<Arc<dyn Plugin>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Registry, RegistryError> {
+        let mut registry = Registry {
+            plugins: BTreeMap::new(),
+            clock,
+        };
         for plugin in builtins().into_iter().chain(extra) {
             registry.register_builtin(plugin);
         }
         for (i, library) in libraries.iter().enumerate() {
             registry
                 .load_library(library)
-                .map_err(|e| format!("plugin[{i}]: {e}"))?;
+                .map_err(|error| RegistryError::Library { index: i, error })?;
         }
         registry.check_provisioning_paths()?;
         Ok(registry)
@@ -128,30 +180,34 @@ impl Registry {
 
     /// Every provisioning plugin names a well-formed path of its own on the console listener,
     /// apart from the console's own paths and from each other's (neither above nor below).
-    fn check_provisioning_paths(&self) -> Result<(), String> {
+    fn check_provisioning_paths(&self) -> Result<(), RegistryError> {
         let mut claimed: Vec<(&str, String)> = CONSOLE_PATHS.iter().map(|p| (*p, "the console".to_string())).collect();
         for plugin in self.plugins.values() {
             let name = &plugin.info.name;
             let provisions = plugin.info.capabilities.contains(&Capability::Provisioning);
             let path = match (&plugin.info.provisioning_path, provisions) {
                 (None, false) => continue,
-                (None, true) => {
-                    return Err(format!(
-                        "plugin `{name}` declares the Provisioning capability but no provisioning_path"
-                    ))
-                }
+                (None, true) => return Err(RegistryError::NoProvisioningPath { name: name.clone() }),
                 (Some(path), false) => {
-                    return Err(format!(
-                        "plugin `{name}` names the provisioning_path `{path}` but does not declare the Provisioning capability"
-                    ))
+                    return Err(RegistryError::NotProvisioning {
+                        name: name.clone(),
+                        path: path.clone(),
+                    })
                 }
                 (Some(path), true) => path.as_str(),
             };
-            check_provisioning_path(path).map_err(|e| format!("plugin `{name}`: provisioning_path `{path}` {e}"))?;
+            check_provisioning_path(path).map_err(|problem| RegistryError::BadProvisioningPath {
+                name: name.clone(),
+                path: path.to_string(),
+                problem,
+            })?;
             if let Some((taken, owner)) = claimed.iter().find(|(taken, _)| overlaps(taken, path)) {
-                return Err(format!(
-                    "plugin `{name}`: provisioning_path `{path}` collides with `{taken}`, served by {owner}; each provisioning path must be apart from the others"
-                ));
+                return Err(RegistryError::ProvisioningPathTaken {
+                    name: name.clone(),
+                    path: path.to_string(),
+                    taken: taken.to_string(),
+                    owner: owner.clone(),
+                });
             }
             claimed.push((path, format!("the plugin `{name}`")));
         }
@@ -183,26 +239,30 @@ impl Registry {
         );
     }
 
-    fn load_library(&mut self, config: &crate::config::PluginConfig) -> Result<(), String> {
+    fn load_library(&mut self, config: &crate::config::PluginConfig) -> Result<(), LibraryLoadError> {
         let (plugin, sha256) = DynamicPlugin::load(&config.path, config.sha256.as_deref())?;
-        let info = match plugin.call(&host::Detached, &Call::Info) {
+        let info = match plugin.call(&self.detached_host(), &Call::Info) {
             Ok(Outcome::Info(info)) => info,
             Ok(other) => {
-                return Err(format!(
-                    "{} answered {other:?} when asked for its info",
-                    config.path.display()
-                ))
+                return Err(LibraryLoadError::NoInfo {
+                    path: config.path.clone(),
+                    answer: Box::new(other),
+                })
             }
-            Err(e) => return Err(format!("{}: {e}", config.path.display())),
+            Err(error) => {
+                return Err(LibraryLoadError::Info {
+                    path: config.path.clone(),
+                    error,
+                })
+            }
         };
         match self.plugins.get(&info.name).map(|p| &p.origin) {
             Some(Origin::Library { path, .. }) => {
-                return Err(format!(
-                    "{} and {} both register the plugin `{}`",
-                    path.display(),
-                    config.path.display(),
-                    info.name
-                ));
+                return Err(LibraryLoadError::Duplicate {
+                    first: path.clone(),
+                    second: config.path.clone(),
+                    name: info.name,
+                });
             }
             Some(Origin::BuiltIn) => tracing::info!(
                 "plugin library {} replaces the built-in `{}`",
@@ -231,6 +291,13 @@ impl Registry {
         self.plugins.get(name)
     }
 
+    /// The host of a call made outside any route (a plugin's info, option validation).
+    pub fn detached_host(&self) -> host::Detached {
+        host::Detached {
+            clock: self.clock.clone(),
+        }
+    }
+
     /// Every plugin, by name.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Registered>> {
         self.plugins.values()
@@ -239,7 +306,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_provisioning_path, overlaps, Registry};
+    use super::{check_provisioning_path, overlaps, Registry, RegistryError};
     use portcullis_plugin_sdk::{
         Capability, Host, HttpRequest, HttpResponse, ModuleContext, ModulePlan, OptionError, Outcome, Plugin,
         PluginError, PluginInfo,
@@ -283,12 +350,12 @@ mod tests {
         }
     }
 
-    fn load(plugins: &[(&'static str, Option<&'static str>, bool)]) -> Result<Registry, String> {
+    fn load(plugins: &[(&'static str, Option<&'static str>, bool)]) -> Result<Registry, RegistryError> {
         let extra = plugins
             .iter()
             .map(|&(name, path, capability)| Arc::new(Provisioner { name, path, capability }) as Arc<dyn Plugin>)
             .collect();
-        Registry::load(&[], extra)
+        Registry::load(&[], extra, Arc::new(crate::clock::SystemClock))
     }
 
     #[test]
@@ -306,6 +373,8 @@ mod tests {
         ] {
             assert!(check_provisioning_path(bad).is_err(), "{bad}");
         }
+        // The console's paths are written out in the registry: the API's prefix is one of them.
+        assert!(super::CONSOLE_PATHS.contains(&crate::api::PREFIX));
         assert!(overlaps("/api", "/api/scim") && overlaps("/api/scim", "/api") && overlaps("/a", "/a"));
         assert!(!overlaps("/apis", "/api") && !overlaps("/scim/v2", "/scim/v3"));
 
@@ -338,7 +407,7 @@ mod tests {
                 "does not declare the Provisioning capability",
             ),
         ] {
-            let error = load(&plugins).err().unwrap();
+            let error = load(&plugins).err().unwrap().to_string();
             assert!(error.contains(expected), "{error}");
         }
     }

@@ -1,14 +1,12 @@
 //! The ports plugin hosts are made of ([`Ports`]): the store's plugin key-value operations, the
 //! accounts (behind the directory port), the egress client and the clock; and the two kinds of
-//! host made from them: one for a call on a route's module, one for a provisioning call. The
-//! composition root will own one `Ports`; until it does, [`Ports::from_shared`] builds it at
-//! the call sites from the shared state (the one place `plugins/` reaches `Shared`).
+//! host made from them: one for a call on a route's module, one for a provisioning call. Call
+//! sites take them from the shared state (`Shared::ports`): `plugins/` never names `Shared`.
 
 use super::host::PluginHost;
 use crate::accounts::Accounts;
 use crate::clock::Clock;
 use crate::egress::{EgressClient, ModuleEgress};
-use crate::state::Shared;
 use crate::store::PluginKv;
 use portcullis_plugin_sdk::Caller;
 use std::sync::Arc;
@@ -24,16 +22,6 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The ports over the shared state (until the composition root owns them).
-    pub fn from_shared(shared: &Arc<Shared>) -> Ports {
-        Ports {
-            kv: shared.store.clone(),
-            accounts: shared.accounts.clone(),
-            egress: shared.egress_client.clone(),
-            clock: shared.clock.clone(),
-        }
-    }
-
     /// The host of a call on one route's module (sign-in, module outputs, re-check, logout):
     /// the module's key-value namespace, egress to the module's hosts only, and no directory
     /// (sign-in calls never read or write people).

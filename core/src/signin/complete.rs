@@ -56,7 +56,7 @@ pub async fn complete_login(
     };
     let (token, token_hash) = crate::sessions::new_token();
     let session = Session {
-        id: crate::ids::new_id(crate::ids::APP_SESSION),
+        id: crate::ids::new_id(crate::ids::APP_SESSION, now),
         token_hash,
         user_id: user.id.clone(),
         edge_id: target.edge_id.clone(),

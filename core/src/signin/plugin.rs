@@ -4,7 +4,6 @@
 
 use crate::cookies::{cookie_crumbs, crumb_name, is_token};
 use crate::pages::{error_page, full, Body};
-use crate::plugins::Ports;
 use crate::plugins::Registered;
 use crate::routing::{AuthTarget, RouteTable};
 use crate::state::Shared;
@@ -83,7 +82,7 @@ pub async fn call_plugin(
     route_id: &str,
     call: Call,
 ) -> Result<Outcome, PluginError> {
-    let host = Ports::from_shared(shared).module_host(
+    let host = shared.ports().module_host(
         &auth.module.plugin,
         route_id,
         &auth.module.egress_hosts,

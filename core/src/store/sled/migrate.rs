@@ -309,7 +309,10 @@ mod tests {
     /// Stores `record` as session "s1" in a fresh database written by schema `found`, runs the
     /// migration and reads the session back.
     fn migrated(record: &impl Serialize, found: u32) -> Session {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("migratetest"));
+        let dir = std::env::temp_dir().join(crate::ids::new_id(
+            "migratetest",
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+        ));
         let db = sled::open(dir.join("db")).unwrap();
         db.open_tree("sessions")
             .unwrap()

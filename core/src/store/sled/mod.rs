@@ -549,7 +549,10 @@ mod tests {
     }
 
     pub(super) fn tempdir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(crate::ids::new_id("storetest"));
+        let dir = std::env::temp_dir().join(crate::ids::new_id(
+            "storetest",
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
