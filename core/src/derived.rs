@@ -121,6 +121,14 @@ impl Follower {
 pub async fn start(followed: Followed) -> Result<(Arc<Derived>, Follower), StoreError> {
     // Subscribe before reading: a change made during the first build is then also applied.
     let feed = followed.store.subscribe();
+    start_following(followed, feed).await
+}
+
+/// [`start`] on a given receiver of the feed (tests hand it one that lags).
+async fn start_following(
+    followed: Followed,
+    feed: broadcast::Receiver<ChangeEvent>,
+) -> Result<(Arc<Derived>, Follower), StoreError> {
     let revision = followed.store.revision();
     followed
         .sessions
@@ -261,4 +269,243 @@ async fn rebuild_routes(followed: &Followed) -> Result<(), StoreError> {
         .collect();
     followed.metrics.retain_routes(&live);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Edge, MatchType, Route, RouteBackend, Session, Source, StaticBackend};
+
+    /// A clock stopped at one instant.
+    struct At(i64);
+
+    impl Clock for At {
+        fn now(&self) -> i64 {
+            self.0
+        }
+    }
+
+    struct Fixture {
+        dir: std::path::PathBuf,
+        followed: Followed,
+    }
+
+    impl Fixture {
+        /// A store in a fresh folder and the config of a minimal file.
+        fn new() -> Fixture {
+            let dir = std::env::temp_dir().join(crate::ids::new_id("derivedtest"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join("portcullis.toml");
+            std::fs::write(
+                &file,
+                "version = 1\ndata_dir = \"data\"\n[listeners.edge]\naddress = \"127.0.0.1:0\"\n[listeners.console]\naddress = \"127.0.0.1:0\"\n",
+            )
+            .unwrap();
+            let config = Config::load(&file).unwrap();
+            let store = crate::store::open(&config.data_dir).unwrap();
+            let followed = Followed {
+                store,
+                config: Arc::new(ArcSwap::from_pointee(config)),
+                routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+                metrics: Arc::new(Metrics::default()),
+                sessions: Arc::new(Sessions::default()),
+                clock: Arc::new(At(1_000_000)),
+            };
+            Fixture { dir, followed }
+        }
+
+        fn routes(&self) -> Arc<RouteTable> {
+            self.followed.routes.load_full()
+        }
+
+        /// Writes a backend and an edge serving `hostport` with one route on `/`.
+        async fn write_edge(&self, hostport: &str) {
+            let store = &self.followed.store;
+            let backend = StaticBackend {
+                id: crate::ids::new_id(crate::ids::STATIC_BACKEND),
+                description: String::new(),
+                metadata: String::new(),
+                created_at: 1,
+                address: "127.0.0.1:9".into(),
+                tls: false,
+                source: Source::Api,
+            };
+            store.create_backend(&backend).await.unwrap();
+            let edge = Edge {
+                id: crate::ids::new_id(crate::ids::HTTPS_EDGE),
+                description: String::new(),
+                metadata: String::new(),
+                created_at: 1,
+                hostports: vec![hostport.to_string()],
+                routes: vec![Route {
+                    id: crate::ids::new_id(crate::ids::HTTPS_ROUTE),
+                    created_at: 1,
+                    match_type: MatchType::PathPrefix,
+                    path: "/".into(),
+                    description: String::new(),
+                    metadata: String::new(),
+                    backend: Some(RouteBackend {
+                        enabled: true,
+                        backend_id: backend.id.clone(),
+                    }),
+                    auth: None,
+                }],
+                source: Source::Api,
+            };
+            store.create_edge(&edge).await.unwrap();
+        }
+
+        async fn stop(self, follower: Follower) {
+            follower.stop().await;
+            drop(self.followed);
+            std::fs::remove_dir_all(&self.dir).unwrap();
+        }
+    }
+
+    fn session(token_hash: [u8; 32]) -> Session {
+        Session {
+            id: crate::ids::new_id("sess"),
+            token_hash,
+            user_id: "user".into(),
+            edge_id: "edge".into(),
+            route_id: "route".into(),
+            plugin: "plugin".into(),
+            origin: "http://app.test".into(),
+            subject: "subject".into(),
+            email: String::new(),
+            name: String::new(),
+            groups: Vec::new(),
+            plugin_data: None,
+            created_at: 1_000_000,
+            last_active: 1_000_000,
+            expires_at: 2_000_000,
+            inactivity_timeout: 3_600,
+            ip: "127.0.0.1".into(),
+            user_agent: String::new(),
+            access_token: None,
+            recheck_interval: 0,
+            checked_at: 1_000_000,
+            session_index: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_through_the_store_is_in_the_route_table_once_caught_up() {
+        let fixture = Fixture::new();
+        let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
+        assert!(fixture.routes().find("app.test:80", "/").is_none());
+        fixture.write_edge("app.test:80").await;
+        derived.caught_up_to_store().await.unwrap();
+        assert!(fixture.routes().find("app.test:80", "/").is_some());
+        assert_eq!(derived.applied().revision, fixture.followed.store.revision());
+        fixture.stop(follower).await;
+    }
+
+    #[tokio::test]
+    async fn sessions_the_feed_says_ended_leave_the_index() {
+        let fixture = Fixture::new();
+        let store = fixture.followed.store.clone();
+        let (token, hash) = crate::sessions::new_token();
+        let stored = session(hash);
+        store.put_session(&stored).await.unwrap();
+        let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
+        let sessions = &fixture.followed.sessions;
+        assert!(sessions.check(&token, "route", 1_000_001).is_some());
+        store.delete_sessions(&[stored.id.clone()]).await.unwrap();
+        derived.caught_up_to_store().await.unwrap();
+        assert!(sessions.check(&token, "route", 1_000_002).is_none());
+        // And no store lookup brings it back.
+        assert!(sessions
+            .check_or_load(&*store, &hash, "route", 1_000_003)
+            .await
+            .is_none());
+        fixture.stop(follower).await;
+    }
+
+    #[tokio::test]
+    async fn a_lagged_follower_resyncs_the_route_table_and_the_session_index_from_the_store() {
+        let fixture = Fixture::new();
+        let store = fixture.followed.store.clone();
+        let (token, hash) = crate::sessions::new_token();
+        let stored = session(hash);
+        store.put_session(&stored).await.unwrap();
+        // A feed of one slot that the test feeds: the store's own events never reach it.
+        let (feed, receiver) = broadcast::channel(1);
+        let (derived, follower) = start_following(fixture.followed.clone(), receiver).await.unwrap();
+        fixture.write_edge("app.test:80").await;
+        store.delete_sessions(&[stored.id.clone()]).await.unwrap();
+        let revision = store.revision();
+        // An event that says nothing about config objects or sessions: nothing is rebuilt.
+        feed.send(ChangeEvent {
+            revision,
+            change: Change::ApiKeys,
+        })
+        .unwrap();
+        derived.caught_up(revision).await.unwrap();
+        assert!(fixture.routes().find("app.test:80", "/").is_none());
+        assert!(fixture.followed.sessions.check(&token, "route", 1_000_001).is_some());
+        // Two events into one slot: the follower lags and reads everything again.
+        for later in 1..=2 {
+            feed.send(ChangeEvent {
+                revision: revision + later,
+                change: Change::ApiKeys,
+            })
+            .unwrap();
+        }
+        derived.caught_up(revision + 2).await.unwrap();
+        assert!(fixture.routes().find("app.test:80", "/").is_some());
+        assert!(fixture.followed.sessions.check(&token, "route", 1_000_002).is_none());
+        fixture.stop(follower).await;
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_changes_only_identity_headers_rebuilds_the_route_table() {
+        let fixture = Fixture::new();
+        let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
+        assert_eq!(
+            fixture.routes().identity_headers.user_id.as_str(),
+            "x-portcullis-user-id"
+        );
+        let mut config = (*fixture.followed.config.load_full()).clone();
+        config.identity_headers.user_id = "X-Remote-User".into();
+        fixture.followed.config.store(Arc::new(config));
+        let generation = derived.config_swapped();
+        derived
+            .caught_up_with(fixture.followed.store.revision(), generation)
+            .await
+            .unwrap();
+        assert_eq!(fixture.routes().identity_headers.user_id.as_str(), "x-remote-user");
+        fixture.stop(follower).await;
+    }
+
+    #[tokio::test]
+    async fn a_token_the_index_does_not_know_is_looked_up_in_the_store_once() {
+        let fixture = Fixture::new();
+        let store = fixture.followed.store.clone();
+        let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
+        let sessions = &fixture.followed.sessions;
+        // A session written after the index was built (as by another replica) is honoured.
+        let (token, hash) = crate::sessions::new_token();
+        store.put_session(&session(hash)).await.unwrap();
+        assert!(sessions.check(&token, "route", 1_000_001).is_none());
+        assert!(sessions
+            .check_or_load(&*store, &hash, "route", 1_000_001)
+            .await
+            .is_some());
+        assert!(sessions.check(&token, "route", 1_000_002).is_some());
+        // A made-up token costs one store read: once the store has said no, it is not asked
+        // again (a session stored under that hash afterwards is not seen).
+        let (_, made_up) = crate::sessions::new_token();
+        assert!(sessions
+            .check_or_load(&*store, &made_up, "route", 1_000_001)
+            .await
+            .is_none());
+        store.put_session(&session(made_up)).await.unwrap();
+        assert!(sessions
+            .check_or_load(&*store, &made_up, "route", 1_000_002)
+            .await
+            .is_none());
+        derived.caught_up_to_store().await.unwrap();
+        fixture.stop(follower).await;
+    }
 }

@@ -372,3 +372,89 @@ impl Sessions {
         Ok(batch.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(token_hash: [u8; 32]) -> Session {
+        Session {
+            id: crate::ids::new_id("sess"),
+            token_hash,
+            user_id: "user".into(),
+            edge_id: "edge".into(),
+            route_id: "route".into(),
+            plugin: "plugin".into(),
+            origin: "http://app.test".into(),
+            subject: "subject".into(),
+            email: String::new(),
+            name: String::new(),
+            groups: Vec::new(),
+            plugin_data: None,
+            created_at: 1_000_000,
+            last_active: 1_000_000,
+            expires_at: 2_000_000,
+            inactivity_timeout: 3_600,
+            ip: "127.0.0.1".into(),
+            user_agent: String::new(),
+            access_token: None,
+            recheck_interval: 0,
+            checked_at: 1_000_000,
+            session_index: None,
+        }
+    }
+
+    /// A store lookup that read a session just before the feed said it ended (the ending is
+    /// applied between the read and the making live) must not bring it back.
+    #[test]
+    fn a_miss_lookup_that_raced_with_the_ending_does_not_bring_the_session_back() {
+        let sessions = Sessions::default();
+        sessions.set_applied(7);
+        let (token, hash) = new_token();
+        // The lookup notes the revision applied, then reads the session from the store ...
+        let since = sessions.applied.load(Ordering::SeqCst);
+        let read = SessionEntry::new(session(hash));
+        // ... the store deletes it and the follower applies the ending ...
+        sessions.apply_ended(&[hash], 8);
+        sessions.set_applied(8);
+        // ... and only then does the lookup try to make it live.
+        assert!(sessions.make_live(read, since).is_none());
+        assert!(sessions.check(&token, "route", 1_000_001).is_none());
+    }
+
+    /// The same race once the ending's tombstone has been forgotten: the lookup cannot tell, and
+    /// does not make the session live either.
+    #[test]
+    fn a_miss_lookup_older_than_a_forgotten_tombstone_does_not_make_a_session_live() {
+        let sessions = Sessions::with_tombstone_capacity(1);
+        sessions.set_applied(7);
+        let (token, hash) = new_token();
+        let since = sessions.applied.load(Ordering::SeqCst);
+        let read = SessionEntry::new(session(hash));
+        sessions.apply_ended(&[hash], 8);
+        // A later ending pushes the first tombstone out.
+        sessions.apply_ended(&[new_token().1], 9);
+        assert!(!sessions.ended.contains_key(&hash));
+        assert!(sessions.make_live(read, since).is_none());
+        assert!(sessions.check(&token, "route", 1_000_001).is_none());
+        // A lookup that started after the forgotten ending makes a stored session live.
+        let (later_token, later_hash) = new_token();
+        sessions.set_applied(9);
+        let since = sessions.applied.load(Ordering::SeqCst);
+        assert!(sessions
+            .make_live(SessionEntry::new(session(later_hash)), since)
+            .is_some());
+        assert!(sessions.check(&later_token, "route", 1_000_001).is_some());
+    }
+
+    /// Without a race, a session read from the store (another replica's) becomes live.
+    #[test]
+    fn a_session_read_from_the_store_becomes_live() {
+        let sessions = Sessions::default();
+        let (token, hash) = new_token();
+        let since = sessions.applied.load(Ordering::SeqCst);
+        assert!(sessions.make_live(SessionEntry::new(session(hash)), since).is_some());
+        assert!(sessions.check(&token, "route", 1_000_001).is_some());
+        assert!(sessions.check(&token, "another-route", 1_000_001).is_none());
+    }
+}
