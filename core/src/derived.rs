@@ -411,7 +411,7 @@ mod tests {
         let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
         let sessions = &fixture.followed.sessions;
         assert!(sessions.check(&token, "route", 1_000_001).is_some());
-        store.delete_sessions(&[stored.id.clone()]).await.unwrap();
+        store.delete_sessions(std::slice::from_ref(&stored.id)).await.unwrap();
         derived.caught_up_to_store().await.unwrap();
         assert!(sessions.check(&token, "route", 1_000_002).is_none());
         // And no store lookup brings it back.
@@ -433,7 +433,7 @@ mod tests {
         let (feed, receiver) = broadcast::channel(1);
         let (derived, follower) = start_following(fixture.followed.clone(), receiver).await.unwrap();
         fixture.write_edge("app.test:80").await;
-        store.delete_sessions(&[stored.id.clone()]).await.unwrap();
+        store.delete_sessions(std::slice::from_ref(&stored.id)).await.unwrap();
         let revision = store.revision();
         // An event that says nothing about config objects or sessions: nothing is rebuilt.
         feed.send(ChangeEvent {
