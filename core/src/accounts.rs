@@ -4,8 +4,13 @@
 //! console and SCIM read and write people here; logout, revocation, re-check denials, identity
 //! provider logouts and expiry end sessions here. Every people write and every ending is an
 //! audit line (`target: "portcullis::audit"`).
+//!
+//! Ending sessions is a store write: the store's feed says they ended, the follower
+//! (`derived.rs`) drops them from the session index, and the ending returns once the follower
+//! has applied it, so the very next request is refused.
 
 use crate::clock::Clock;
+use crate::derived::Derived;
 use crate::model::{IdentityLink, Session, User};
 use crate::sessions::Sessions;
 use crate::store::{normalize_email, Conflict, Storage, StoreError};
@@ -14,10 +19,11 @@ use std::sync::Arc;
 /// How often a write that found its record changed under it reads again before giving up.
 const WRITE_ATTEMPTS: usize = 8;
 
-/// People and sessions, over the store and the session index.
+/// People and sessions, over the store, the session index (read only) and the follower.
 pub struct Accounts {
     store: Arc<dyn Storage>,
     sessions: Arc<Sessions>,
+    derived: Arc<Derived>,
     clock: Arc<dyn Clock>,
 }
 
@@ -67,8 +73,18 @@ pub enum AccountsError {
 }
 
 impl Accounts {
-    pub fn new(store: Arc<dyn Storage>, sessions: Arc<Sessions>, clock: Arc<dyn Clock>) -> Accounts {
-        Accounts { store, sessions, clock }
+    pub fn new(
+        store: Arc<dyn Storage>,
+        sessions: Arc<Sessions>,
+        derived: Arc<Derived>,
+        clock: Arc<dyn Clock>,
+    ) -> Accounts {
+        Accounts {
+            store,
+            sessions,
+            derived,
+            clock,
+        }
     }
 
     /// The user an identity provider's login names: by link (idp, subject); else the user with
@@ -271,15 +287,16 @@ impl Accounts {
         Ok(self.store.links_of(user_id).await?)
     }
 
-    /// Ends every session of `user_id`, live or only stored, durably: the index first, so the
-    /// very next request is refused. Returns how many were live.
+    /// Ends every session of `user_id`, live or only stored, durably; when it returns the
+    /// session index has dropped them, so the very next request is refused. Returns how many
+    /// were live.
     pub async fn end_sessions_of(&self, user_id: &str) -> Result<usize, AccountsError> {
         self.end_sessions_where(|s| s.user_id == user_id).await
     }
 
     /// Ends every session `which` selects, live and stored; answers how many were live.
     pub async fn end_sessions_where(&self, which: impl Fn(&Session) -> bool + Send) -> Result<usize, AccountsError> {
-        let live = self.sessions.remove_where(&which);
+        let live = self.sessions.count_where(&which);
         let stored: Vec<String> = self
             .store
             .all_sessions()
@@ -289,21 +306,32 @@ impl Accounts {
             .map(|s| s.id)
             .collect();
         self.store.delete_sessions(&stored).await?;
-        Ok(live.len())
+        self.index_caught_up().await?;
+        Ok(live)
     }
 
-    /// Ends the sessions with these ids (logout, revocation): the index first, then the store.
-    /// Answers the sessions that were stored.
+    /// Ends the sessions with these ids (logout, revocation). Answers the sessions that were
+    /// stored.
     pub async fn end_sessions(&self, ids: &[String]) -> Result<Vec<Session>, AccountsError> {
-        self.sessions.remove_where(|s| ids.contains(&s.id));
-        Ok(self.store.delete_sessions(ids).await?)
+        let ended = self.store.delete_sessions(ids).await?;
+        self.index_caught_up().await?;
+        Ok(ended)
     }
 
     /// Ends the sessions that have expired by `now`; answers how many were live.
     pub async fn end_expired_sessions(&self, now: i64) -> Result<usize, AccountsError> {
-        let expired = self.sessions.remove_expired(now);
+        let expired = self.sessions.expired_ids(now);
         self.store.delete_sessions(&expired).await?;
+        self.index_caught_up().await?;
         Ok(expired.len())
+    }
+
+    /// Waits until the session index shows every ending written so far.
+    async fn index_caught_up(&self) -> Result<(), AccountsError> {
+        self.derived
+            .caught_up_to_store()
+            .await
+            .map_err(|e| AccountsError::Store(StoreError::Unavailable(e.to_string())))
     }
 }
 
@@ -345,9 +373,13 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn accounts(dir: &tempfile::TempDir) -> Accounts {
-        let store = crate::store::open(dir.path()).unwrap();
-        Accounts::new(store, Arc::new(Sessions::default()), Arc::new(ManualClock::new()))
+    /// Accounts over a fresh store in `dir`, with the follower it waits on.
+    async fn accounts(dir: &tempfile::TempDir) -> (Accounts, crate::derived::Follower) {
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(ManualClock::new());
+        let followed = crate::derived::followed_in(dir.path(), clock.clone());
+        let (store, sessions) = (followed.store.clone(), followed.sessions.clone());
+        let (derived, follower) = crate::derived::start(followed).await.unwrap();
+        (Accounts::new(store, sessions, derived, clock), follower)
     }
 
     fn login<'a>(subject: &'a str, email: Option<&'a str>, email_verified: bool) -> LoginIdentity<'a> {
@@ -363,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn a_linked_user_keeps_its_email_when_the_provider_sends_an_unverified_one_or_none() {
         let dir = tempfile::tempdir().unwrap();
-        let accounts = accounts(&dir);
+        let (accounts, _follower) = accounts(&dir).await;
         let user = accounts
             .resolve_login(login("s1", Some("Alice@Example.com"), true))
             .await

@@ -1,7 +1,8 @@
 //! Config application: turns a `Config` into config objects (static backends, edges with
 //! their routes and auth modules, ids derived from names) and writes them through the store
-//! in one atomic operation; then swaps the config in and rebuilds the routing table (until the
-//! wave-2 follower rebuilds it from the change feed). Runs at start-up and on SIGHUP.
+//! in one atomic operation; then swaps the config in, nudges the change feed's follower
+//! (`derived.rs`, which rebuilds the routing table) and waits until the table shows both. Runs
+//! at start-up and on SIGHUP.
 
 use crate::config::{Config, ConfigError};
 use crate::ids;
@@ -19,10 +20,12 @@ pub enum ApplyError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Follower(#[from] crate::derived::FollowerStopped),
 }
 
 /// Makes the store's config-declared backends and edges match `config`, swaps `config` in,
-/// and rebuilds the routing table. On error nothing changes.
+/// and waits until the routing table shows both. On error nothing changes.
 pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyError> {
     let file = config.file.display().to_string();
     let now = shared.clock.now();
@@ -157,7 +160,11 @@ pub async fn apply_config(shared: &Shared, config: Config) -> Result<(), ApplyEr
         Err(e) => return Err(e.into()),
     }
     shared.config.store(Arc::new(config));
-    shared.rebuild_routes().await?;
+    let generation = shared.derived.config_swapped();
+    shared
+        .derived
+        .caught_up_with(shared.store.revision(), generation)
+        .await?;
     Ok(())
 }
 

@@ -2,15 +2,17 @@
 //! request carries upstream (part of its "forward" phase): the session cookie -> the session
 //! index -> identity headers and the signed assertion.
 //!
-//! The gate never calls a plugin and never writes the store (it reads the session index, in
-//! memory): a request that is not signed in is answered [`Gate::SignIn`], and the proxy hands
-//! it to sign-in (`signin`), which starts one.
+//! The gate never calls a plugin and never writes the store: it reads the session index, in
+//! memory, and only when the index does not know a token, the store once (a session another
+//! replica made; see `Sessions::check_or_load`). A request that is not signed in is answered
+//! [`Gate::SignIn`], and the proxy hands it to sign-in (`signin`), which starts one.
 
 use crate::clock::Clock;
 use crate::cookies::{cookie_values, strip_cookie, strip_gateway_cookies};
 use crate::identity::Signer;
 use crate::routing::{AuthTarget, RouteTable, RouteTarget};
-use crate::sessions::{SessionEntry, Sessions};
+use crate::sessions::{hash_token, SessionEntry, Sessions};
+use crate::store::Storage;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request};
 use std::sync::Arc;
@@ -28,7 +30,13 @@ pub enum Gate<'a> {
 
 /// Decides whether a request may reach the route's upstream: a route without a sign-in module,
 /// an `OPTIONS` let through by `options_passthrough`, or one valid session cookie.
-pub fn gate<'a, B>(sessions: &Sessions, clock: &dyn Clock, target: &'a RouteTarget, req: &Request<B>) -> Gate<'a> {
+pub async fn gate<'a, B>(
+    sessions: &Sessions,
+    store: &dyn Storage,
+    clock: &dyn Clock,
+    target: &'a RouteTarget,
+    req: &Request<B>,
+) -> Gate<'a> {
     let Some(auth) = &target.auth else {
         return Gate::Pass(None);
     };
@@ -39,10 +47,15 @@ pub fn gate<'a, B>(sessions: &Sessions, clock: &dyn Clock, target: &'a RouteTarg
     // One session cookie (sent once or repeated): a second, different one is someone else's
     // cookie tossed in (a sibling subdomain can set one for the parent domain), and neither
     // may be chosen over the other.
-    let mut tokens = cookie_values(req.headers(), &auth.cookie_name);
-    let first = tokens.next();
-    if let Some(token) = first.filter(|first| tokens.all(|other| other == *first)) {
-        if let Some(entry) = sessions.check(token, &target.route_id, now) {
+    let hash = {
+        let mut tokens = cookie_values(req.headers(), &auth.cookie_name);
+        let first = tokens.next();
+        first
+            .filter(|first| tokens.all(|other| other == *first))
+            .map(hash_token)
+    };
+    if let Some(hash) = hash {
+        if let Some(entry) = sessions.check_or_load(store, &hash, &target.route_id, now).await {
             return Gate::Pass(Some(entry));
         }
     }

@@ -6,7 +6,8 @@
 //! console listener with the ngrok-shaped management API ([`api`]), metrics, TLS, the admin
 //! socket, and the composition root and process lifecycle ([`server`]). Data flows one way:
 //! listener -> router -> proxy or API handler -> store. The store knows nothing about HTTP;
-//! the proxy never writes to the store.
+//! the proxy never writes to the store. Derived state (the route table, the session index)
+//! follows the store's change feed ([`derived`]), never the writer.
 #![deny(unsafe_code)]
 
 pub mod accounts;
@@ -17,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod configure;
 pub mod cookies;
+pub mod derived;
 pub mod echo;
 pub mod egress;
 pub mod gate;

@@ -6,7 +6,8 @@
 //! 2. route: a reserved `/_portcullis/` path goes to [`crate::signin::reserved`]; any other
 //!    path is matched in the [`RouteTable`] (none: 404);
 //! 3. access rules: none yet (an empty phase until IP policies arrive, see `access_rules`);
-//! 4. session gate: [`gate::gate`] (cookie -> session index; never a plugin, never the store);
+//! 4. session gate: [`gate::gate`] (cookie -> session index, or the store once when the index
+//!    does not know the token; never a plugin, never a store write);
 //! 5. sign-in or forward: a request the gate found not signed in goes to
 //!    [`crate::signin::start`]; a passed one is forwarded to the route's upstream with its
 //!    identity headers, streaming bodies both ways, relaying WebSocket upgrades (and no other
@@ -124,7 +125,9 @@ pub async fn handle(
                 Some(target) => match access_rules(target, peer) {
                     Some(refusal) => refusal,
                     // Phase 4, the session gate; phase 5, sign-in or forward.
-                    None => match gate::gate(&shared.sessions, shared.clock.as_ref(), target, &req) {
+                    None => match gate::gate(&shared.sessions, &*shared.store, shared.clock.as_ref(), target, &req)
+                        .await
+                    {
                         Gate::SignIn(auth) => {
                             crate::signin::start(&shared, &table, target, auth, &req, peer, is_tls, &request_id).await
                         }

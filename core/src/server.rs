@@ -1,6 +1,7 @@
 //! The composition root and the process lifecycle: build the registry, the store, the session
-//! index, the signer and the egress client into [`Shared`] (and the route table from the
-//! store), bind the edge, console, echo and admin listeners, serve HTTP/1.1 and HTTP/2 (with
+//! index, the change feed's follower (which builds the route table and keeps derived state),
+//! the signer and the egress client into [`Shared`], bind the edge, console, echo and admin
+//! listeners, serve HTTP/1.1 and HTTP/2 (with
 //! TLS when configured), reload on SIGHUP and drain in-flight requests on SIGTERM; the
 //! console's small routes (health, readiness, metrics).
 
@@ -22,7 +23,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +88,8 @@ pub struct Gateway {
     pub echo_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The change feed's follower, stopped after the listeners.
+    follower: crate::derived::Follower,
 }
 
 impl Gateway {
@@ -114,7 +116,7 @@ impl Gateway {
         for plugin in registry.iter() {
             tracing::info!(plugin = %plugin.info.name, version = %plugin.info.version, origin = %plugin.origin, "plugin registered");
         }
-        let shared = open_shared(config, Arc::new(registry), options.clock).await?;
+        let (shared, follower) = open_shared(config, Arc::new(registry), options.clock).await?;
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
@@ -242,6 +244,7 @@ impl Gateway {
             echo_addr,
             shutdown,
             tasks,
+            follower,
         })
     }
 
@@ -295,7 +298,8 @@ impl Gateway {
         // The database closes when the last holder of the shared state lets go (a task of a
         // worker runtime being torn down, a plugin call finishing): wait, bounded, so that
         // the data dir can be opened again as soon as this returns.
-        let Gateway { shared, .. } = self;
+        let Gateway { shared, follower, .. } = self;
+        follower.stop().await;
         for _ in 0..500 {
             if Arc::strong_count(&shared) == 1 {
                 break;
@@ -308,13 +312,14 @@ impl Gateway {
     }
 }
 
-/// Opens the store for `config`, builds the state the listeners share around it, and applies
-/// the config's declared objects.
+/// Opens the store for `config`, builds the state the listeners share around it, starts the
+/// change feed's follower, and applies the config's declared objects (answering once the route
+/// table shows them, before any listener takes traffic).
 async fn open_shared(
     config: Config,
     registry: Arc<Registry>,
     clock: Arc<dyn Clock>,
-) -> Result<Arc<Shared>, ApplyError> {
+) -> Result<(Arc<Shared>, crate::derived::Follower), ApplyError> {
     // sled releases its lock from a background thread a moment after the database is
     // dropped: a restart right after a stop waits for it briefly.
     let mut attempts = 0;
@@ -334,53 +339,40 @@ async fn open_shared(
             e.to_string(),
         )
     };
-    let sessions = Arc::new(Sessions::load(&*store, clock.now()).await?);
+    let egress_client = crate::egress::egress_client(&config.proxy).map_err(client_error)?;
+    let followed = crate::derived::Followed {
+        store: store.clone(),
+        config: Arc::new(ArcSwap::from_pointee(config.clone())),
+        routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+        metrics: Arc::new(Metrics::default()),
+        sessions: Arc::new(Sessions::default()),
+        clock: clock.clone(),
+    };
+    let (derived, follower) = crate::derived::start(followed.clone()).await?;
     let shared = Arc::new(Shared {
-        egress_client: crate::egress::egress_client(&config.proxy).map_err(client_error)?,
+        egress_client,
         accounts: Arc::new(crate::accounts::Accounts::new(
             store.clone(),
-            sessions.clone(),
+            followed.sessions.clone(),
+            derived.clone(),
             clock.clone(),
         )),
-        sessions,
+        sessions: followed.sessions,
+        derived,
         signer: Signer::load_or_create(&*store).await?,
         registry,
         clock,
         proxy_config: config.proxy.clone(),
-        config: ArcSwap::from_pointee(config.clone()),
+        config: followed.config,
         store,
-        routes: ArcSwap::from_pointee(RouteTable::default()),
-        metrics: Metrics::default(),
+        routes: followed.routes,
+        metrics: followed.metrics,
         ready: AtomicBool::new(false),
         rechecking: AtomicBool::new(false),
         recheck_passes: AtomicU64::new(0),
     });
     crate::configure::apply_config(&shared, config).await?;
-    Ok(shared)
-}
-
-// The route table is derived state, built here from the store (until the wave-2 follower in
-// `derived.rs` rebuilds it from the change feed); `Shared` itself holds no logic.
-impl Shared {
-    /// Rebuilds the routing table from the store and swaps it in.
-    pub async fn rebuild_routes(&self) -> Result<(), StoreError> {
-        let (backends, edges) = self.store.config_snapshot().await?;
-        let config = self.config.load();
-        let table = RouteTable::build(
-            &edges,
-            &backends,
-            &config.identity_headers,
-            config.listeners.edge.scheme(),
-            &self.metrics,
-        );
-        self.routes.store(Arc::new(table));
-        let live: HashSet<&str> = edges
-            .iter()
-            .flat_map(|e| e.routes.iter().map(|r| r.id.as_str()))
-            .collect();
-        self.metrics.retain_routes(&live);
-        Ok(())
-    }
+    Ok((shared, follower))
 }
 
 /// A single-threaded runtime for an edge worker or the main thread. Its blocking pool (where

@@ -1,6 +1,7 @@
 //! What every listener shares ([`Shared`]): the current config, the store, the routing table,
 //! metrics, the plugin registry, the session index, the assertion signer and the egress
-//! client, `accounts`. Built by the composition root (`server.rs`); no logic here.
+//! client, `accounts`, the handle on the change feed's follower. Built by the composition root
+//! (`server.rs`); no logic here.
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -16,12 +17,14 @@ use std::sync::Arc;
 
 /// State shared by the edge, the console and the admin socket.
 pub struct Shared {
-    pub config: ArcSwap<Config>,
+    /// The config in force: swapped by `configure`, read by the follower.
+    pub config: Arc<ArcSwap<Config>>,
     pub store: Arc<dyn Storage>,
     /// People and the ends of sessions.
     pub accounts: Arc<crate::accounts::Accounts>,
-    pub routes: ArcSwap<RouteTable>,
-    pub metrics: Metrics,
+    /// Derived state: only the follower (`derived.rs`) swaps it.
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub metrics: Arc<Metrics>,
     /// Proxy settings in force; they change only with a restart.
     pub proxy_config: crate::config::ProxyConfig,
     /// Set once every listener accepts traffic; cleared at shutdown.
@@ -29,7 +32,10 @@ pub struct Shared {
     /// The protocol plugins, fixed at start-up.
     pub registry: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
+    /// Derived state: the follower drops ended sessions.
     pub sessions: Arc<Sessions>,
+    /// Nudge the follower after a config swap; wait for it to show a write.
+    pub derived: Arc<crate::derived::Derived>,
     pub signer: Signer,
     pub egress_client: crate::egress::EgressClient,
     /// Set while a pass of session re-checks runs (see `signin::recheck_sessions`).

@@ -1,6 +1,6 @@
 //! `/backends/static`: the upstream addresses routes forward to. A backend a route still uses
 //! cannot be deleted (the store refuses it atomically); one the config file declares cannot be
-//! changed here. The routing table is rebuilt by `Shared::rebuild_routes` after a change.
+//! changed here. A change is answered once the routing table (rebuilt by the change feed's follower) shows it.
 
 use super::views::{
     created, kept_changing, labels, list_json, no_content, ok, refuse_config_managed, timestamp, Answer, WRITE_ATTEMPTS,
@@ -109,7 +109,7 @@ pub(super) async fn update_backend(ctx: &Ctx<'_>, id: &str) -> Answer {
         check_backend(&backend)?;
         match ctx.shared.store.update_backend(&stored, &backend).await {
             Ok(()) => {
-                ctx.shared.rebuild_routes().await?;
+                ctx.shared.derived.caught_up_to_store().await?;
                 return ok(backend_json(ctx, &backend));
             }
             Err(StoreError::Conflict(Conflict::Changed)) => continue,

@@ -239,7 +239,7 @@ pub(super) async fn create_route(ctx: &Ctx<'_>, edge_id: &str) -> Answer {
 async fn store_edge(ctx: &Ctx<'_>, stored: &Edge, edge: &Edge) -> Result<bool, ApiError> {
     match ctx.shared.store.update_edge(stored, edge).await {
         Ok(()) => {
-            ctx.shared.rebuild_routes().await?;
+            ctx.shared.derived.caught_up_to_store().await?;
             Ok(true)
         }
         Err(StoreError::Conflict(Conflict::Changed)) => Ok(false),

@@ -116,7 +116,7 @@ pub(super) async fn create_edge(ctx: &Ctx<'_>) -> Answer {
         .create_edge(&edge)
         .await
         .map_err(|e| hostport_conflict(e, &sent, &edge.hostports))?;
-    ctx.shared.rebuild_routes().await?;
+    ctx.shared.derived.caught_up_to_store().await?;
     created(edge_json(ctx, &edge, &ModuleOutputs::new()))
 }
 
@@ -154,7 +154,7 @@ pub(super) async fn update_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
         labels(&edge.description, &edge.metadata)?;
         match ctx.shared.store.update_edge(&stored, &edge).await {
             Ok(()) => {
-                ctx.shared.rebuild_routes().await?;
+                ctx.shared.derived.caught_up_to_store().await?;
                 let outputs = outputs_of(ctx, [&edge]).await;
                 return ok(edge_json(ctx, &edge, &outputs));
             }
@@ -173,6 +173,6 @@ pub(super) async fn delete_edge(ctx: &Ctx<'_>, id: &str) -> Answer {
     let edge = find_edge(ctx, id).await?;
     refuse_config_managed("HTTPS edge", id, &edge.source)?;
     ctx.shared.store.delete_edge(id).await?;
-    ctx.shared.rebuild_routes().await?;
+    ctx.shared.derived.caught_up_to_store().await?;
     no_content()
 }

@@ -194,6 +194,12 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::derived::FollowerStopped> for ApiError {
+    fn from(e: crate::derived::FollowerStopped) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
 impl From<crate::accounts::AccountsError> for ApiError {
     fn from(e: crate::accounts::AccountsError) -> ApiError {
         use crate::accounts::AccountsError;
