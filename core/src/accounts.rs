@@ -12,7 +12,7 @@
 use crate::clock::Clock;
 use crate::derived::Derived;
 use crate::model::{IdentityLink, Session, User};
-use crate::sessions::Sessions;
+use crate::sessions::{SessionEntry, Sessions};
 use crate::store::{normalize_email, Conflict, Storage, StoreError};
 use std::sync::Arc;
 
@@ -275,12 +275,31 @@ impl Accounts {
 
     /// Ends the user's sessions, then deletes the user and its links.
     pub async fn delete_person(&self, id: &str) -> Result<Option<User>, AccountsError> {
-        let ended = self.end_sessions_of(id).await?;
+        let mut ended = self.end_sessions_of(id).await?;
         let deleted = self.store.delete_user(id).await?;
+        // A sign-in that read the user before the delete and stored its session after the
+        // ending above: ended here (see `start_session` for the other order).
+        ended += self.end_sessions_of(id).await?;
         if deleted.is_some() {
             tracing::info!(target: "portcullis::audit", event = "user_deleted", user = %id, sessions_ended = ended, "user deleted");
         }
         Ok(deleted)
+    }
+
+    /// Stores the session of a sign-in `resolve_login` allowed and makes it live, then reads
+    /// its user again: a deactivation or deletion that ran in between (after `resolve_login`
+    /// saw the user active, before this session was stored, so its ending did not see it) is
+    /// seen here, and the session ends at once (`Disabled`). Either the ending sees the session
+    /// or this read sees the ending: no session outlives its person.
+    pub async fn start_session(&self, session: Session) -> Result<Arc<SessionEntry>, AccountsError> {
+        let entry = self.sessions.insert(&*self.store, session).await?;
+        match self.store.user(&entry.session.user_id).await? {
+            Some(user) if user.active => Ok(entry),
+            _ => {
+                self.end_sessions(std::slice::from_ref(&entry.session.id)).await?;
+                Err(AccountsError::Disabled)
+            }
+        }
     }
 
     pub async fn links_of(&self, user_id: &str) -> Result<Vec<IdentityLink>, AccountsError> {
@@ -441,5 +460,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(verified.id, victim.id);
+    }
+
+    /// A deactivation (or deletion) that lands between a sign-in's `resolve_login` and its
+    /// session: the ending did not see the session, so `start_session` must.
+    #[tokio::test]
+    async fn a_session_started_after_its_person_was_deactivated_or_deleted_ends_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (accounts, _follower) = accounts(&dir).await;
+        for (n, delete) in [(1u8, false), (2, true)] {
+            let subject = format!("s{n}");
+            let user = accounts.resolve_login(login(&subject, None, false)).await.unwrap();
+            if delete {
+                accounts.delete_person(&user.id).await.unwrap();
+            } else {
+                let patch = PersonPatch {
+                    active: Some(false),
+                    ..Default::default()
+                };
+                accounts.update_person(&user.id, patch).await.unwrap();
+            }
+            let session = crate::store::conformance::session(&format!("aps_{n}"), &user.id, n);
+            let hash = session.token_hash;
+            assert!(
+                matches!(accounts.start_session(session).await, Err(AccountsError::Disabled)),
+                "delete: {delete}"
+            );
+            assert!(accounts.store.session_by_token_hash(&hash).await.unwrap().is_none());
+            let id = format!("aps_{n}");
+            assert_eq!(accounts.sessions.count_where(|s| s.id == id), 0, "delete: {delete}");
+        }
     }
 }

@@ -89,8 +89,16 @@ pub async fn complete_login(
             .unwrap_or_default()
             .to_string(),
     };
-    let entry = match shared.sessions.insert(&*shared.store, session).await {
+    let entry = match shared.accounts.start_session(session).await {
         Ok(entry) => entry,
+        Err(AccountsError::Disabled) => {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Account disabled",
+                "This account may not sign in.",
+                request_id,
+            );
+        }
         Err(e) => {
             tracing::error!(request_id, "session store: {e}");
             return error_page(
