@@ -458,6 +458,28 @@ fn faces_hold_no_locks_and_never_rebuild_derived_state() {
 }
 
 #[test]
+fn derived_state_changes_only_in_the_follower() {
+    // Who may swap the route table and who may take sessions out of the index: the follower
+    // alone (`derived.rs`); the index's own file defines the methods. A session becomes live
+    // by being written (`accounts::start_session`) or read on a miss, never removed elsewhere.
+    let core = sources("core/src");
+    assert!(core
+        .iter()
+        .any(|(rel, code)| rel == "core/src/derived.rs" && code.contains("apply_ended(")));
+    let swaps = [
+        "routes.store(",
+        "RouteTable::build(",
+        ".apply_ended(",
+        ".resync(",
+        ".set_applied(",
+    ];
+    let bad = offenders(&core, &swaps, |rel| {
+        rel == "core/src/derived.rs" || rel == "core/src/sessions.rs"
+    });
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+#[test]
 fn the_gate_names_no_plugin_no_signin_and_no_store_write() {
     let core = sources("core/src");
     let (_, gate) = core.iter().find(|(rel, _)| rel == "core/src/gate.rs").unwrap();
