@@ -296,7 +296,7 @@ pub(crate) fn followed_in(dir: &std::path::Path, clock: Arc<dyn Clock>) -> Follo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Edge, MatchType, Route, RouteBackend, Session, Source, StaticBackend};
+    use crate::model::{Edge, MatchType, Route, RouteBackend, Source, StaticBackend};
 
     /// A clock stopped at one instant.
     struct At(i64);
@@ -368,32 +368,7 @@ mod tests {
         }
     }
 
-    fn session(token_hash: [u8; 32]) -> Session {
-        Session {
-            id: crate::ids::new_id("sess", 0),
-            token_hash,
-            user_id: "user".into(),
-            edge_id: "edge".into(),
-            route_id: "route".into(),
-            plugin: "plugin".into(),
-            origin: "http://app.test".into(),
-            subject: "subject".into(),
-            email: String::new(),
-            name: String::new(),
-            groups: Vec::new(),
-            plugin_data: None,
-            created_at: 1_000_000,
-            last_active: 1_000_000,
-            expires_at: 2_000_000,
-            inactivity_timeout: 3_600,
-            ip: "127.0.0.1".into(),
-            user_agent: String::new(),
-            access_token: None,
-            recheck_interval: 0,
-            checked_at: 1_000_000,
-            session_index: None,
-        }
-    }
+    use crate::sessions::tests::session;
 
     #[tokio::test]
     async fn a_write_through_the_store_is_in_the_route_table_once_caught_up() {

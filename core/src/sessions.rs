@@ -374,10 +374,11 @@ impl Sessions {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn session(token_hash: [u8; 32]) -> Session {
+    /// A session of `token_hash` on a test route, live at 1 000 000.
+    pub(crate) fn session(token_hash: [u8; 32]) -> Session {
         Session {
             id: crate::ids::new_id("sess", 0),
             token_hash,

@@ -37,12 +37,7 @@ pub async fn complete_login(
     let user = match shared.accounts.resolve_login(login).await {
         Ok(user) => user,
         Err(AccountsError::Disabled) => {
-            return error_page(
-                StatusCode::FORBIDDEN,
-                "Account disabled",
-                "This account may not sign in.",
-                request_id,
-            );
+            return account_disabled(request_id);
         }
         Err(e) => {
             tracing::error!(request_id, "user directory: {e}");
@@ -92,12 +87,7 @@ pub async fn complete_login(
     let entry = match shared.accounts.start_session(session).await {
         Ok(entry) => entry,
         Err(AccountsError::Disabled) => {
-            return error_page(
-                StatusCode::FORBIDDEN,
-                "Account disabled",
-                "This account may not sign in.",
-                request_id,
-            );
+            return account_disabled(request_id);
         }
         Err(e) => {
             tracing::error!(request_id, "session store: {e}");
@@ -144,4 +134,14 @@ fn encode_non_ascii(path: &str) -> String {
         }
     }
     out
+}
+
+/// The page for a person who may not sign in (deactivated, or deleted during the sign-in).
+fn account_disabled(request_id: &str) -> Response<Body> {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "Account disabled",
+        "This account may not sign in.",
+        request_id,
+    )
 }
