@@ -326,39 +326,9 @@ mod tests {
 
         /// Writes a backend and an edge serving `hostport` with one route on `/`.
         async fn write_edge(&self, hostport: &str) {
-            let store = &self.followed.store;
-            let backend = StaticBackend {
-                id: crate::ids::new_id(crate::ids::STATIC_BACKEND, 0),
-                description: String::new(),
-                metadata: String::new(),
-                created_at: 1,
-                address: "127.0.0.1:9".into(),
-                tls: false,
-                source: Source::Api,
-            };
-            store.create_backend(&backend).await.unwrap();
-            let edge = Edge {
-                id: crate::ids::new_id(crate::ids::HTTPS_EDGE, 0),
-                description: String::new(),
-                metadata: String::new(),
-                created_at: 1,
-                hostports: vec![hostport.to_string()],
-                routes: vec![Route {
-                    id: crate::ids::new_id(crate::ids::HTTPS_ROUTE, 0),
-                    created_at: 1,
-                    match_type: MatchType::PathPrefix,
-                    path: "/".into(),
-                    description: String::new(),
-                    metadata: String::new(),
-                    backend: Some(RouteBackend {
-                        enabled: true,
-                        backend_id: backend.id.clone(),
-                    }),
-                    auth: None,
-                }],
-                source: Source::Api,
-            };
-            store.create_edge(&edge).await.unwrap();
+            let (backend, edge) = backend_and_edge(hostport);
+            self.followed.store.create_backend(&backend).await.unwrap();
+            self.followed.store.create_edge(&edge).await.unwrap();
         }
 
         async fn stop(self, follower: Follower) {
@@ -366,6 +336,48 @@ mod tests {
             drop(self.followed);
             std::fs::remove_dir_all(&self.dir).unwrap();
         }
+    }
+
+    /// A backend and an edge serving `hostport` with one route on `/` to it.
+    fn backend_and_edge(hostport: &str) -> (StaticBackend, Edge) {
+        let backend = StaticBackend {
+            id: crate::ids::new_id(crate::ids::STATIC_BACKEND, 0),
+            description: String::new(),
+            metadata: String::new(),
+            created_at: 1,
+            address: "127.0.0.1:9".into(),
+            tls: false,
+            source: Source::Api,
+        };
+        let edge = Edge {
+            id: crate::ids::new_id(crate::ids::HTTPS_EDGE, 0),
+            description: String::new(),
+            metadata: String::new(),
+            created_at: 1,
+            hostports: vec![hostport.to_string()],
+            routes: vec![Route {
+                id: crate::ids::new_id(crate::ids::HTTPS_ROUTE, 0),
+                created_at: 1,
+                match_type: MatchType::PathPrefix,
+                path: "/".into(),
+                description: String::new(),
+                metadata: String::new(),
+                backend: Some(RouteBackend {
+                    enabled: true,
+                    backend_id: backend.id.clone(),
+                }),
+                auth: None,
+            }],
+            source: Source::Api,
+        };
+        (backend, edge)
+    }
+
+    /// Polls `write` once (it commits, then waits on its flush) and drops it, as hyper drops
+    /// the handler of a client that hung up; answers whether it was still waiting.
+    async fn abandoned(write: impl std::future::Future) -> bool {
+        let mut write = std::pin::pin!(write);
+        std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx).is_pending())).await
     }
 
     use crate::sessions::tests::session;
@@ -379,6 +391,50 @@ mod tests {
         derived.caught_up_to_store().await.unwrap();
         assert!(fixture.routes().find("app.test:80", "/").is_some());
         assert_eq!(derived.applied().revision, fixture.followed.store.revision());
+        fixture.stop(follower).await;
+    }
+
+    /// A write's caller dropped after the write committed, while it waited on its flush (an API
+    /// client or a browser that hung up): derived state still shows the write, so a revocation
+    /// the store has made cannot keep passing at the gate (and can no longer be found to retry),
+    /// and an edge the API lists is routed.
+    #[tokio::test]
+    async fn a_write_whose_caller_went_away_during_its_flush_still_reaches_derived_state() {
+        let fixture = Fixture::new();
+        let store = fixture.followed.store.clone();
+        let (derived, follower) = start(fixture.followed.clone()).await.unwrap();
+        let sessions = &fixture.followed.sessions;
+        let mut midway = 0;
+        for n in 0..20 {
+            let (token, hash) = crate::sessions::new_token();
+            let stored = session(hash);
+            sessions.insert(&*store, stored.clone()).await.unwrap();
+            if abandoned(store.delete_sessions(std::slice::from_ref(&stored.id))).await {
+                midway += 1;
+            }
+            assert!(store.session(&stored.id).await.unwrap().is_none());
+            derived.caught_up_to_store().await.unwrap();
+            assert!(
+                sessions.check(&token, "route", 1_000_001).is_none(),
+                "an ended session passes"
+            );
+            let hostport = format!("app{n}.test:80");
+            let (backend, edge) = backend_and_edge(&hostport);
+            store.create_backend(&backend).await.unwrap();
+            // The table is rebuilt for the backend before the edge is written.
+            derived.caught_up_to_store().await.unwrap();
+            if abandoned(store.create_edge(&edge)).await {
+                midway += 1;
+            }
+            assert!(store.edge(&edge.id).await.unwrap().is_some());
+            derived.caught_up_to_store().await.unwrap();
+            assert!(
+                fixture.routes().find(&hostport, "/").is_some(),
+                "a stored edge is not routed"
+            );
+        }
+        // The writes were dropped while they waited (a flush is not done within one poll).
+        assert!(midway > 0);
         fixture.stop(follower).await;
     }
 

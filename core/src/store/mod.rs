@@ -9,7 +9,8 @@
 //! host:port served by one edge, a backend kept while a route uses it, an edge changed only from
 //! what its writer read, an API key's token hash unique, a user's email unique) are enforced
 //! inside the store operation and answered as a typed [`Conflict`]. Every write that changes
-//! something another part derives from publishes a [`Change`] on the feed.
+//! something another part derives from publishes a [`Change`] on the feed once it has
+//! committed, whether or not its caller waits for it to return.
 
 pub mod sled;
 

@@ -108,8 +108,8 @@ impl SledStore {
             });
             match result {
                 Ok(()) => {
-                    self.flush().await?;
                     self.feed.publish(Change::ConfigObjects);
+                    self.flush().await?;
                     return Ok(answer);
                 }
                 Err(e) => {

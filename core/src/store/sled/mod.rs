@@ -3,7 +3,9 @@
 //! place `sled` is named (and, through `codec.rs`, bincode).
 //!
 //! Every write method flushes before it returns, except `save_activity_batched` (sled flushes
-//! it within 500 ms, and at shutdown). Cross-record rules: config objects carry one generation
+//! it within 500 ms, and at shutdown). A write publishes its change as soon as it commits,
+//! before its flush: a caller dropped while it waits on the flush (a client that hung up) must
+//! not leave derived state behind what the store reads answer. Cross-record rules: config objects carry one generation
 //! key that every config write reads, checks unchanged and bumps inside its transaction, so a
 //! rule checked over a scan of every backend and edge (host:ports, backends in use) holds when
 //! the write commits, or the write reads again; users, links, API keys and sessions keep their
@@ -397,8 +399,8 @@ impl ApiKeys for SledStore {
                 Ok(())
             }),
         )?;
-        self.flush().await?;
         self.feed.publish(Change::ApiKeys);
+        self.flush().await?;
         Ok(())
     }
 
@@ -418,8 +420,8 @@ impl ApiKeys for SledStore {
                 Conflict::Changed
             }));
         }
-        self.flush().await?;
         self.feed.publish(Change::ApiKeys);
+        self.flush().await?;
         Ok(())
     }
 
@@ -435,8 +437,8 @@ impl ApiKeys for SledStore {
             }),
         )?;
         if removed {
-            self.flush().await?;
             self.feed.publish(Change::ApiKeys);
+            self.flush().await?;
         }
         Ok(removed)
     }

@@ -137,10 +137,10 @@ impl Directory for SledStore {
             (&self.users.tree, &self.user_emails)
                 .transaction(|(users, emails)| write_user(users, emails, expected, user, &encoded)),
         )?;
-        self.flush().await?;
         self.feed.publish(Change::People {
             user_id: user.id.clone(),
         });
+        self.flush().await?;
         Ok(())
     }
 
@@ -179,10 +179,10 @@ impl Directory for SledStore {
                     Ok(())
                 }),
         )?;
-        self.flush().await?;
         self.feed.publish(Change::People {
             user_id: user.id.clone(),
         });
+        self.flush().await?;
         Ok(())
     }
 
@@ -216,10 +216,10 @@ impl Directory for SledStore {
                 }),
         )?;
         if deleted.is_some() {
-            self.flush().await?;
             self.feed.publish(Change::People {
                 user_id: id.to_string(),
             });
+            self.flush().await?;
         }
         Ok(deleted)
     }

@@ -100,10 +100,10 @@ impl SessionStore for SledStore {
             }),
         )?;
         if !ended.is_empty() {
-            self.flush().await?;
             self.feed.publish(Change::SessionsEnded {
                 token_hashes: ended.iter().map(|s| s.token_hash).collect(),
             });
+            self.flush().await?;
         }
         Ok(ended)
     }
