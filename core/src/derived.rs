@@ -507,9 +507,11 @@ mod tests {
         config.identity_headers.user_id = "X-Remote-User".into();
         fixture.followed.config.store(Arc::new(config));
         let generation = derived.config_swapped();
-        derived
-            .caught_up_with(fixture.followed.store.revision(), generation)
+        // Bounded, so a nudge that rebuilds nothing fails the test instead of hanging it.
+        let caught_up = derived.caught_up_with(fixture.followed.store.revision(), generation);
+        tokio::time::timeout(Duration::from_secs(30), caught_up)
             .await
+            .expect("the follower applied the config swap")
             .unwrap();
         assert_eq!(fixture.routes().identity_headers.user_id.as_str(), "x-remote-user");
         fixture.stop(follower).await;
