@@ -20,6 +20,12 @@ pub const HTTPS_ROUTE: &str = "edghtsrt";
 pub const APP_USER: &str = "apu";
 /// Prefix of application (edge) session ids.
 pub const APP_SESSION: &str = "aps";
+/// Prefix of member (console account) ids.
+pub const MEMBER: &str = "usr";
+/// Prefix of console session ids.
+pub const CONSOLE_SESSION: &str = "cses";
+/// Prefix of audit event ids.
+pub const AUDIT_EVENT: &str = "aud";
 /// Prefix of operation (request) ids in API error details.
 pub const OPERATION: &str = "op";
 

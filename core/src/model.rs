@@ -329,3 +329,135 @@ mod tests {
         assert!(validate_route_match(MatchType::ExactPath, "/a?b").is_err());
     }
 }
+
+/// What a member may do in the console and through the API: an `admin` changes everything; a
+/// `member` sees everything and manages only its own API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Admin,
+    Member,
+}
+
+/// Where a member stands: `invited` (has a sign-in link, no password yet), `active`, or
+/// `disabled` (cannot sign in; every session of theirs has ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    Invited,
+    Active,
+    Disabled,
+}
+
+/// How a member arrived: `portcullis members add` on the server, an admin's invitation, a
+/// just-in-time SSO sign-in, or SCIM provisioning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberOrigin {
+    Bootstrap,
+    Invite,
+    Jit,
+    Scim,
+}
+
+/// A person who runs the gateway and signs in to its console. The key is the normalised email
+/// (unique). Written only by `accounts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `usr_...`.
+    pub id: String,
+    /// Normalised ([`crate::store::normalize_email`]); unique among members.
+    pub email: String,
+    pub name: String,
+    pub role: MemberRole,
+    pub status: MemberStatus,
+    pub origin: MemberOrigin,
+    /// The argon2id hash in PHC string form (it names its own parameters); `None` before the
+    /// member sets a password, and for members who only sign in through SSO.
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_sign_in_at: Option<i64>,
+}
+
+/// Why a one-time sign-in link was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignInLinkPurpose {
+    /// The first admin, made on the server by `portcullis members add`.
+    Bootstrap,
+    /// An admin invited the member.
+    Invite,
+}
+
+/// A one-time link where a member sets a password. Only the SHA-256 of its token is kept; it
+/// works once (taken atomically) and until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInLink {
+    pub token_hash: [u8; 32],
+    pub member_id: String,
+    pub purpose: SignInLinkPurpose,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A member's signed-in console session. Only the SHA-256 of its token is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    /// `cses_...`.
+    pub id: String,
+    pub token_hash: [u8; 32],
+    pub member_id: String,
+    pub created_at: i64,
+    pub last_active: i64,
+    /// `created_at + console.session_max_duration_secs`.
+    pub expires_at: i64,
+    /// Seconds without a request after which the session ends.
+    pub inactivity_timeout: i64,
+    pub ip: String,
+    pub user_agent: String,
+}
+
+/// Who did something, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Actor {
+    /// A member, in the console (or through an API key they own, see `ApiKey`).
+    Member { id: String, email: String },
+    /// A management API key (and the member who owns it, if one does).
+    ApiKey { id: String, owner_id: Option<String> },
+    /// The config file, applied at start or on reload.
+    ConfigFile { path: String },
+    /// The gateway itself (expiry, upkeep) or the command line on the server.
+    System,
+    /// Someone not (yet) signed in: a console sign-in attempt names the email typed, an edge
+    /// sign-in the identity the provider asserted.
+    Visitor { email: Option<String> },
+}
+
+/// Whether an audited action succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Success,
+    /// Refused or failed, with why (never a secret).
+    Failure { reason: String },
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// `aud_...` (time-ordered, so paging walks newest to oldest).
+    pub id: String,
+    pub time: i64,
+    pub actor: Actor,
+    /// Dotted, stable names: `console.sign_in`, `edge.sign_in`, `member.invite`, `edge.create`, ...
+    pub action: String,
+    /// The id (or, without one, the name) of the object acted on; empty when none.
+    pub object: String,
+    /// The client's address; empty for actions with no client (config reload, expiry).
+    pub address: String,
+    pub outcome: AuditOutcome,
+    /// A short, secret-free description for people (e.g. which fields changed).
+    pub detail: String,
+}
