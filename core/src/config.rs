@@ -57,6 +57,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// The web console's sign-in sessions.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// A built-in upstream that echoes back what it receives, for trying the gateway out.
     #[serde(default)]
     pub echo: Option<EchoConfig>,
@@ -272,6 +275,34 @@ impl Default for ApiConfig {
             body_read_timeout_secs: default_body_read_timeout(),
         }
     }
+}
+
+/// The web console's sessions (members signed in with their password).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Seconds without a request after which a console session ends.
+    #[serde(default = "default_console_inactivity")]
+    pub session_inactivity_timeout_secs: u64,
+    /// Seconds after sign-in after which a console session ends, whatever its activity.
+    #[serde(default = "default_console_maximum")]
+    pub session_maximum_duration_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_inactivity_timeout_secs: default_console_inactivity(),
+            session_maximum_duration_secs: default_console_maximum(),
+        }
+    }
+}
+
+fn default_console_inactivity() -> u64 {
+    3600
+}
+fn default_console_maximum() -> u64 {
+    12 * 3600
 }
 
 /// A plugin library.
@@ -586,6 +617,14 @@ impl Config {
             ("proxy.body_read_timeout_secs", self.proxy.body_read_timeout_secs),
             ("proxy.body_idle_timeout_secs", self.proxy.body_idle_timeout_secs),
             ("api.body_read_timeout_secs", self.api.body_read_timeout_secs),
+            (
+                "console.session_inactivity_timeout_secs",
+                self.console.session_inactivity_timeout_secs,
+            ),
+            (
+                "console.session_maximum_duration_secs",
+                self.console.session_maximum_duration_secs,
+            ),
         ] {
             if secs == 0 {
                 return Err((key.to_string(), "must be at least 1 second".into()));
@@ -770,6 +809,13 @@ mod tests {
     fn minimal_config_loads_with_defaults() {
         let config = load(MINIMAL).unwrap();
         assert_eq!(config.proxy, ProxyConfig::default());
+        assert_eq!(
+            (
+                config.console.session_inactivity_timeout_secs,
+                config.console.session_maximum_duration_secs
+            ),
+            (3600, 43200)
+        );
         assert!(config.data_dir.ends_with("data"));
     }
 
@@ -788,5 +834,7 @@ mod tests {
         assert_eq!(err.key.as_deref(), Some("proxy.body_idle_timeout_secs"));
         let err = load(&format!("{MINIMAL}[api]\nbody_read_timeout_secs = 0\n")).unwrap_err();
         assert_eq!(err.key.as_deref(), Some("api.body_read_timeout_secs"));
+        let err = load(&format!("{MINIMAL}[console]\nsession_maximum_duration_secs = 0\n")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("console.session_maximum_duration_secs"));
     }
 }

@@ -410,12 +410,20 @@ pub struct ConsoleSession {
     pub member_id: String,
     pub created_at: i64,
     pub last_active: i64,
-    /// `created_at + console.session_max_duration_secs`.
+    /// `created_at + console.session_maximum_duration_secs`.
     pub expires_at: i64,
     /// Seconds without a request after which the session ends.
     pub inactivity_timeout: i64,
     pub ip: String,
     pub user_agent: String,
+}
+
+impl ConsoleSession {
+    /// Whether the session has ended by `now`: past its maximum duration, or idle for its
+    /// inactivity timeout.
+    pub fn is_expired(&self, now: i64) -> bool {
+        now >= self.expires_at || now.saturating_sub(self.last_active) >= self.inactivity_timeout
+    }
 }
 
 /// Who did something, as the audit log records it.
@@ -441,7 +449,9 @@ pub enum Actor {
 pub enum AuditOutcome {
     Success,
     /// Refused or failed, with why (never a secret).
-    Failure { reason: String },
+    Failure {
+        reason: String,
+    },
 }
 
 /// One entry of the audit log.

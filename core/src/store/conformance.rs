@@ -4,7 +4,10 @@
 //! backend runs the same functions.
 
 use super::{Change, ChangeEvent, ConfigObjectSet, Conflict, Storage, StoreError};
-use crate::model::{ApiKey, Edge, IdentityLink, MatchType, Route, RouteBackend, Session, Source, StaticBackend, User};
+use crate::model::{
+    ApiKey, ConsoleSession, Edge, IdentityLink, MatchType, Member, MemberOrigin, MemberRole, MemberStatus, Route,
+    RouteBackend, Session, SignInLink, SignInLinkPurpose, Source, StaticBackend, User,
+};
 use std::sync::Arc;
 
 /// Opens one database; a second call (after the first store is dropped) opens it again.
@@ -16,6 +19,10 @@ pub async fn run_all(fresh: &dyn Fn() -> Opener) {
     config_replacement(&fresh()).await;
     api_keys(&fresh()).await;
     directory(&fresh()).await;
+    members(&fresh()).await;
+    last_active_admin_under_concurrency(&fresh()).await;
+    sign_in_links(&fresh()).await;
+    console_sessions(&fresh()).await;
     sessions(&fresh()).await;
     plugin_kv(&fresh()).await;
     take_once_and_incr_under_concurrency(&fresh()).await;
@@ -121,6 +128,45 @@ pub fn session(id: &str, user_id: &str, token_byte: u8) -> Session {
         recheck_interval: 0,
         checked_at: 10,
         session_index: None,
+    }
+}
+
+pub fn member(id: &str, email: &str, role: MemberRole, status: MemberStatus) -> Member {
+    Member {
+        id: id.into(),
+        email: email.into(),
+        name: format!("name of {id}"),
+        role,
+        status,
+        origin: MemberOrigin::Invite,
+        password_hash: None,
+        created_at: 1,
+        updated_at: 1,
+        last_sign_in_at: None,
+    }
+}
+
+pub fn console_session(id: &str, member_id: &str, token_byte: u8) -> ConsoleSession {
+    ConsoleSession {
+        id: id.into(),
+        token_hash: [token_byte; 32],
+        member_id: member_id.into(),
+        created_at: 10,
+        last_active: 10,
+        expires_at: 1000,
+        inactivity_timeout: 100,
+        ip: "127.0.0.1".into(),
+        user_agent: "ua".into(),
+    }
+}
+
+fn sign_in_link(member_id: &str, token_byte: u8, expires_at: i64) -> SignInLink {
+    SignInLink {
+        token_hash: [token_byte; 32],
+        member_id: member_id.into(),
+        purpose: SignInLinkPurpose::Invite,
+        created_at: 0,
+        expires_at,
     }
 }
 
@@ -420,6 +466,306 @@ pub async fn directory(opener: &Opener) {
         )
         .await
         .unwrap();
+}
+
+/// Members: lookups by id and normalised email, paging newest first, compare-and-swap updates,
+/// the unique email, the last active admin kept through updates and deletes, and a delete
+/// taking the member's console sessions and sign-in link with it.
+pub async fn members(opener: &Opener) {
+    use MemberRole::{Admin, Member as Plain};
+    use MemberStatus::{Active, Disabled, Invited};
+    let store = open(opener);
+    let admin = member("usr_1", "admin@example.com", Admin, Active);
+    store.create_member(&admin).await.unwrap();
+    store
+        .create_member(&member("usr_2", "two@example.com", Plain, Invited))
+        .await
+        .unwrap();
+    store
+        .create_member(&member("usr_3", "three@example.com", Plain, Active))
+        .await
+        .unwrap();
+    assert_eq!(
+        conflict(
+            store
+                .create_member(&member("usr_1", "other@example.com", Plain, Active))
+                .await
+        ),
+        Conflict::Changed,
+        "an id is never reused"
+    );
+    assert_eq!(
+        conflict(
+            store
+                .create_member(&member("usr_4", "two@example.com", Plain, Active))
+                .await
+        ),
+        Conflict::EmailTaken {
+            email: "two@example.com".into(),
+            user_id: "usr_2".into()
+        }
+    );
+    assert_eq!(
+        store.member_by_email("admin@example.com").await.unwrap().map(|m| m.id),
+        Some("usr_1".into())
+    );
+    let first = store.members_page(None, 2).await.unwrap();
+    assert_eq!(
+        (ids(&first.items, |m| &m.id), first.has_more),
+        (vec!["usr_3".to_string(), "usr_2".to_string()], true)
+    );
+    let rest = store.members_page(Some("usr_2"), 2).await.unwrap();
+    assert_eq!(
+        (ids(&rest.items, |m| &m.id), rest.has_more),
+        (vec!["usr_1".to_string()], false)
+    );
+    assert_eq!(store.all_members().await.unwrap().len(), 3);
+
+    // The last active admin is neither demoted, disabled nor deleted.
+    for changed in [
+        Member {
+            role: Plain,
+            ..admin.clone()
+        },
+        Member {
+            status: Disabled,
+            ..admin.clone()
+        },
+    ] {
+        assert_eq!(
+            conflict(store.update_member(&admin, &changed).await),
+            Conflict::LastActiveAdmin {
+                member_id: "usr_1".into()
+            }
+        );
+    }
+    assert_eq!(
+        conflict(store.delete_member("usr_1").await),
+        Conflict::LastActiveAdmin {
+            member_id: "usr_1".into()
+        }
+    );
+    // Other changes of it are fine, and compare-and-swap like the other records.
+    let renamed = Member {
+        name: "Renamed".into(),
+        email: "root@example.com".into(),
+        ..admin.clone()
+    };
+    store.update_member(&admin, &renamed).await.unwrap();
+    assert_eq!(conflict(store.update_member(&admin, &renamed).await), Conflict::Changed);
+    assert_eq!(store.member_by_email("admin@example.com").await.unwrap(), None);
+    assert_eq!(
+        store.member_by_email("root@example.com").await.unwrap().map(|m| m.name),
+        Some("Renamed".into())
+    );
+    let gone = member("usr_9", "gone@example.com", Plain, Active);
+    assert_eq!(conflict(store.update_member(&gone, &gone).await), Conflict::Missing);
+    // With a second active admin, the first may go.
+    let three = store.member("usr_3").await.unwrap().unwrap();
+    let promoted = Member {
+        role: Admin,
+        ..three.clone()
+    };
+    store.update_member(&three, &promoted).await.unwrap();
+    store
+        .put_console_session(&console_session("cses_1", "usr_1", 1))
+        .await
+        .unwrap();
+    store
+        .put_console_session(&console_session("cses_2", "usr_3", 2))
+        .await
+        .unwrap();
+    store.create_sign_in_link(&sign_in_link("usr_1", 9, 100)).await.unwrap();
+    assert_eq!(
+        store.delete_member("usr_1").await.unwrap().map(|m| m.id),
+        Some("usr_1".into())
+    );
+    assert_eq!(store.delete_member("usr_1").await.unwrap(), None);
+    assert_eq!(store.console_session_by_token_hash(&[1; 32]).await.unwrap(), None);
+    assert_eq!(store.sign_in_link(&[9; 32], 0).await.unwrap(), None);
+    assert!(
+        store.console_session("cses_2").await.unwrap().is_some(),
+        "another member's session stays"
+    );
+    // Its email is free again.
+    store
+        .create_member(&member("usr_5", "root@example.com", Plain, Invited))
+        .await
+        .unwrap();
+    // The promoted one is now the last.
+    let promoted_again = store.member("usr_3").await.unwrap().unwrap();
+    assert_eq!(
+        conflict(store.delete_member(&promoted_again.id).await),
+        Conflict::LastActiveAdmin {
+            member_id: "usr_3".into()
+        }
+    );
+}
+
+/// Two admins disabling each other at once: exactly one wins, one active admin stays.
+pub async fn last_active_admin_under_concurrency(opener: &Opener) {
+    use MemberRole::{Admin, Member as Plain};
+    use MemberStatus::{Active, Disabled};
+    let store: Arc<dyn Storage> = Arc::from(open(opener));
+    let mut survivor: Option<String> = None;
+    for round in 0..4 {
+        let a = member(
+            &format!("usr_{round}a"),
+            &format!("a{round}@example.com"),
+            Admin,
+            Active,
+        );
+        let b = member(
+            &format!("usr_{round}b"),
+            &format!("b{round}@example.com"),
+            Admin,
+            Active,
+        );
+        store.create_member(&a).await.unwrap();
+        store.create_member(&b).await.unwrap();
+        // The previous round's survivor steps down: a and b are the only active admins.
+        if let Some(id) = survivor.take() {
+            let kept = store.member(&id).await.unwrap().unwrap();
+            let demoted = Member {
+                role: Plain,
+                ..kept.clone()
+            };
+            store.update_member(&kept, &demoted).await.unwrap();
+        }
+        let writers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|m| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let disabled = Member {
+                        status: Disabled,
+                        ..m.clone()
+                    };
+                    store.update_member(&m, &disabled).await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for writer in writers {
+            match writer.await.unwrap() {
+                Ok(()) => won += 1,
+                Err(StoreError::Conflict(Conflict::LastActiveAdmin { .. })) => {}
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}");
+        let active: Vec<Member> = store
+            .all_members()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.role == Admin && m.status == Active)
+            .collect();
+        assert_eq!(active.len(), 1, "round {round}: {active:?}");
+        survivor = active.into_iter().next().map(|m| m.id);
+    }
+}
+
+/// Sign-in links: found without being consumed while live, taken once, one live link per
+/// member (a new one replaces the old), expired ones neither found nor taken, and purged.
+pub async fn sign_in_links(opener: &Opener) {
+    let store: Arc<dyn Storage> = Arc::from(open(opener));
+    store.create_sign_in_link(&sign_in_link("usr_1", 1, 100)).await.unwrap();
+    assert_eq!(
+        store.sign_in_link(&[1; 32], 99).await.unwrap().map(|l| l.member_id),
+        Some("usr_1".into())
+    );
+    assert!(
+        store.sign_in_link(&[1; 32], 99).await.unwrap().is_some(),
+        "a look is no use"
+    );
+    assert_eq!(
+        store.sign_in_link(&[1; 32], 100).await.unwrap(),
+        None,
+        "expired at its time"
+    );
+    // A new link replaces the member's old one.
+    store.create_sign_in_link(&sign_in_link("usr_1", 2, 100)).await.unwrap();
+    assert_eq!(store.sign_in_link(&[1; 32], 0).await.unwrap(), None);
+    assert_eq!(store.take_sign_in_link(&[1; 32], 0).await.unwrap(), None);
+    // Taken once, under concurrency too.
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.take_sign_in_link(&[2; 32], 50).await.unwrap() })
+        })
+        .collect();
+    let mut got = 0;
+    for taker in takers {
+        got += usize::from(taker.await.unwrap().is_some());
+    }
+    assert_eq!(got, 1);
+    assert_eq!(store.sign_in_link(&[2; 32], 50).await.unwrap(), None);
+    // An expired link is not taken (and is gone).
+    store.create_sign_in_link(&sign_in_link("usr_2", 3, 100)).await.unwrap();
+    assert_eq!(store.take_sign_in_link(&[3; 32], 100).await.unwrap(), None);
+    assert_eq!(store.sign_in_link(&[3; 32], 0).await.unwrap(), None);
+    // Purge removes expired links only.
+    store.create_sign_in_link(&sign_in_link("usr_3", 4, 100)).await.unwrap();
+    store.create_sign_in_link(&sign_in_link("usr_4", 5, 200)).await.unwrap();
+    assert_eq!(store.purge_expired_sign_in_links(150).await.unwrap(), 1);
+    assert!(store.sign_in_link(&[5; 32], 150).await.unwrap().is_some());
+}
+
+/// Console sessions: lookups by token hash, per member and by page; activity kept only while
+/// stored; deletes by id and by member answering what they deleted; expiry purged.
+pub async fn console_sessions(opener: &Opener) {
+    let store = open(opener);
+    for (id, member_id, byte) in [("cses_1", "usr_a", 1), ("cses_2", "usr_b", 2), ("cses_3", "usr_a", 3)] {
+        store
+            .put_console_session(&console_session(id, member_id, byte))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .console_session_by_token_hash(&[2; 32])
+            .await
+            .unwrap()
+            .map(|s| s.id),
+        Some("cses_2".into())
+    );
+    assert_eq!(
+        ids(&store.console_sessions_of("usr_a").await.unwrap(), |s| &s.id),
+        ["cses_3", "cses_1"]
+    );
+    let page = store.console_sessions_page(Some("cses_3"), 1).await.unwrap();
+    assert_eq!(
+        (ids(&page.items, |s| &s.id), page.has_more),
+        (vec!["cses_2".to_string()], true)
+    );
+    assert!(store.touch_console_session("cses_1", 60).await.unwrap());
+    assert_eq!(
+        store.console_session("cses_1").await.unwrap().map(|s| s.last_active),
+        Some(60)
+    );
+    let ended = store
+        .delete_console_sessions(&["cses_2".into(), "cses_9".into()])
+        .await
+        .unwrap();
+    assert_eq!(ids(&ended, |s| &s.id), ["cses_2"]);
+    assert_eq!(store.console_session_by_token_hash(&[2; 32]).await.unwrap(), None);
+    assert!(
+        !store.touch_console_session("cses_2", 70).await.unwrap(),
+        "an ended session stays ended"
+    );
+    assert_eq!(store.console_session("cses_2").await.unwrap(), None);
+    // cses_1 was active at 60 (idle until 160), cses_3 at 10 (idle until 110).
+    assert_eq!(store.purge_expired_console_sessions(120).await.unwrap(), 1);
+    assert!(store.console_session("cses_1").await.unwrap().is_some());
+    assert_eq!(store.console_session("cses_3").await.unwrap(), None);
+    store
+        .put_console_session(&console_session("cses_4", "usr_a", 4))
+        .await
+        .unwrap();
+    assert_eq!(store.delete_console_sessions_of("usr_a").await.unwrap(), 2);
+    assert!(store.console_sessions_of("usr_a").await.unwrap().is_empty());
+    assert_eq!(store.console_session_by_token_hash(&[4; 32]).await.unwrap(), None);
 }
 
 /// Sessions: lookups, paging, replacement only while stored, the batched activity write that

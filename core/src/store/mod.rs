@@ -1,23 +1,24 @@
 //! Durable state behind traits, one per concern: config objects (static backends, edges with
-//! their routes), API keys, the people directory, sessions, plugin key-value namespaces, the
-//! database's own metadata, the change feed and leases. [`Storage`] is all of them; core holds an
-//! `Arc<dyn Storage>` and never names a backend. Today's backend is sled (`store/sled/`, the only
-//! place sled and the on-disk codec are named); every backend passes `store/conformance.rs`.
+//! their routes), API keys, the people directory, members (with their sign-in links and console
+//! sessions), sessions, plugin key-value namespaces, the database's own metadata, the change feed
+//! and leases. [`Storage`] is all of them; core holds an `Arc<dyn Storage>` and never names a
+//! backend. Today's backend is sled (`store/sled/`, the only place sled and the on-disk codec are
+//! named); every backend passes `store/conformance.rs`.
 //!
 //! The store knows nothing of HTTP, the config file or plugins. Every write method is durable
 //! when it returns, except [`SessionStore::save_activity_batched`]. Rules that span records (a
 //! host:port served by one edge, a backend kept while a route uses it, an edge changed only from
-//! what its writer read, an API key's token hash unique, a user's email unique) are enforced
-//! inside the store operation and answered as a typed [`Conflict`]. Every write that changes
-//! something another part derives from publishes a [`Change`] on the feed once it has
-//! committed, whether or not its caller waits for it to return.
+//! what its writer read, an API key's token hash unique, a user's or a member's email unique, an
+//! active admin kept among members) are enforced inside the store operation and answered as a
+//! typed [`Conflict`]. Every write that changes something another part derives from publishes a
+//! [`Change`] on the feed once it has committed, whether or not its caller waits for it to return.
 
 pub mod sled;
 
 #[cfg(test)]
 pub mod conformance;
 
-use crate::model::{ApiKey, Edge, IdentityLink, Session, StaticBackend, User};
+use crate::model::{ApiKey, ConsoleSession, Edge, IdentityLink, Member, Session, SignInLink, StaticBackend, User};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,6 +72,9 @@ pub enum Conflict {
         subject: String,
         user_id: String,
     },
+    /// The write would leave no active admin member (it disables, demotes or deletes the last).
+    #[error("`{member_id}` is the last active admin")]
+    LastActiveAdmin { member_id: String },
 }
 
 impl StoreError {
@@ -214,6 +218,65 @@ pub trait SessionStore {
     async fn delete_sessions(&self, ids: &[String]) -> Result<Vec<Session>, StoreError>;
 }
 
+/// Members (the people who run the gateway), their one-time sign-in links and their console
+/// sessions. Only `accounts` writes here. Rules held inside each write: a member's normalised
+/// email is unique (`Conflict::EmailTaken`, whose `user_id` is the member holding it), and no
+/// write leaves the members without an active admin once they had one
+/// (`Conflict::LastActiveAdmin`), so two admins disabling each other at once cannot both win.
+#[async_trait]
+pub trait Members {
+    async fn member(&self, id: &str) -> Result<Option<Member>, StoreError>;
+    /// The member whose normalised email is `normalized_email`.
+    async fn member_by_email(&self, normalized_email: &str) -> Result<Option<Member>, StoreError>;
+    /// Up to `limit` members with ids below `before_id`, newest first.
+    async fn members_page(&self, before_id: Option<&str>, limit: usize) -> Result<Page<Member>, StoreError>;
+    async fn all_members(&self) -> Result<Vec<Member>, StoreError>;
+    /// Stores a new member: `Conflict::EmailTaken` if a member has its normalised email,
+    /// `Conflict::Changed` if the id is taken.
+    async fn create_member(&self, member: &Member) -> Result<(), StoreError>;
+    /// Replaces `expected` with `new` (same id) if it is still stored as `expected`
+    /// (`Conflict::Changed` / `Conflict::Missing` otherwise): `Conflict::EmailTaken` as for
+    /// create, `Conflict::LastActiveAdmin` if `expected` is the last active admin and `new` is not
+    /// an active admin.
+    async fn update_member(&self, expected: &Member, new: &Member) -> Result<(), StoreError>;
+    /// Deletes a member with its console sessions and sign-in link, answering the member:
+    /// `Conflict::LastActiveAdmin` if it is the last active admin.
+    async fn delete_member(&self, id: &str) -> Result<Option<Member>, StoreError>;
+
+    /// Stores a sign-in link, replacing the member's previous one (one live link per member).
+    async fn create_sign_in_link(&self, link: &SignInLink) -> Result<(), StoreError>;
+    /// The link with this token hash if it is live at `now` (not consuming: a form shows it).
+    async fn sign_in_link(&self, token_hash: &[u8; 32], now: i64) -> Result<Option<SignInLink>, StoreError>;
+    /// Reads and removes the link atomically: of concurrent takers one gets it; an expired link
+    /// is removed and not answered.
+    async fn take_sign_in_link(&self, token_hash: &[u8; 32], now: i64) -> Result<Option<SignInLink>, StoreError>;
+    /// Removes the links expired at `now`; answers how many.
+    async fn purge_expired_sign_in_links(&self, now: i64) -> Result<usize, StoreError>;
+
+    async fn console_session(&self, id: &str) -> Result<Option<ConsoleSession>, StoreError>;
+    async fn console_session_by_token_hash(&self, hash: &[u8; 32]) -> Result<Option<ConsoleSession>, StoreError>;
+    /// The console sessions of a member, newest first.
+    async fn console_sessions_of(&self, member_id: &str) -> Result<Vec<ConsoleSession>, StoreError>;
+    /// Up to `limit` console sessions with ids below `before_id`, newest first.
+    async fn console_sessions_page(
+        &self,
+        before_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<ConsoleSession>, StoreError>;
+    /// Creates or replaces a console session.
+    async fn put_console_session(&self, session: &ConsoleSession) -> Result<(), StoreError>;
+    /// Records a stored session's last activity; answers `false`, writing nothing, when it is no
+    /// longer stored (it ended meanwhile).
+    async fn touch_console_session(&self, id: &str, last_active: i64) -> Result<bool, StoreError>;
+    /// Deletes console sessions; answers those that were stored.
+    async fn delete_console_sessions(&self, ids: &[String]) -> Result<Vec<ConsoleSession>, StoreError>;
+    /// Deletes every console session of a member; answers how many there were.
+    async fn delete_console_sessions_of(&self, member_id: &str) -> Result<usize, StoreError>;
+    /// Deletes the console sessions expired at `now` (past their maximum duration or idle for
+    /// their inactivity timeout); answers how many.
+    async fn purge_expired_console_sessions(&self, now: i64) -> Result<usize, StoreError>;
+}
+
 /// Plugins' key-value namespaces, with expiry.
 #[async_trait]
 pub trait PluginKv {
@@ -263,12 +326,22 @@ pub trait Leases {
 
 /// Everything the gateway stores.
 pub trait Storage:
-    ConfigObjects + ApiKeys + Directory + SessionStore + PluginKv + Metadata + ChangeFeed + Leases + Send + Sync
+    ConfigObjects + ApiKeys + Directory + Members + SessionStore + PluginKv + Metadata + ChangeFeed + Leases + Send + Sync
 {
 }
 
 impl<T> Storage for T where
-    T: ConfigObjects + ApiKeys + Directory + SessionStore + PluginKv + Metadata + ChangeFeed + Leases + Send + Sync
+    T: ConfigObjects
+        + ApiKeys
+        + Directory
+        + Members
+        + SessionStore
+        + PluginKv
+        + Metadata
+        + ChangeFeed
+        + Leases
+        + Send
+        + Sync
 {
 }
 

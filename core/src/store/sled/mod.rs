@@ -8,12 +8,14 @@
 //! not leave derived state behind what the store reads answer. Cross-record rules: config objects carry one generation
 //! key that every config write reads, checks unchanged and bumps inside its transaction, so a
 //! rule checked over a scan of every backend and edge (host:ports, backends in use) holds when
-//! the write commits, or the write reads again; users, links, API keys and sessions keep their
-//! indexes in the transaction that writes the record. A schema-version key guards the format:
+//! the write commits, or the write reads again; members carry a generation of their own the same
+//! way (the last active admin is checked over a scan of them); users, links, members, sign-in
+//! links, API keys and sessions keep their indexes in the transaction that writes the record. A schema-version key guards the format:
 //! a data dir written by a newer schema is refused rather than misread.
 
 mod codec;
 mod config_objects;
+mod members;
 mod migrate;
 mod people;
 mod plugin_kv;
@@ -22,7 +24,7 @@ mod sessions;
 pub use codec::CodecError;
 
 use super::{ApiKeys, Change, ChangeEvent, ChangeFeed, Conflict, Leases, Metadata, Page, StoreError};
-use crate::model::{ApiKey, Edge, Session, StaticBackend, User};
+use crate::model::{ApiKey, ConsoleSession, Edge, Member, Session, StaticBackend, User};
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -175,6 +177,16 @@ pub struct SledStore {
     session_hashes: sled::Tree,
     /// `namespace \0 key` -> KvEntry
     plugin_kv: sled::Tree,
+    members: Collection<Member>,
+    /// normalised email -> member id
+    member_emails: sled::Tree,
+    /// token hash -> SignInLink
+    sign_in_links: sled::Tree,
+    /// member id -> the token hash of its one live link
+    member_sign_in_links: sled::Tree,
+    console_sessions: Collection<ConsoleSession>,
+    /// token hash -> console session id
+    console_session_hashes: sled::Tree,
     feed: Feed,
     flusher: Flusher,
 }
@@ -334,6 +346,12 @@ impl SledStore {
             sessions: Collection::open(&db, "sessions")?,
             session_hashes: db.open_tree("session_hashes")?,
             plugin_kv: db.open_tree("plugin_kv")?,
+            members: Collection::open(&db, "members")?,
+            member_emails: db.open_tree("member_emails")?,
+            sign_in_links: db.open_tree("sign_in_links")?,
+            member_sign_in_links: db.open_tree("member_sign_in_links")?,
+            console_sessions: Collection::open(&db, "console_sessions")?,
+            console_session_hashes: db.open_tree("console_session_hashes")?,
             feed: Feed::new(),
             flusher: Flusher::start(db.clone())?,
             db,
@@ -345,7 +363,7 @@ impl SledStore {
         self.flusher.flush().await
     }
 
-    /// The default tree: schema version, metadata, the config generation, leases.
+    /// The default tree: schema version, metadata, the config and members generations, leases.
     fn meta(&self) -> &sled::Tree {
         &self.db
     }

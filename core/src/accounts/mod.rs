@@ -1,5 +1,7 @@
-//! People and the ends of sessions: the only writer of users and identity links, and the only
-//! code that ends sessions. Sign-in completion resolves the user a login names here
+//! People and the ends of sessions: the only writer of users and identity links, of members
+//! (with their sign-in links and console sessions: `members.rs`, `console_sessions.rs`, over
+//! `passwords.rs` and the sign-in `throttle.rs`), and the only code that ends sessions, edge and
+//! console. Sign-in completion resolves the user a login names here
 //! ([`Accounts::resolve_login`]); the management API, the plugin host's directory and later the
 //! console and SCIM read and write people here; logout, revocation, re-check denials, identity
 //! provider logouts and expiry end sessions here. Every people write and every ending is an
@@ -9,6 +11,14 @@
 //! (`derived.rs`) drops them from the session index, and the ending returns once the follower
 //! has applied it, so the very next request is refused.
 
+mod console_sessions;
+mod members;
+pub mod passwords;
+pub mod throttle;
+
+pub use console_sessions::{ConsoleSignIn, SignInAttempt, SignedIn, ACTIVITY_WRITE_SECS};
+pub use members::{Invitation, MemberError, MemberPatch, NewMember, Principal, MAX_MEMBER_NAME, SIGN_IN_LINK_SECS};
+
 use crate::clock::Clock;
 use crate::derived::Derived;
 use crate::model::{IdentityLink, Session, User};
@@ -17,7 +27,7 @@ use crate::store::{normalize_email, Conflict, Storage, StoreError};
 use std::sync::Arc;
 
 /// How often a write that found its record changed under it reads again before giving up.
-const WRITE_ATTEMPTS: usize = 8;
+pub(crate) const WRITE_ATTEMPTS: usize = 8;
 
 /// People and sessions, over the store, the session index (read only) and the follower.
 pub struct Accounts {
@@ -291,10 +301,19 @@ impl Accounts {
     /// saw the user active, before this session was stored, so its ending did not see it) is
     /// seen here, and the session ends at once (`Disabled`). Either the ending sees the session
     /// or this read sees the ending: no session outlives its person.
+    ///
+    /// A session whose email (or whose user's email) is a disabled member's is refused the
+    /// same way: one directory of people, so disabling a member ends their edge sign-ins too.
     pub async fn start_session(&self, session: Session) -> Result<Arc<SessionEntry>, AccountsError> {
         let entry = self.sessions.insert(&*self.store, session).await?;
-        match self.store.user(&entry.session.user_id).await? {
-            Some(user) if user.active => Ok(entry),
+        let user = self.store.user(&entry.session.user_id).await?;
+        let member_disabled = self.is_disabled_member(&entry.session.email).await?
+            || match &user {
+                Some(user) => self.is_disabled_member(&user.email).await?,
+                None => false,
+            };
+        match user {
+            Some(user) if user.active && !member_disabled => Ok(entry),
             _ => {
                 self.end_sessions(std::slice::from_ref(&entry.session.id)).await?;
                 Err(AccountsError::Disabled)
